@@ -1,0 +1,298 @@
+"""Background ingest of browser uploads in a worker PROCESS.
+
+The web process only records a job row and hands a plain :class:`IngestJobSpec` to a
+``ProcessPoolExecutor`` (``spawn`` context: no forked event loop, DB connections or GDAL
+state). The worker
+
+1. ingests the uploaded GeoTIFFs into a private staging tile store
+   (``{store}/.staging/{job_id}``), reporting progress into the job row (throttled);
+2. moves the new tiles into ``{store}/{slug}/`` — layer directories are swapped in whole
+   with ``os.replace``, so a layer is either the old one or the new one, never a mix;
+3. loads the manifest into the project in ONE database transaction.
+
+If any step fails, the staging store is deleted, swapped layers are restored, the job row
+says what went wrong in plain words, and the project keeps the tiles it had before.
+The page polls ``GET /api/projects/{slug}/ingest-jobs/{id}`` for the progress bar.
+
+Several web processes (or machines) may run jobs: the job table is the only shared state,
+and the upload directory and tile store must be on storage all of them see.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from labeler.dashboard.models import IngestJob
+from labeler.models import utcnow
+
+log = logging.getLogger("crowdsight.ingest_jobs")
+
+#: A running job whose worker has not reported for this long is considered dead.
+STALE_AFTER = timedelta(minutes=5)
+HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class IngestJobSpec:
+    """Everything a worker process needs; plain picklable values only."""
+
+    job_id: str
+    project_id: int
+    slug: str
+    database_url: str
+    tile_store: str
+    layers: dict[str, list[str]]  # layer name -> absolute paths of uploaded GeoTIFFs
+    options: dict[str, Any] = field(default_factory=dict)
+    max_raster_pixels: int = 2_000_000_000
+    delete_sources: bool = True  # remove the uploaded files once the job is over
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- job rows
+
+
+def create_job(conn: sa.Connection, *, project_id: int, request: dict[str, Any],
+               created_by: str) -> str:
+    job_id = new_job_id()
+    now = utcnow()
+    conn.execute(
+        sa.insert(IngestJob.__table__).values(
+            id=job_id, project_id=project_id, status="queued", stage="queued", progress=0.0,
+            message="waiting for a worker", request=request, created_by=created_by,
+            created_at=now, heartbeat_at=now,
+        )
+    )
+    return job_id
+
+
+def _update(engine: Engine, job_id: str, **values: Any) -> None:
+    values.setdefault("heartbeat_at", utcnow())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(IngestJob.__table__).where(IngestJob.__table__.c.id == job_id).values(**values)
+        )
+
+
+def job_json(row: Any, *, now: Any = None) -> dict[str, Any]:
+    """The API shape of a job row; a silent ``running`` job is reported as interrupted."""
+    now = now or utcnow()
+    status, error_code, error_message = row.status, row.error_code, row.error_message
+    if status in ("running", "queued") and row.heartbeat_at < now - STALE_AFTER:
+        status, error_code = "failed", "interrupted"
+        error_message = ("the ingest stopped without finishing (the server was restarted?); "
+                         "the project was left unchanged — upload the files again")
+    return {
+        "id": row.id,
+        "status": status,
+        "stage": row.stage,
+        "progress": round(float(row.progress), 4),
+        "message": row.message,
+        "error": None if status != "failed" else {"code": error_code, "message": error_message},
+        "request": row.request,
+        "result": row.result,
+        "created_by": row.created_by,
+        "created_at": row.created_at.isoformat() + "Z",
+        "finished_at": row.finished_at.isoformat() + "Z" if row.finished_at else None,
+    }
+
+
+def active_job(conn: sa.Connection, project_id: int) -> Any | None:
+    """The project's queued/running job that is still alive, if any."""
+    t = IngestJob.__table__
+    rows = conn.execute(
+        sa.select(t).where(t.c.project_id == project_id, t.c.status.in_(("queued", "running")))
+    ).all()
+    cutoff = utcnow() - STALE_AFTER
+    for row in rows:
+        if row.heartbeat_at >= cutoff:
+            return row
+    return None
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class JobRunner:
+    """Owns the worker pool of one app instance (created lazily, shut down with the app)."""
+
+    def __init__(self, max_workers: int = 1) -> None:
+        self.max_workers = max_workers
+        self._pool: ProcessPoolExecutor | None = None
+        self.futures: dict[str, Future[Any]] = {}
+
+    def submit(self, spec: IngestJobSpec) -> Future[Any]:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.max_workers, mp_context=get_context("spawn")
+            )
+        fut = self._pool.submit(run_ingest_job, spec)
+        self.futures[spec.job_id] = fut
+        fut.add_done_callback(lambda f, job_id=spec.job_id: self._done(job_id, f))
+        return fut
+
+    def _done(self, job_id: str, fut: Future[Any]) -> None:
+        self.futures.pop(job_id, None)
+        exc = fut.exception()
+        if exc is not None:  # the worker process itself died (killed, out of memory ...)
+            log.error("ingest job %s: worker failed: %r", job_id, exc)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+# --------------------------------------------------------------------------- in the worker
+
+
+class _Reporter:
+    """Progress callback writing into the job row at most every HEARTBEAT_SECONDS."""
+
+    def __init__(self, engine: Engine, job_id: str, *, start: float, span: float) -> None:
+        self.engine, self.job_id = engine, job_id
+        self.start, self.span = start, span
+        self._last = 0.0
+
+    def __call__(self, done: float, total: float | None = None, message: str = "") -> None:
+        frac = (done / total) if total else float(done)
+        frac = min(max(frac, 0.0), 1.0)
+        now = time.monotonic()
+        if now - self._last < HEARTBEAT_SECONDS and frac < 1.0:
+            return
+        self._last = now
+        values: dict[str, Any] = {"progress": self.start + self.span * frac}
+        if message:
+            values["message"] = message[:500]
+        _update(self.engine, self.job_id, **values)
+
+
+def _error_message(exc: BaseException) -> tuple[str, str]:
+    code = getattr(exc, "code", None) or type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(code), str(message)
+
+
+def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
+    """Worker-process entry point. Never raises for a domain error: the job row records it."""
+    from labeler.db import make_engine
+
+    engine = make_engine(spec.database_url, pool_size=1)
+    store = Path(spec.tile_store)
+    staging = store / ".staging" / spec.job_id
+    try:
+        _update(engine, spec.job_id, status="running", stage="ingest", progress=0.0,
+                message="reading the imagery")
+        reporter = _Reporter(engine, spec.job_id, start=0.0, span=0.9)
+        manifest = ingest_to_staging(spec, staging, reporter)
+        _update(engine, spec.job_id, stage="loading", progress=0.9,
+                message="adding the tiles to the project")
+        result = publish_staging(spec, engine, staging, manifest)
+        _update(engine, spec.job_id, status="succeeded", stage="done", progress=1.0,
+                message="finished", result=result, finished_at=utcnow())
+        return result
+    except BaseException as exc:  # noqa: BLE001 - recorded in the job row
+        code, message = _error_message(exc)
+        from labeler.errors import LabelerError
+
+        known = isinstance(exc, LabelerError) or type(exc).__module__.startswith("ingest")
+        if not known:
+            log.error("ingest job %s failed:\n%s", spec.job_id, traceback.format_exc())
+            code, message = "ingest_failed", f"the ingest failed unexpectedly: {message}"
+        try:
+            _update(engine, spec.job_id, status="failed", stage="failed", error_code=code[:64],
+                    error_message=message, message="failed; the project was left unchanged",
+                    finished_at=utcnow())
+        except Exception:  # pragma: no cover - DB gone
+            log.exception("could not record the failure of job %s", spec.job_id)
+        if not isinstance(exc, Exception):
+            raise
+        return {"error": {"code": code, "message": message}}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if spec.delete_sources:
+            for paths in spec.layers.values():
+                for p in paths:
+                    Path(p).unlink(missing_ok=True)
+        engine.dispose()
+
+
+# The two steps below are the glue to ``ingest`` and the labeler's manifest loader.
+
+IngestFn = Callable[..., Any]
+
+
+def ingest_to_staging(spec: IngestJobSpec, staging: Path,
+                      progress: Callable[..., None]) -> Path:
+    """Run ``ingest.ingest`` into the staging store; return the manifest path."""
+    from ingest import ingest as ingest_fn
+
+    staging.mkdir(parents=True, exist_ok=True)
+    ingest_fn(
+        {name: [Path(p) for p in paths] for name, paths in spec.layers.items()},
+        staging,
+        spec.slug,
+        progress=progress,
+        **spec.options,
+    )
+    manifest = staging / spec.slug / "manifest.json"
+    if not manifest.is_file():
+        from labeler.errors import ManifestError
+
+        raise ManifestError("the ingest finished without writing a manifest")
+    return manifest
+
+
+def publish_staging(spec: IngestJobSpec, engine: Engine, staging: Path,
+                    manifest: Path) -> dict[str, Any]:
+    """Swap the staged layers into ``{store}/{slug}`` and load the manifest (one transaction).
+
+    On failure the previous layer directories and manifest are put back.
+    """
+    from labeler.manifest import load_manifest
+
+    store = Path(spec.tile_store)
+    target = store / spec.slug
+    target.mkdir(parents=True, exist_ok=True)
+    backup = store / ".staging" / f"{spec.job_id}.old"
+    backup.mkdir(parents=True, exist_ok=True)
+    moved: list[str] = []
+    src_root = staging / spec.slug
+    try:
+        for entry in sorted(src_root.iterdir()):
+            dst = target / entry.name
+            if dst.exists():
+                os.replace(dst, backup / entry.name)
+            os.replace(entry, dst)
+            moved.append(entry.name)
+        result = load_manifest(engine, spec.project_id, target / "manifest.json")
+    except BaseException:
+        for name in moved:
+            dst = target / name
+            if dst.is_dir():
+                shutil.rmtree(dst, ignore_errors=True)
+            else:
+                dst.unlink(missing_ok=True)
+            if (backup / name).exists():
+                os.replace(backup / name, dst)
+        shutil.rmtree(backup, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    return dict(result) if isinstance(result, dict) else {"result": result}
