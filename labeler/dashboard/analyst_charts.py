@@ -10,6 +10,7 @@ the page also shows the numbers as a table.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
@@ -110,12 +111,14 @@ class _Frame:
 
 
 def _open(width: int, height: int, title: str, desc: str) -> list[str]:
+    # ids must stay unique when several charts are inlined into one page
+    key = "cs-" + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "chart")
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="cs-chart" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'font-family={quoteattr(FONT)} aria-labelledby="t d">',
-        f'<title id="t">{escape(title)}</title>',
-        f'<desc id="d">{escape(desc)}</desc>',
+        f'font-family={quoteattr(FONT)} aria-labelledby="{key}-t {key}-d">',
+        f'<title id="{key}-t">{escape(title)}</title>',
+        f'<desc id="{key}-d">{escape(desc)}</desc>',
     ]
 
 
