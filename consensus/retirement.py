@@ -1,0 +1,227 @@
+"""Retirement: when has a tile been seen enough? Plus a replay simulator to tune the policy.
+
+The scheduler calls :meth:`RetirementPolicy.decide` after each new answer on a tile, with that
+tile's posterior. The posterior is cheap to update incrementally with frozen volunteer skills
+(:class:`~consensus.aggregate.SkillModel`): one row lookup per answer, see
+:func:`tile_posterior`. Skills are re-estimated from time to time with a full
+:func:`~consensus.aggregate.aggregate` run.
+
+:func:`replay` plays time-stamped answers in order under a policy and reports votes used and
+accuracy next to a fixed-redundancy baseline (default: the first 5 answers per tile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Protocol
+
+import numpy as np
+
+from .aggregate import SkillModel, TileResult, aggregate
+from .errors import ConsensusError, VotesError
+from .votes import Votes, truth_array
+
+Decision = Literal["continue", "retire", "unresolved"]
+
+
+class Policy(Protocol):
+    def decide(self, posterior: np.ndarray, n_votes: int) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class RetirementPolicy:
+    """Retire a tile once its leading answer's posterior reaches ``threshold`` with at least
+    ``min_votes`` answers; at ``max_votes`` without that, mark it ``unresolved`` (it goes to the
+    researchers' review list)."""
+
+    threshold: float = 0.95
+    min_votes: int = 2
+    max_votes: int = 7
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConsensusError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.min_votes < 1 or self.max_votes < self.min_votes:
+            raise ConsensusError("need 1 <= min_votes <= max_votes, got "
+                                 f"{self.min_votes}, {self.max_votes}")
+
+    def decide(self, posterior: np.ndarray, n_votes: int) -> Decision:
+        if n_votes >= self.min_votes and float(np.max(posterior)) >= self.threshold:
+            return "retire"
+        if n_votes >= self.max_votes:
+            return "unresolved"
+        return "continue"
+
+    def as_dict(self) -> dict:
+        return {"policy": "posterior", "threshold": self.threshold,
+                "min_votes": self.min_votes, "max_votes": self.max_votes}
+
+
+@dataclass(frozen=True)
+class FixedPolicy:
+    """Fixed redundancy: retire after exactly ``n_votes`` answers, whatever they say."""
+
+    n_votes: int = 5
+
+    def decide(self, posterior: np.ndarray, n_votes: int) -> Decision:
+        return "retire" if n_votes >= self.n_votes else "continue"
+
+    def as_dict(self) -> dict:
+        return {"policy": "fixed", "n_votes": self.n_votes}
+
+
+def tile_posterior(skills: SkillModel, workers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One tile's posterior over classes given its answers, with frozen skills (unknown
+    volunteers, index -1, count with the population skill)."""
+    return skills.posterior(workers, labels)
+
+
+@dataclass(eq=False)
+class ReplayReport:
+    """What :func:`replay` measured. ``status`` per task: 0 open (ran out of answers),
+    1 retired, 2 unresolved; ``used`` per task: answers consumed."""
+
+    policy: dict
+    baseline: dict
+    method: str
+    votes_used: int
+    votes_baseline: int
+    accuracy: float
+    accuracy_baseline: float
+    n_tasks_scored: int
+    status: np.ndarray
+    used: np.ndarray
+    result: TileResult
+    result_baseline: TileResult
+    n_refits: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def savings(self) -> float:
+        """Share of the baseline's answers the policy did not need."""
+        return 1.0 - self.votes_used / self.votes_baseline if self.votes_baseline else 0.0
+
+    @property
+    def n_retired(self) -> int:
+        return int((self.status == 1).sum())
+
+    @property
+    def n_unresolved(self) -> int:
+        return int((self.status == 2).sum())
+
+    @property
+    def n_open(self) -> int:
+        return int((self.status == 0).sum())
+
+    def summary(self) -> dict:
+        return {"method": self.method, "policy": self.policy, "baseline": self.baseline,
+                "votes_used": self.votes_used, "votes_baseline": self.votes_baseline,
+                "savings": round(self.savings, 4), "accuracy": round(self.accuracy, 4),
+                "accuracy_baseline": round(self.accuracy_baseline, 4),
+                "retired": self.n_retired, "unresolved": self.n_unresolved,
+                "open": self.n_open, "tasks_scored": self.n_tasks_scored,
+                "refits": self.n_refits}
+
+
+def _order(votes: Votes) -> np.ndarray:
+    if votes.time is None:
+        return np.arange(votes.n_votes)
+    return np.argsort(votes.time, kind="stable")
+
+
+def first_n_per_task(votes: Votes, n: int) -> np.ndarray:
+    """Boolean mask of each task's first ``n`` answers in time order (fixed redundancy)."""
+    order = _order(votes)
+    t = votes.task[order]
+    o2 = np.argsort(t, kind="stable")
+    ts = t[o2]
+    starts = np.r_[0, np.flatnonzero(np.diff(ts)) + 1]
+    rank = np.arange(len(ts)) - np.repeat(starts, np.diff(np.r_[starts, len(ts)]))
+    mask = np.zeros(votes.n_votes, dtype=bool)
+    mask[order[o2[rank < n]]] = True
+    return mask
+
+
+def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method: str = "ds",
+           baseline: Policy | None = None, skills: SkillModel | None = None,
+           refit_every: int | None = 2000, shrink: float = 2.0,
+           initial_accuracy: float = 0.75, **method_params) -> ReplayReport:
+    """Replay answers in time order (``votes.time``, else row order) under ``policy``.
+
+    Each tile takes answers until the policy retires it or marks it unresolved; later answers
+    for it are dropped (never shown, in a live system). The posterior behind each decision uses
+    frozen skills: ``skills`` if given, else a symmetric ``initial_accuracy`` model that is
+    re-estimated with ``method`` on the answers accepted so far every ``refit_every`` accepted
+    answers (skills shrunk towards the population by ``shrink`` pseudo-answers).
+
+    The accepted answers and the baseline's (first ``n`` answers per tile for a
+    :class:`FixedPolicy`, default 5) are both aggregated with ``method`` and scored on ``truth``
+    (``{task_id: class}`` or a per-task class index, -1 unknown).
+    """
+    if votes.n_votes == 0:
+        raise VotesError("no votes to replay")
+    baseline = baseline or FixedPolicy(5)
+    truth_idx = (np.asarray(truth, dtype=np.int64) if isinstance(truth, np.ndarray)
+                 else truth_array(truth, votes))
+    if truth_idx.shape != (votes.n_tasks,):
+        raise VotesError("truth must give one class index per task")
+    T, K = votes.n_tasks, votes.n_classes
+    model = skills or SkillModel.symmetric(K, initial_accuracy, votes.n_labels,
+                                           n_workers=votes.n_workers)
+    fixed_skills = skills is not None
+    order = _order(votes)
+    acc_ll = np.zeros((T, K))
+    n_used = np.zeros(T, dtype=np.int64)
+    status = np.zeros(T, dtype=np.int8)
+    accepted = np.zeros(votes.n_votes, dtype=bool)
+    task, worker, label = votes.task, votes.worker, votes.label
+    log_conf, log_prior = model.log_confusion, model.log_prior
+    n_refits = 0
+    since = 0
+    for i in order.tolist():
+        t = task[i]
+        if status[t]:
+            continue
+        accepted[i] = True
+        n_used[t] += 1
+        acc_ll[t] += log_conf[worker[i], :, label[i]]
+        z = log_prior + acc_ll[t]
+        z = np.exp(z - z.max())
+        decision = policy.decide(z / z.sum(), int(n_used[t]))
+        if decision == "retire":
+            status[t] = 1
+        elif decision == "unresolved":
+            status[t] = 2
+        since += 1
+        if not fixed_skills and refit_every and since >= refit_every:
+            since = 0
+            n_refits += 1
+            sub = votes.subset(accepted)
+            model = SkillModel.from_result(aggregate(sub, method, **method_params), shrink)
+            log_conf, log_prior = model.log_confusion, model.log_prior
+            # recompute the open tiles' evidence with the new skills (vectorised)
+            acc_ll = np.zeros((T, K))
+            np.add.at(acc_ll, sub.task, log_conf[sub.worker, :, sub.label])
+    used_votes = votes.subset(accepted)
+    res = aggregate(used_votes, method, **method_params)
+    if isinstance(baseline, FixedPolicy):
+        base_mask = first_n_per_task(votes, baseline.n_votes)
+        base_votes = votes.subset(base_mask)
+        base_res = aggregate(base_votes, method, **method_params)
+        base_n = int(base_mask.sum())
+    else:
+        sub = replay(votes, baseline, truth_idx, method=method, skills=skills,
+                     refit_every=refit_every, shrink=shrink, initial_accuracy=initial_accuracy,
+                     **method_params)
+        base_res, base_n = sub.result, sub.votes_used
+    scored = truth_idx >= 0
+    # tasks that received at least one answer in both runs
+    seen = scored & (n_used > 0)
+    acc = float((res.answer[seen] == truth_idx[seen]).mean()) if seen.any() else float("nan")
+    acc_b = (float((base_res.answer[seen] == truth_idx[seen]).mean()) if seen.any()
+             else float("nan"))
+    return ReplayReport(policy=getattr(policy, "as_dict", lambda: {"policy": repr(policy)})(),
+                        baseline=getattr(baseline, "as_dict", lambda: {})(), method=method,
+                        votes_used=int(accepted.sum()), votes_baseline=base_n, accuracy=acc,
+                        accuracy_baseline=acc_b, n_tasks_scored=int(seen.sum()), status=status,
+                        used=n_used, result=res, result_baseline=base_res, n_refits=n_refits)
