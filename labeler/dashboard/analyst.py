@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from labeler.dashboard import analyst_charts as charts
 from labeler.dashboard import results as R
-from labeler.errors import Forbidden, NotAuthenticated, NotFound
+from labeler.errors import Forbidden, NotFound
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROLES = ("analyst", "researcher", "admin")
@@ -64,35 +64,19 @@ EXPORT_CATALOGUE = [
 # ------------------------------------------------------------------------------------ plumbing
 
 
-def _state(request: Request, name: str) -> Any:
-    return getattr(request.state, name)
-
-
 def _engine(request: Request) -> sa.Engine:
-    return _state(request, "engine")
+    return request.state.labeler.engine
 
 
 def _settings(request: Request) -> Any:
-    return _state(request, "settings")
+    return request.state.labeler.settings
 
 
 def _role(request: Request) -> str:
-    """The caller's bearer role; 401 without a (valid) token, 403 for volunteers."""
-    from labeler.security import COOKIE, authenticate_token
+    """The caller's bearer role: 401 without a token, 403 for volunteers and other roles."""
+    from labeler.auth import require_role
 
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        if request.cookies.get(COOKIE):
-            raise Forbidden("results need an API token of role analyst, researcher or admin; "
-                            "volunteer sessions cannot see them")
-        raise NotAuthenticated(
-            "this needs 'Authorization: Bearer <token>' with role analyst, researcher or admin "
-            "(create one with: crowdsight token create --role analyst)")
-    principal = authenticate_token(_engine(request), token.strip())
-    if principal.role not in ROLES:
-        raise Forbidden(f"role {principal.role!r} cannot see results; "
-                        f"one of {', '.join(ROLES)} is needed")
-    return principal.role
+    return require_role(request, *ROLES).role
 
 
 async def _auth(request: Request) -> str:
