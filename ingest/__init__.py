@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["ingest", "generate_scene", "Scene"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ingest.pipeline import ingest
     from ingest.synthetic import Scene, generate_scene
 
 
@@ -23,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from ingest import synthetic
 
         return getattr(synthetic, name)
+    if name == "ingest":
+        from ingest.pipeline import ingest
+
+        return ingest
     raise AttributeError(f"module 'ingest' has no attribute {name!r}")

@@ -66,7 +66,7 @@ def _noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
     """Smooth value noise in [-1, 1]: a coarse random grid upsampled bicubically."""
     n = max(2, size // cell + 2)
     coarse = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
-    img = Image.fromarray(coarse, mode="F").resize((n * cell, n * cell), Image.Resampling.BICUBIC)
+    img = Image.fromarray(coarse).resize((n * cell, n * cell), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.float32)[:size, :size]
 
 
@@ -268,7 +268,7 @@ def generate_scene(out_dir: Path, *, size: int = 2048, seed: int = 0,
     report(1, total, "layout")
 
     ground = np.clip(_terrain(rng, size), 0, 255).astype(np.uint8)
-    base = Image.fromarray(ground, mode="RGB")
+    base = Image.fromarray(ground)
     _draw_ground(base, rng, size)
     report(2, total, "terrain")
 

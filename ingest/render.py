@@ -1,0 +1,399 @@
+"""Render one block of task-zoom tiles (and the pyramid levels inside it).
+
+A *block* is ``B x B`` task-zoom tiles aligned on multiples of ``B`` (8 x 256 px = 2048 px by
+default). For each source file of the layer that intersects the block, the matching source
+window is read once (decimated when the source is much finer than the block), converted to
+8-bit (percentile stretch for 16-bit/float data), stacked with the source's validity mask
+(nodata, alpha band or internal mask: GDAL's ``dataset_mask``) and warped into the block's
+Web-Mercator grid with the mask as alpha. Tiles are sliced from the block, empty ones skipped,
+and the block is reduced 2x2 -> 1 (alpha-weighted) for the pyramid levels inside it. Memory is
+bounded by the block size, never by the image size.
+
+:func:`render_block` is a plain top-level function over picklable dataclasses, so the same
+work runs in-process, in a multiprocessing pool or on a dask.distributed cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.errors import ReadError, StoreNotWritableError
+from ingest.sources import SourceInfo, _short
+from tiles.encode import ALPHA_FORMATS, encode
+from tiles.errors import StoreError
+from tiles.grid import tile_xy_bounds
+from tiles.store import TileStore, atomic_write
+
+WORK_DIR = ".crowdsight"  # per-layer bookkeeping (fingerprint, finished blocks)
+GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": 1,
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything a worker needs to render tiles of one layer (picklable)."""
+
+    name: str
+    sources: tuple[SourceInfo, ...]
+    bands: tuple[int, ...]
+    stretch_low: tuple[float, ...] | None
+    stretch_high: tuple[float, ...] | None
+    ext: str
+    quality: int | None
+    tile_size: int
+    task_zoom: int
+    min_zoom: int
+    resampling: str
+    store_root: str
+    project: str
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    layer: LayerSpec
+    bx: int
+    by: int
+    size: int  # B: tiles per block side
+    allowed: frozenset[tuple[int, int]] | None = None  # task tiles to keep (AOI); None = all
+    skip_existing: bool = False
+
+
+@dataclass
+class BlockResult:
+    layer: str
+    bx: int
+    by: int
+    tiles: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # zoom -> (x, y)
+    written: int = 0
+    skipped: int = 0
+    top: np.ndarray | None = None  # (T, T, C+1) RGBA-like array of the block's top tile
+    top_zoom: int = 0
+    candidates: int = 0  # task tiles considered (for progress)
+    resumed: bool = False
+
+
+# ---------------------------------------------------------------------------------------
+def block_dir(store_root: str | Path, project: str, layer: str) -> Path:
+    return Path(store_root) / project / layer / WORK_DIR / "blocks"
+
+
+def block_levels(job: BlockJob) -> int:
+    """Number of pyramid levels rendered inside the block (0 = only the task zoom)."""
+    spec = job.layer
+    return min(int(math.log2(job.size)), max(0, spec.task_zoom - spec.min_zoom))
+
+
+_PREMUL = {2: ("LA", "La"), 4: ("RGBA", "RGBa")}
+
+
+def downsample2(a: np.ndarray) -> np.ndarray:
+    """Halve an ``(H, W, C+1)`` uint8 array (last channel alpha): alpha-weighted 2x2 means.
+
+    Uses Pillow's C box reduction on premultiplied alpha (modes ``RGBa``/``La``), so
+    transparent pixels never darken their neighbours.
+    """
+    from PIL import Image
+
+    h, w, c1 = a.shape
+    alpha = a[..., -1]
+    if int(alpha.min()) == 255:
+        img = Image.fromarray(np.ascontiguousarray(a[..., :-1] if c1 == 4 else a[..., 0]))
+        small = np.asarray(img.reduce(2))
+        out = np.empty((h // 2, w // 2, c1), np.uint8)
+        out[..., :-1] = small.reshape(h // 2, w // 2, c1 - 1)
+        out[..., -1] = 255
+        return out
+    if int(alpha.max()) == 0:
+        return np.zeros((h // 2, w // 2, c1), np.uint8)
+    mode, premul = _PREMUL[c1]
+    img = Image.fromarray(np.ascontiguousarray(a)).convert(premul).reduce(2).convert(mode)
+    return np.asarray(img)
+
+
+def tile_array(level: np.ndarray, i: int, j: int, ts: int) -> np.ndarray:
+    """Tile (column i, row j) of an ``(H, W, C+1)`` level as a contiguous ``(ts, ts, C+1)``."""
+    return np.ascontiguousarray(level[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts])
+
+
+def encode_tile(arr: np.ndarray, spec: LayerSpec) -> bytes:
+    """``arr`` is (ts, ts, C+1) with alpha last; JPEG gets it composited over black."""
+    if spec.ext not in ALPHA_FORMATS or int(arr[..., -1].min()) == 255:
+        if int(arr[..., -1].min()) == 255:
+            arr = arr[..., :-1]
+    return encode(arr, spec.ext, spec.quality)
+
+
+# ---------------------------------------------------------------------------------------
+def _inv(t: tuple[float, ...]) -> tuple[float, float, float, float, float, float]:
+    a, b, c, d, e, f = t
+    det = a * e - b * d
+    return (e / det, -b / det, (b * f - c * e) / det, -d / det, a / det, (c * d - a * f) / det)
+
+
+def _source_window(src: SourceInfo, bounds_src: np.ndarray) -> tuple[float, float, float, float]:
+    """Fractional pixel bounds (col0, row0, col1, row1) of points ``bounds_src`` (2, N)."""
+    ia, ib, ic, id_, ie, if_ = _inv(src.transform)
+    cols = ia * bounds_src[0] + ib * bounds_src[1] + ic
+    rows = id_ * bounds_src[0] + ie * bounds_src[1] + if_
+    return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
+
+
+def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, ...],
+                 dst_w: int, dst_h: int):
+    """Read the part of ``src`` under the block; return (stack uint8 (C+1,h,w), Affine) or None."""
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.warp import transform as warp_transform
+    from rasterio.windows import Window
+
+    left, bottom, right, top = dst_bounds
+    n = 21
+    xs = np.concatenate([np.linspace(left, right, n), np.full(n, right),
+                         np.linspace(right, left, n), np.full(n, left)])
+    ys = np.concatenate([np.full(n, top), np.linspace(top, bottom, n),
+                         np.full(n, bottom), np.linspace(bottom, top, n)])
+    sx, sy = warp_transform("EPSG:3857", ds.crs, xs, ys)
+    pts = np.array([sx, sy], dtype=np.float64)
+    if not np.isfinite(pts).all():
+        pts = pts[:, np.isfinite(pts).all(axis=0)]
+        if pts.size == 0:
+            return None
+    c0, r0, c1, r1 = _source_window(src, pts)
+    # source pixels per destination pixel (before clipping), to decide on decimation
+    ratio = max((c1 - c0) / dst_w, (r1 - r0) / dst_h)
+    pad = 2 + max(1.0, ratio)
+    col0 = max(0, math.floor(c0 - pad))
+    row0 = max(0, math.floor(r0 - pad))
+    col1 = min(src.width, math.ceil(c1 + pad))
+    row1 = min(src.height, math.ceil(r1 + pad))
+    if col1 <= col0 or row1 <= row0:
+        return None
+    w, h = col1 - col0, row1 - row0
+    k = max(1, int(ratio)) if ratio >= 2 else 1
+    out_h, out_w = max(1, math.ceil(h / k)), max(1, math.ceil(w / k))
+    window = Window(col0, row0, w, h)
+    nb = spec.channels
+    stack = np.empty((nb + 1, out_h, out_w), np.uint8)
+    try:
+        if k == 1:
+            data = ds.read(list(spec.bands), window=window)
+            mask = ds.dataset_mask(window=window)
+        else:
+            data = ds.read(list(spec.bands), window=window, out_shape=(nb, out_h, out_w),
+                           resampling=Resampling.average)
+            mask = ds.dataset_mask(window=window, out_shape=(out_h, out_w))
+    except Exception as exc:  # rasterio/GDAL raise several types for I/O failures
+        raise ReadError(f"{src.path}: read failed (truncated or corrupt file?): {_short(exc)}",
+                        src.path) from exc
+    if spec.stretch_low is not None:
+        valid = mask > 0
+        if data.dtype.kind == "f":
+            valid &= np.isfinite(data).all(axis=0)
+            mask = np.where(valid, mask, 0).astype(np.uint8)
+        for b in range(nb):
+            lo, hi = spec.stretch_low[b], spec.stretch_high[b]  # type: ignore[index]
+            v = data[b].astype(np.float32)
+            v -= np.float32(lo)
+            v *= np.float32(255.0 / (hi - lo))
+            np.clip(v, 0, 255, out=v)
+            np.nan_to_num(v, copy=False)
+            stack[b] = (v + 0.5).astype(np.uint8)
+    else:
+        stack[:nb] = data
+    if int(mask.max()) == 0:
+        return None
+    if int(mask.min()) == 255:
+        stack = stack[:nb]  # all valid: GDAL's faster warp kernels (destination alpha only)
+    else:
+        stack[nb] = mask
+    a, b, c, d, e, f = src.transform
+    sa, se = w / out_w, h / out_h
+    win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c, d * sa, e * se, d * col0 + e * row0 + f)
+    # where the window lands in the block: warp only that part of the destination grid
+    uc = np.concatenate([np.linspace(col0, col1, n), np.full(n, col1),
+                         np.linspace(col1, col0, n), np.full(n, col0)])
+    ur = np.concatenate([np.full(n, row0), np.linspace(row0, row1, n),
+                         np.full(n, row1), np.linspace(row1, row0, n)])
+    mx, my = warp_transform(ds.crs, "EPSG:3857", a * uc + b * ur + c, d * uc + e * ur + f)
+    mx, my = np.asarray(mx), np.asarray(my)
+    ok = np.isfinite(mx) & np.isfinite(my)
+    px, py = (right - left) / dst_w, (top - bottom) / dst_h
+    if ok.all():
+        dc0 = max(0, math.floor((mx.min() - left) / px) - 2)
+        dc1 = min(dst_w, math.ceil((mx.max() - left) / px) + 2)
+        dr0 = max(0, math.floor((top - my.max()) / py) - 2)
+        dr1 = min(dst_h, math.ceil((top - my.min()) / py) + 2)
+    else:
+        dc0, dr0, dc1, dr1 = 0, 0, dst_w, dst_h
+    if dc1 <= dc0 or dr1 <= dr0:
+        return None
+    return stack, win_tf, (dc0, dr0, dc1, dr1)
+
+
+def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
+    """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty."""
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.warp import reproject
+
+    from tiles.grid import tile_bounds
+
+    spec = job.layer
+    z, B = spec.task_zoom, job.size
+    x0, y0 = job.bx * B, job.by * B
+    left, _, _, top = tile_xy_bounds(z, x0, y0)
+    _, bottom, right, _ = tile_xy_bounds(z, x0 + B - 1, y0 + B - 1)
+    bw, _, _, bn = tile_bounds(z, x0, y0)
+    _, bs, be, _ = tile_bounds(z, x0 + B - 1, y0 + B - 1)
+    px, py = (right - left) / size_px, (top - bottom) / size_px
+    nb = spec.channels
+    resampling = Resampling[spec.resampling]
+    canvas: np.ndarray | None = None
+    first = True
+    with rasterio.Env(**GDAL_ENV):
+        for src in spec.sources:
+            sw, ss, se_, sn = src.bounds_lonlat  # cheap reject on lon/lat footprints
+            if sw > be or se_ < bw or ss > bn or sn < bs:
+                continue
+            try:
+                ds = rasterio.open(src.path, driver="GTiff")
+            except RasterioError as exc:
+                raise ReadError(f"{src.path}: cannot open ({_short(exc)})", src.path) from exc
+            with ds:
+                got = _read_source(ds, src, spec, (left, bottom, right, top), size_px, size_px)
+            if got is None:
+                continue
+            stack, src_tf, (c0, r0, c1, r1) = got
+            out = np.zeros((nb + 1, r1 - r0, c1 - c0), np.uint8)
+            sub_tf = Affine(px, 0.0, left + c0 * px, 0.0, -py, top - r0 * py)
+            try:
+                reproject(stack, out, src_transform=src_tf, src_crs=src.crs_wkt,
+                          dst_transform=sub_tf, dst_crs="EPSG:3857", resampling=resampling,
+                          src_alpha=nb + 1 if len(stack) > nb else 0, dst_alpha=nb + 1,
+                          num_threads=1, init_dest_nodata=False)
+            except RasterioError as exc:
+                raise ReadError(f"{src.path}: cannot warp to Web Mercator ({_short(exc)})",
+                                src.path) from exc
+            if int(out[nb].max()) == 0:
+                continue
+            if canvas is None:
+                canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
+            region = canvas[r0:r1, c0:c1]
+            new = out.transpose(1, 2, 0)
+            # mosaic: take the new source where it is more opaque than what is there
+            if first:
+                region[...] = new
+                first = False
+            else:
+                np.copyto(region, new, where=(new[..., nb] > region[..., nb])[..., None])
+    if canvas is None or int(canvas[..., nb].max()) == 0:
+        return None
+    return canvas
+
+
+def render_block(job: BlockJob) -> BlockResult:
+    """Render (or resume) one block; write its tiles; return what was written."""
+    spec = job.layer
+    ts, B, z = spec.tile_size, job.size, spec.task_zoom
+    x0, y0 = job.bx * B, job.by * B
+    res = BlockResult(layer=spec.name, bx=job.bx, by=job.by)
+    cand = [(x0 + i, y0 + j) for j in range(B) for i in range(B)
+            if job.allowed is None or (x0 + i, y0 + j) in job.allowed]
+    res.candidates = len(cand)
+    levels = block_levels(job)
+    res.top_zoom = z - levels
+    store = TileStore(spec.store_root)
+    bdir = block_dir(spec.store_root, spec.project, spec.name)
+    record = bdir / f"{job.bx}-{job.by}.json"
+
+    if job.skip_existing and record.is_file():
+        done = _load_record(record, store, spec)
+        if done is not None:
+            res.tiles, res.top = done
+            res.skipped = sum(len(v) for v in res.tiles.values())
+            res.resumed = True
+            return res
+
+    canvas = _render_canvas(job, B * ts)
+    if canvas is not None and job.allowed is not None:
+        for j in range(B):
+            for i in range(B):
+                if (x0 + i, y0 + j) not in job.allowed:
+                    canvas[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts] = 0
+    level = canvas
+    try:
+        for lv in range(levels + 1):
+            zz, n = z - lv, B >> lv
+            if level is None:
+                break
+            if lv:
+                level = downsample2(level)
+            alpha = level[..., -1]
+            for j in range(n):
+                for i in range(n):
+                    if int(alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts].max()) == 0:
+                        continue
+                    x, y = (x0 >> lv) + i, (y0 >> lv) + j
+                    res.tiles.setdefault(zz, []).append((x, y))
+                    if job.skip_existing and store.exists(spec.project, spec.name, zz, x, y,
+                                                          spec.ext):
+                        res.skipped += 1
+                        continue
+                    data = encode_tile(tile_array(level, i, j, ts), spec)
+                    store.write(spec.project, spec.name, zz, x, y, spec.ext, data)
+                    res.written += 1
+        if level is not None and res.top_zoom > spec.min_zoom:
+            res.top = level
+        _save_record(record, res)
+    except StoreError as exc:
+        raise StoreNotWritableError(str(exc)) from exc
+    return res
+
+
+def _save_record(record: Path, res: BlockResult) -> None:
+    """Mark the block finished: tile list + lossless top tile, written last and atomically."""
+    from PIL import Image
+
+    record.parent.mkdir(parents=True, exist_ok=True)
+    top_name = None
+    if res.top is not None:
+        top_name = record.with_suffix(".png").name
+        buf = io.BytesIO()
+        Image.fromarray(res.top).save(buf, "PNG", compress_level=1)
+        atomic_write(record.with_suffix(".png"), buf.getvalue())
+    body = {"tiles": {str(z): [list(t) for t in v] for z, v in res.tiles.items()},
+            "top": top_name, "top_zoom": res.top_zoom}
+    atomic_write(record, json.dumps(body).encode())
+
+
+def _load_record(record: Path, store: TileStore, spec: LayerSpec):
+    """The finished block's (tiles, top) if every listed tile is still on disk, else None."""
+    from PIL import Image
+
+    try:
+        body = json.loads(record.read_text())
+        tiles = {int(z): [tuple(t) for t in v] for z, v in body["tiles"].items()}
+        top = None
+        if body.get("top"):
+            with Image.open(record.with_name(body["top"])) as im:
+                top = np.asarray(im).copy()
+    except (OSError, ValueError, KeyError):
+        return None
+    for z, xy in tiles.items():
+        for x, y in xy:
+            if not os.path.exists(store.path_for(spec.project, spec.name, z, x, y, spec.ext)):
+                return None
+    return tiles, top

@@ -1,0 +1,82 @@
+"""Tile image encoding: numpy ``(H, W, C)`` uint8 arrays to JPEG / WebP / PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from tiles.errors import EncodeError
+
+#: extension -> (Pillow format, media type)
+FORMATS: dict[str, tuple[str, str]] = {
+    "jpg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+    "png": ("PNG", "image/png"),
+}
+DEFAULT_QUALITY = {"jpg": 85, "webp": 80, "png": 0}
+#: formats that keep an alpha channel
+ALPHA_FORMATS = frozenset({"webp", "png"})
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def media_type(fmt: str) -> str:
+    return FORMATS[check_format(fmt)][1]
+
+
+def check_format(fmt: str) -> str:
+    f = fmt.lower().lstrip(".")
+    if f == "jpeg":
+        f = "jpg"
+    if f not in FORMATS:
+        raise EncodeError(f"tile format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return f
+
+
+def flatten_alpha(array: np.ndarray) -> np.ndarray:
+    """Composite an LA/RGBA array over black and drop the alpha channel."""
+    colour, alpha = array[..., :-1], array[..., -1:]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(colour)
+    out = colour.astype(np.uint16) * alpha.astype(np.uint16)
+    out += 127
+    out //= 255
+    return out.astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> bytes:
+    """Encode an ``(H, W)`` or ``(H, W, C)`` uint8 array (C = 1, 2, 3 or 4; 2/4 carry alpha).
+
+    JPEG cannot store alpha: transparent pixels are composited over black. PNG and WebP keep
+    alpha; a fully opaque alpha channel is dropped to save bytes.
+    """
+    fmt = check_format(fmt)
+    if array.dtype != np.uint8:
+        raise EncodeError(f"tile array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in _MODES:
+        raise EncodeError(f"tile array must be (H, W, 1..4), got shape {array.shape}")
+    channels = array.shape[2]
+    if channels in (2, 4) and (fmt not in ALPHA_FORMATS or array[..., -1].min() == 255):
+        array = flatten_alpha(array)
+        channels -= 1
+    if channels == 1:
+        array = array[..., 0]
+    img = Image.fromarray(np.ascontiguousarray(array))  # mode inferred: L, LA, RGB, RGBA
+    q = DEFAULT_QUALITY[fmt] if quality is None else int(quality)
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        img.save(buf, "JPEG", quality=q)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=q, method=4)
+    else:
+        img.save(buf, "PNG", compress_level=max(1, min(9, q or 6)))
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Decode tile bytes into an ``(H, W, 4)`` RGBA uint8 array (opaque when no alpha)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGBA"))

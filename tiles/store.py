@@ -1,0 +1,154 @@
+"""The on-disk tile store: ``{root}/{project}/{layer}/{z}/{x}/{y}.{ext}``.
+
+Every write is atomic (a temporary file in the same directory, then ``os.replace``), so a
+reader never sees a half-written tile. Every address is validated before it touches the file
+system, so a URL such as ``/tiles/../../etc/passwd`` can never escape the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from tiles.encode import FORMATS
+from tiles.errors import InvalidTileError, StoreError, TileNotFoundError
+from tiles.grid import check_tile
+
+PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+LAYER_RE = re.compile(r"[a-z0-9_-]{1,32}")
+MANIFEST = "manifest.json"
+
+
+def check_project(project: str) -> str:
+    if not isinstance(project, str) or not PROJECT_RE.fullmatch(project):
+        raise InvalidTileError(
+            f"project {project!r}: use 1-63 lowercase letters, digits or '-', "
+            "starting with a letter or digit")
+    return project
+
+
+def check_layer(layer: str) -> str:
+    if not isinstance(layer, str) or not LAYER_RE.fullmatch(layer):
+        raise InvalidTileError(f"layer {layer!r}: use 1-32 lowercase letters, digits, '_' or '-'")
+    return layer
+
+
+def check_ext(ext: str) -> str:
+    if ext not in FORMATS:
+        raise InvalidTileError(f"tile extension {ext!r}: expected one of {', '.join(FORMATS)}")
+    return ext
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write(Path(path), (json.dumps(obj, indent=1) + "\n").encode())
+
+
+class TileStore:
+    """A folder of XYZ tiles, one sub-folder per project and layer."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._made: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"TileStore({str(self.root)!r})"
+
+    # paths ----------------------------------------------------------------
+    def project_dir(self, project: str) -> Path:
+        return self.root / check_project(project)
+
+    def layer_dir(self, project: str, layer: str) -> Path:
+        return self.project_dir(project) / check_layer(layer)
+
+    def manifest_path(self, project: str) -> Path:
+        return self.project_dir(project) / MANIFEST
+
+    def path_for(self, project: str, layer: str, z: int, x: int, y: int, ext: str) -> Path:
+        """Validated path of one tile; raises :class:`InvalidTileError` for a bad address."""
+        check_tile(z, x, y)
+        return self.layer_dir(project, layer) / str(z) / str(x) / f"{y}.{check_ext(ext)}"
+
+    # reading --------------------------------------------------------------
+    def exists(self, project: str, layer: str, z: int, x: int, y: int, ext: str) -> bool:
+        return self.path_for(project, layer, z, x, y, ext).is_file()
+
+    def read(self, project: str, layer: str, z: int, x: int, y: int, ext: str) -> bytes:
+        """The tile's bytes; :class:`TileNotFoundError` when absent."""
+        path = self.path_for(project, layer, z, x, y, ext)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise TileNotFoundError(f"no tile {project}/{layer}/{z}/{x}/{y}.{ext}") from None
+
+    def read_manifest(self, project: str) -> dict:
+        path = self.manifest_path(project)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TileNotFoundError(f"no manifest for project {project!r} at {path}") from None
+
+    def iter_tiles(self, project: str, layer: str) -> Iterator[tuple[int, int, int, str]]:
+        """Every tile of a layer as ``(z, x, y, ext)`` (hidden/temporary files ignored)."""
+        base = self.layer_dir(project, layer)
+        if not base.is_dir():
+            return
+        for zdir in base.iterdir():
+            if not zdir.name.isdigit() or not zdir.is_dir():
+                continue
+            for xdir in zdir.iterdir():
+                if not xdir.name.isdigit() or not xdir.is_dir():
+                    continue
+                for f in xdir.iterdir():
+                    stem, dot, ext = f.name.partition(".")
+                    if dot and stem.isdigit() and ext in FORMATS:
+                        yield int(zdir.name), int(xdir.name), int(stem), ext
+
+    # writing --------------------------------------------------------------
+    def write(self, project: str, layer: str, z: int, x: int, y: int, ext: str,
+              data: bytes) -> Path:
+        """Atomically write one tile; returns its path."""
+        path = self.path_for(project, layer, z, x, y, ext)
+        parent = path.parent
+        try:
+            if parent not in self._made:
+                parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(parent)
+            atomic_write(path, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write tile {path}: {exc.strerror or exc}; "
+                             f"check that {self.root} is writable and has free space") from exc
+        return path
+
+    def check_writable(self, project: str) -> Path:
+        """Create the project folder and prove we can write in it (raises StoreError)."""
+        pdir = self.project_dir(project)
+        try:
+            pdir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=pdir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise StoreError(f"tile store {pdir} is not writable ({exc.strerror or exc}); "
+                             "choose another --store or fix its permissions") from exc
+        return pdir
