@@ -1,0 +1,293 @@
+"""``crowdsight db | serve | project | token``: thin click layer over ``labeler``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from crowdsight.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from labeler.db import make_engine
+
+    return make_engine(settings.resolved_database_url, pool_size=1)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+def _out(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- db
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or update the schema in CROWDSIGHT_DATABASE_URL (default: SQLite in the data dir)."""
+    from labeler.migrate import upgrade
+
+    s = _settings()
+    url = s.resolved_database_url
+    try:
+        rev = upgrade(url, revision)
+    except Exception as exc:  # alembic/sqlalchemy errors: show them plainly
+        _fail(exc)
+    click.echo(f"database at revision {rev}", err=True)
+    click.echo(rev)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the one this software needs."""
+    from labeler.migrate import current_revision, head_revision
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        _out({"current": current_revision(engine), "head": head_revision()})
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- serve
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:
+    """Run the labeler web service (uvicorn). Refuses to start on an unmigrated database."""
+    import uvicorn
+
+    from labeler.db import make_engine
+    from labeler.errors import LabelerError
+    from labeler.migrate import check_migrated
+
+    s = _settings()
+    engine = make_engine(s.resolved_database_url, pool_size=1)
+    try:
+        check_migrated(engine)
+    except LabelerError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
+    s.resolved_secret_key()  # create the shared secret once, before workers start
+    proxies = s.forwarded_allow_ips or None
+    uvicorn.run("labeler.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=access_log, proxy_headers=bool(proxies),
+                forwarded_allow_ips=proxies, server_header=False)
+
+
+# --------------------------------------------------------------------------- project
+
+@click.group()
+def project() -> None:
+    """Create projects, load manifests, change status."""
+
+
+@project.command("create")
+@click.argument("slug")
+@click.option("--type", "ptype", type=click.Choice(["find", "compare", "mark"]), default="find",
+              show_default=True)
+@click.option("--name")
+@click.option("--question")
+@click.option("--help-text")
+@click.option("--redundancy", type=int)
+@click.option("--gold-rate", type=float)
+@click.option("--block", help="COLSxROWS, e.g. 3x2")
+def project_create(slug: str, ptype: str, **opts: Any) -> None:
+    """Create a draft project."""
+    from labeler.errors import LabelerError
+    from labeler.projects import create_project
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        p = create_project(engine, {"slug": slug, "type": ptype, **_fields(opts)}, actor="cli",
+                           max_points_cap=s.max_points_per_tile)
+        _out({"slug": p.slug, "type": p.type, "status": p.status})
+    except LabelerError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
+
+
+def _fields(opts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("name", "question", "help_text", "redundancy", "gold_rate"):
+        if opts.get(key) is not None:
+            out[key] = opts[key]
+    if opts.get("block"):
+        try:
+            c, r = (int(v) for v in opts["block"].lower().split("x"))
+        except ValueError:
+            raise click.BadParameter("use COLSxROWS, e.g. 3x2", param_hint="--block") from None
+        out["block"] = {"cols": c, "rows": r}
+    return out
+
+
+@project.command("load-manifest")
+@click.option("--project", "slug", required=True, help="project slug")
+@click.option("--create", is_flag=True, help="create the project if it does not exist")
+@click.option("--type", "ptype", type=click.Choice(["find", "compare", "mark"]), default="find",
+              show_default=True, help="with --create")
+@click.option("--name")
+@click.option("--question")
+@click.option("--help-text")
+@click.option("--redundancy", type=int)
+@click.option("--gold-rate", type=float)
+@click.option("--block", help="COLSxROWS, e.g. 3x2")
+@click.argument("manifest", type=click.Path(path_type=Path))
+def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path, **opts: Any) -> None:
+    """Load an ingest MANIFEST (inside the tile store) into a project. Idempotent."""
+    from rich.progress import Progress
+
+    from labeler.errors import LabelerError
+    from labeler.manifest import load_manifest
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        with Progress(console=_stderr_console(), transient=True) as bar:
+            task = bar.add_task("loading tiles", total=None)
+            result = load_manifest(
+                engine, manifest.resolve() if manifest.exists() else manifest, slug,
+                tile_store=s.tile_store_path, create=create,
+                project_fields={"type": ptype, **_fields(opts)}, actor="cli",
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        _out(result.to_json())
+    except LabelerError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _status_cmd(status: str, help_text: str) -> click.Command:
+    @click.command(status_name(status), help=help_text)
+    @click.argument("slug")
+    def cmd(slug: str) -> None:
+        from labeler.errors import LabelerError
+        from labeler.projects import set_status
+
+        s = _settings()
+        engine = _engine(s)
+        try:
+            p = set_status(engine, slug, status, actor="cli")
+            _out({"slug": p.slug, "status": p.status})
+        except LabelerError as exc:
+            _fail(exc)
+        finally:
+            engine.dispose()
+    return cmd
+
+
+def status_name(status: str) -> str:
+    return {"live": "publish", "paused": "pause", "finished": "finish"}[status]
+
+
+project.add_command(_status_cmd("live", "Publish a project (volunteers can see it)."))
+project.add_command(_status_cmd("paused", "Pause a project (no new tasks)."))
+project.add_command(_status_cmd("finished", "Finish a project."))
+
+
+@project.command("list")
+def project_list() -> None:
+    """All projects with their status and progress."""
+    from labeler.projects import list_projects, progress
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        out = []
+        for p in list_projects(engine, live_only=False):
+            with engine.connect() as conn:
+                out.append({"slug": p.slug, "type": p.type, "status": p.status,
+                            "progress": progress(conn, p.id)})
+        _out(out)
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- token
+
+@click.group()
+def token() -> None:
+    """API tokens for researchers, analysts and admins."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["researcher", "analyst", "admin"]))
+@click.option("--name", default="", help="who it is for (shown in listings)")
+def token_create(role: str, name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from labeler.security import create_token
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        tid, tok = create_token(engine, role, name, actor="cli")
+    finally:
+        engine.dispose()
+    click.echo(f"token {tid} ({role}) created; it is shown only now", err=True)
+    click.echo(tok)
+
+
+@token.command("list")
+def token_list() -> None:
+    """Tokens (id, role, name, prefix, revoked) — never the secrets."""
+    from labeler.security import list_tokens
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        _out(list_tokens(engine))
+    finally:
+        engine.dispose()
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+def token_revoke(token_id: int) -> None:
+    """Revoke a token by id."""
+    from labeler.errors import LabelerError
+    from labeler.security import revoke_token
+
+    s = _settings()
+    engine = _engine(s)
+    try:
+        revoke_token(engine, token_id, actor="cli")
+    except LabelerError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
+    click.echo(f"token {token_id} revoked", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(db())

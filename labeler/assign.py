@@ -1,0 +1,290 @@
+"""Task assignment: hand a volunteer the next tile (or block of tiles) under a lease.
+
+Invariants (checked by the concurrency tests on both backends):
+
+- a tile's ``label_count + lease_count`` never exceeds the project's target: the claim reads
+  and bumps those counters on rows it has locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``;
+  SQLite ``BEGIN IMMEDIATE`` serialises writers);
+- a volunteer never gets a tile they already labelled, skipped or hold a lease on;
+- retired/unresolved, gold-only and tutorial tiles never enter the normal queue.
+
+Counters change only in the transaction that inserts/deletes the row they count, and every
+transaction locks ``tiles`` rows before ``leases`` rows (ordered by id), so there are no
+lock-order deadlocks. :func:`recount` recomputes them from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import mercantile
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from labeler.db import write_tx
+from labeler.models import TS, Lease, utcnow
+from labeler.projects import ProjectConfig
+
+NEW_VOLUNTEER_LABELS = 20  # volunteers with fewer labels in a project see gold twice as often
+RECLAIM_EVERY_S = 1.0
+
+
+@dataclass
+class TaskTile:
+    tile_id: int
+    z: int
+    x: int
+    y: int
+    bounds: tuple[float, float, float, float]
+    layers: list[str]
+    row: int = 0
+    col: int = 0
+
+
+@dataclass
+class Task:
+    task_id: str
+    expires_at: datetime
+    tiles: list[TaskTile]
+    is_gold: bool = False
+    labelled_by_you: int = 0
+    context: dict[str, list[str]] = field(default_factory=dict)
+
+
+def gold_turn(n_done: int, rate: float) -> bool:
+    """Deterministic interleaving: the (n+1)-th task is gold when it crosses a multiple of
+    1/rate. New volunteers (fewer than NEW_VOLUNTEER_LABELS labels) get twice the rate."""
+    if rate <= 0:
+        return False
+    r = min(1.0, rate * 2) if n_done < NEW_VOLUNTEER_LABELS else rate
+    return math.floor((n_done + 1) * r + 1e-9) > math.floor(n_done * r + 1e-9)
+
+
+def _pg(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _ids(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+_TILE_COLS = "t.id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, t.layers"
+
+
+def _task_tile(r: Any, row: int = 0, col: int = 0) -> TaskTile:
+    layers = r.layers
+    if isinstance(layers, str):  # raw SQL on SQLite returns JSON as text
+        import json
+        layers = json.loads(layers)
+    return TaskTile(tile_id=r.id, z=r.z, x=r.x, y=r.y, bounds=(r.west, r.south, r.east, r.north),
+                    layers=list(layers or []), row=row, col=col)
+
+
+def reclaim_expired(conn: Connection, project_id: int, now: datetime, *,
+                    volunteer_id: int | None = None, limit: int = 500) -> int:
+    """Delete expired leases (all, or one volunteer's) and give their places back."""
+    where = "project_id = :p AND expires_at < :now"
+    params: dict[str, Any] = {"p": project_id, "now": now, "lim": limit}
+    if volunteer_id is not None:
+        where += " AND volunteer_id = :v"
+        params["v"] = volunteer_id
+    tile_ids = [r[0] for r in conn.execute(sa.text(
+        f"SELECT DISTINCT tile_id FROM leases WHERE {where} LIMIT :lim"
+    ).bindparams(sa.bindparam("now", type_=TS)), params)]
+    if not tile_ids:
+        return 0
+    lock = " FOR UPDATE SKIP LOCKED" if _pg(conn) else ""
+    locked = [r[0] for r in conn.execute(sa.text(
+        f"SELECT id FROM tiles WHERE id IN :ids ORDER BY id{lock}"
+    ).bindparams(_ids("ids")), {"ids": tile_ids})]
+    if not locked:
+        return 0
+    deleted = conn.execute(sa.text(
+        f"DELETE FROM leases WHERE tile_id IN :ids AND {where} RETURNING tile_id, is_gold"
+    ).bindparams(_ids("ids"), sa.bindparam("now", type_=TS)), {**params, "ids": locked}).all()
+    _release(conn, [r.tile_id for r in deleted if not r.is_gold])
+    return len(deleted)
+
+
+def _release(conn: Connection, tile_ids: list[int]) -> None:
+    per: dict[int, int] = {}
+    for t in tile_ids:
+        per[t] = per.get(t, 0) + 1
+    if per:
+        conn.execute(sa.text("UPDATE tiles SET lease_count = lease_count - :n WHERE id = :id"),
+                     [{"id": t, "n": n} for t, n in sorted(per.items())])
+
+
+def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
+    if project.priority == "uncertain":
+        key = ("CASE WHEN t.confidence IS NULL THEN 1 ELSE 0 END, t.confidence, "
+               "t.label_count DESC, t.id")
+    else:
+        key = "t.label_count DESC, t.id"
+    if near is not None:
+        return f"abs(t.x - :nx) + abs(t.y - :ny), {key}"
+    return key
+
+
+_ELIGIBLE = """
+    t.project_id = :p AND t.state = 'live' AND t.gold_answer IS NULL AND NOT t.tutorial
+    AND t.label_count + t.lease_count < :target
+    AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v)
+    AND NOT EXISTS (SELECT 1 FROM leases s WHERE s.tile_id = t.id AND s.volunteer_id = :v)
+"""
+
+
+class Assigner:
+    """Claims tasks for volunteers. One per app (holds a little per-process timing state)."""
+
+    def __init__(self, engine: Engine, lease_seconds: int) -> None:
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+        self._last_reclaim: dict[int, float] = {}
+
+    def next_task(self, project: ProjectConfig, volunteer_id: int, *,
+                  near: tuple[float, float] | None = None, now: datetime | None = None) -> Task | None:
+        now = now or utcnow()
+        expires = now + timedelta(seconds=self.lease_seconds)
+        near_xy = None
+        if near is not None and project.task_zoom is not None:
+            t = mercantile.tile(near[0], near[1], project.task_zoom)
+            near_xy = (t.x, t.y)
+        with write_tx(self.engine) as conn:
+            held = conn.execute(sa.text(
+                "SELECT task_id, CASE WHEN expires_at > :now THEN 1 ELSE 0 END AS live "
+                "FROM leases WHERE volunteer_id = :v AND project_id = :p ORDER BY id"
+            ).bindparams(sa.bindparam("now", type_=TS)),
+                {"v": volunteer_id, "p": project.id, "now": now}).all()
+            live_task = next((r.task_id for r in held if r.live), None)
+            n_done = conn.execute(sa.text(
+                "SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p"),
+                {"v": volunteer_id, "p": project.id}).scalar_one()
+            if live_task is not None:
+                return self._renew(conn, live_task, volunteer_id, expires, n_done)
+            if held:
+                reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
+            mono = time.monotonic()
+            if mono - self._last_reclaim.get(project.id, 0.0) > RECLAIM_EVERY_S:
+                self._last_reclaim[project.id] = mono
+                reclaim_expired(conn, project.id, now)
+            task_id = uuid.uuid4().hex
+            tiles: list[TaskTile] = []
+            is_gold = False
+            if gold_turn(n_done, project.gold_rate):
+                tiles = self._claim_gold(conn, project, volunteer_id)
+                is_gold = bool(tiles)
+            if not tiles:
+                tiles = self._claim(conn, project, volunteer_id, near_xy)
+            if not tiles:
+                return None
+            conn.execute(sa.insert(Lease.__table__), [dict(  # type: ignore[attr-defined]
+                task_id=task_id, project_id=project.id, tile_id=t.tile_id,
+                volunteer_id=volunteer_id, is_gold=is_gold, block_row=t.row, block_col=t.col,
+                expires_at=expires, created_at=now) for t in tiles])
+            if not is_gold:
+                conn.execute(sa.text(
+                    "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN :ids"
+                ).bindparams(_ids("ids")), {"ids": [t.tile_id for t in tiles]})
+        task = Task(task_id=task_id, expires_at=expires, tiles=tiles, is_gold=is_gold,
+                    labelled_by_you=n_done)
+        if project.context and len(tiles) == 1:
+            task.context = self._context(project, tiles[0])
+        return task
+
+    # -- pieces --------------------------------------------------------------------------
+    def _renew(self, conn: Connection, task_id: str, volunteer_id: int, expires: datetime,
+               n_done: int) -> Task:
+        conn.execute(sa.text(
+            "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v"
+        ).bindparams(sa.bindparam("e", type_=TS)), {"e": expires, "t": task_id, "v": volunteer_id})
+        rows = conn.execute(sa.text(
+            f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
+            "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
+            "ORDER BY s.block_row, s.block_col"), {"t": task_id, "v": volunteer_id}).all()
+        return Task(task_id=task_id, expires_at=expires,
+                    tiles=[_task_tile(r, r.block_row, r.block_col) for r in rows],
+                    is_gold=bool(rows and rows[0].is_gold), labelled_by_you=n_done)
+
+    def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int) -> list[TaskTile]:
+        # A per-volunteer pseudo-random order, so gold tiles are not seen in the same sequence.
+        r = conn.execute(sa.text(
+            f"SELECT {_TILE_COLS} FROM tiles t WHERE t.project_id = :p AND t.gold_answer IS NOT NULL "
+            "AND NOT t.tutorial "
+            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v) "
+            "AND NOT EXISTS (SELECT 1 FROM leases s WHERE s.tile_id = t.id AND s.volunteer_id = :v) "
+            "ORDER BY (t.id * 7919 + :v * 104729) % 1000003 LIMIT 1"),
+            {"p": project.id, "v": volunteer_id}).first()
+        return [_task_tile(r)] if r else []
+
+    def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+               near_xy: tuple[int, int] | None) -> list[TaskTile]:
+        lock = " FOR UPDATE OF t SKIP LOCKED" if _pg(conn) else ""
+        params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target}
+        if near_xy is not None:
+            params.update(nx=near_xy[0], ny=near_xy[1])
+        anchor = conn.execute(sa.text(
+            f"SELECT {_TILE_COLS} FROM tiles t WHERE {_ELIGIBLE} "
+            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}"), params).first()
+        if anchor is None:
+            return []
+        cols, rows = project.block_cols, project.block_rows
+        if cols * rows == 1:
+            return [_task_tile(anchor)]
+        bx, by = anchor.x - anchor.x % cols, anchor.y - anchor.y % rows
+        block = conn.execute(sa.text(
+            f"SELECT {_TILE_COLS} FROM tiles t WHERE {_ELIGIBLE} AND t.z = :z "
+            f"AND t.x >= :bx AND t.x < :bx2 AND t.y >= :by AND t.y < :by2 ORDER BY t.id{lock}"),
+            {**params, "z": anchor.z, "bx": bx, "bx2": bx + cols, "by": by, "by2": by + rows}).all()
+        tiles = [_task_tile(r, r.y - by, r.x - bx) for r in block]
+        if not any(t.tile_id == anchor.id for t in tiles):  # cannot happen; keep the anchor anyway
+            tiles.append(_task_tile(anchor, anchor.y - by, anchor.x - bx))
+        return sorted(tiles, key=lambda t: (t.row, t.col))
+
+    def _context(self, project: ProjectConfig, tile: TaskTile) -> dict[str, list[str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT x, y, layers FROM tiles WHERE project_id = :p AND z = :z "
+                "AND x BETWEEN :x0 AND :x1 AND y BETWEEN :y0 AND :y1"),
+                {"p": project.id, "z": tile.z, "x0": tile.x - 1, "x1": tile.x + 1,
+                 "y0": tile.y - 1, "y1": tile.y + 1}).all()
+        out = {}
+        for r in rows:
+            if (r.x, r.y) == (tile.x, tile.y):
+                continue
+            layers = r.layers
+            if isinstance(layers, str):
+                import json
+                layers = json.loads(layers)
+            out[f"{r.x - tile.x},{r.y - tile.y}"] = list(layers or [])
+        return out
+
+
+def recount(engine: Engine, project_id: int | None = None, *, now: datetime | None = None,
+            fix: bool = False) -> list[dict[str, int]]:
+    """Compare each tile's counters with counts derived from ``labels``/``leases``.
+
+    Returns the tiles that differ (``{"tile_id", "label_count", "derived_labels",
+    "lease_count", "derived_leases"}``); with ``fix=True`` also corrects them.
+    """
+    where = "WHERE t.project_id = :p" if project_id is not None else ""
+    sql = f"""
+      SELECT t.id, t.label_count, t.lease_count,
+        (SELECT count(*) FROM labels l WHERE l.tile_id = t.id AND NOT l.skipped AND NOT l.is_gold) AS dl,
+        (SELECT count(*) FROM leases s WHERE s.tile_id = t.id AND NOT s.is_gold) AS ds
+      FROM tiles t {where}"""
+    with write_tx(engine) as conn:
+        rows = conn.execute(sa.text(sql), {"p": project_id}).all()
+        bad = [{"tile_id": r.id, "label_count": r.label_count, "derived_labels": r.dl,
+                "lease_count": r.lease_count, "derived_leases": r.ds}
+               for r in rows if (r.label_count, r.lease_count) != (r.dl, r.ds)]
+        if fix and bad:
+            conn.execute(sa.text("UPDATE tiles SET label_count = :dl, lease_count = :ds WHERE id = :id"),
+                         [{"id": b["tile_id"], "dl": b["derived_labels"], "ds": b["derived_leases"]}
+                          for b in bad])
+    return bad

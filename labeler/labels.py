@@ -1,0 +1,289 @@
+"""Label capture: validate a submission, then store it all-or-nothing.
+
+Labels are append-only. A label whose idempotency key (or tile) this volunteer already
+used is a duplicate: answered as success, stored once. The tile rows are locked first
+(ordered by id), then the leases are checked and removed, the labels inserted with
+``ON CONFLICT DO NOTHING``, and the tiles' counters/consensus/retirement updated in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from labeler.db import write_tx
+from labeler.errors import NotLeased, ValidationError
+from labeler.models import TS, Label, utcnow
+from labeler.projects import ProjectConfig
+from labeler.retire import evaluate
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+MAX_LABELS_PER_REQUEST = 36
+MAX_FLAG_NOTE = 1000
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+EPS = 1e-9
+
+
+@dataclass
+class LabelIn:
+    tile_id: int
+    answer: str | None
+    points: list[list[float]] | None
+    skipped: bool
+    flag_note: str | None
+    time_spent_ms: int | None
+    idempotency_key: str
+    index: int
+
+
+@dataclass
+class SubmitResult:
+    stored: int = 0
+    duplicates: int = 0
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "feedback": self.feedback}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_submission(project: ProjectConfig, body: Any, max_points: int) -> tuple[str, list[LabelIn]]:
+    """Check the shape of a submission (everything that needs no database)."""
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object", field=None)
+    task_id = body.get("task_id")
+    if not isinstance(task_id, str) or not 1 <= len(task_id) <= 64:
+        raise ValidationError("'task_id' (from /next) is required", field="task_id")
+    raw = body.get("labels")
+    if not isinstance(raw, list) or not raw:
+        raise ValidationError("'labels' must be a non-empty list", field="labels")
+    if len(raw) > MAX_LABELS_PER_REQUEST:
+        raise ValidationError(f"at most {MAX_LABELS_PER_REQUEST} labels per request", field="labels")
+    limit = min(max_points, project.max_points)
+    out: list[LabelIn] = []
+    seen_keys: set[str] = set()
+    seen_tiles: set[int] = set()
+    allowed = {"tile_id", "answer", "points", "skipped", "flag_note", "time_spent_ms",
+               "idempotency_key"}
+    for i, item in enumerate(raw):
+        f = f"labels.{i}"
+        if not isinstance(item, dict):
+            raise ValidationError("each label must be an object", field=f)
+        extra = set(item) - allowed
+        if extra:
+            raise ValidationError(f"unknown field '{sorted(extra)[0]}'", field=f"{f}.{sorted(extra)[0]}")
+        tile_id = item.get("tile_id")
+        if not _is_int(tile_id):
+            raise ValidationError("'tile_id' must be an integer", field=f"{f}.tile_id")
+        if tile_id in seen_tiles:
+            raise ValidationError("the same tile appears twice", field=f"{f}.tile_id")
+        seen_tiles.add(tile_id)
+        key = item.get("idempotency_key")
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            raise ValidationError("'idempotency_key' must be 8-64 characters of [A-Za-z0-9_-]",
+                                  field=f"{f}.idempotency_key")
+        if key in seen_keys:
+            raise ValidationError("the same idempotency_key appears twice",
+                                  field=f"{f}.idempotency_key")
+        seen_keys.add(key)
+        skipped = item.get("skipped", False)
+        if not isinstance(skipped, bool):
+            raise ValidationError("'skipped' must be true or false", field=f"{f}.skipped")
+        answer = item.get("answer")
+        if answer is None:
+            if not skipped:
+                raise ValidationError("'answer' is required unless 'skipped' is true",
+                                      field=f"{f}.answer")
+        elif not isinstance(answer, str) or answer not in project.answer_values:
+            raise ValidationError(
+                f"'answer' must be one of {', '.join(a['value'] for a in project.answers)}",
+                field=f"{f}.answer")
+        points = item.get("points")
+        if points is not None:
+            if not isinstance(points, list):
+                raise ValidationError("'points' must be a list of [lon, lat]", field=f"{f}.points")
+            if points and project.type != "mark":
+                raise ValidationError("'points' are only accepted in mark projects",
+                                      field=f"{f}.points")
+            if points and answer != "marked":
+                raise ValidationError("'points' need the answer 'marked'", field=f"{f}.points")
+            if len(points) > limit:
+                raise ValidationError(f"at most {limit} points per tile", field=f"{f}.points")
+            for j, p in enumerate(points):
+                if not (isinstance(p, list) and len(p) == 2
+                        and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                and math.isfinite(c) for c in p)):
+                    raise ValidationError("each point must be [lon, lat] (two finite numbers)",
+                                          field=f"{f}.points.{j}")
+            points = [[float(p[0]), float(p[1])] for p in points]
+        if project.type == "mark" and answer == "marked" and points is None:
+            points = []
+        note = item.get("flag_note")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_FLAG_NOTE):
+            raise ValidationError(f"'flag_note' must be text of at most {MAX_FLAG_NOTE} characters",
+                                  field=f"{f}.flag_note")
+        spent = item.get("time_spent_ms")
+        if spent is not None and (not _is_int(spent) or not 0 <= spent <= MAX_TIME_SPENT_MS):
+            raise ValidationError("'time_spent_ms' must be a whole number of milliseconds >= 0",
+                                  field=f"{f}.time_spent_ms")
+        out.append(LabelIn(tile_id=tile_id, answer=answer, points=points, skipped=skipped,
+                           flag_note=note or None, time_spent_ms=spent, idempotency_key=key,
+                           index=i))
+    return task_id, out
+
+
+def _ids(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
+           labels: list[LabelIn]) -> SubmitResult:
+    """Store ``labels`` (already shape-checked by :func:`parse_submission`) all-or-nothing."""
+    result = SubmitResult()
+    now = utcnow()
+    with write_tx(engine) as conn:
+        pg = conn.dialect.name == "postgresql"
+        tile_ids = sorted(lb.tile_id for lb in labels)
+        tiles = {r.id: r for r in conn.execute(sa.text(
+            "SELECT id, project_id, west, south, east, north, gold_answer, gold_explanation, state, "
+            "label_count, answer_counts FROM tiles WHERE id IN :ids ORDER BY id"
+            + (" FOR UPDATE" if pg else "")).bindparams(_ids("ids")), {"ids": tile_ids})}
+        # Duplicates: same key, or a tile this volunteer already labelled.
+        prior = conn.execute(sa.text(
+            "SELECT tile_id, idempotency_key FROM labels WHERE volunteer_id = :v "
+            "AND (idempotency_key IN :keys OR tile_id IN :ids)"
+        ).bindparams(_ids("keys"), _ids("ids")),
+            {"v": volunteer_id, "keys": [lb.idempotency_key for lb in labels],
+             "ids": tile_ids}).all()
+        key_tile = {r.idempotency_key: r.tile_id for r in prior}
+        done_tiles = {r.tile_id for r in prior}
+        fresh: list[LabelIn] = []
+        for lb in labels:
+            f = f"labels.{lb.index}"
+            if lb.idempotency_key in key_tile:
+                if key_tile[lb.idempotency_key] != lb.tile_id:
+                    raise ValidationError("this idempotency_key was already used for another tile",
+                                          field=f"{f}.idempotency_key")
+                result.duplicates += 1
+                continue
+            if lb.tile_id in done_tiles:
+                result.duplicates += 1
+                continue
+            tile = tiles.get(lb.tile_id)
+            if tile is None or tile.project_id != project.id:
+                raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
+                                      field=f"{f}.tile_id")
+            if lb.points:
+                for j, (lon, lat) in enumerate(lb.points):
+                    if not (tile.west - EPS <= lon <= tile.east + EPS
+                            and tile.south - EPS <= lat <= tile.north + EPS):
+                        raise ValidationError(
+                            f"point {j} ({lon}, {lat}) is outside tile {lb.tile_id} "
+                            f"[{tile.west}, {tile.south}, {tile.east}, {tile.north}]",
+                            field=f"{f}.points.{j}")
+            fresh.append(lb)
+        if not fresh:
+            return result
+        fresh_ids = [lb.tile_id for lb in fresh]
+        leases = {r.tile_id: r for r in conn.execute(sa.text(
+            "SELECT tile_id, task_id, is_gold FROM leases WHERE volunteer_id = :v AND tile_id IN :ids"
+        ).bindparams(_ids("ids")), {"v": volunteer_id, "ids": fresh_ids})}
+        for lb in fresh:
+            lease = leases.get(lb.tile_id)
+            if lease is None or lease.task_id != task_id:
+                raise NotLeased(f"tile {lb.tile_id} is not leased to you under task {task_id} "
+                                "(the lease may have expired): ask /next for a new task",
+                                field=f"labels.{lb.index}.tile_id")
+        rows = []
+        for lb in fresh:
+            tile = tiles[lb.tile_id]
+            is_gold = tile.gold_answer is not None
+            rows.append(dict(
+                project_id=project.id, tile_id=lb.tile_id, volunteer_id=volunteer_id,
+                answer=lb.answer, points=lb.points, skipped=lb.skipped, flag_note=lb.flag_note,
+                idempotency_key=lb.idempotency_key, is_gold=is_gold,
+                correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
+                time_spent_ms=lb.time_spent_ms, created_at=now))
+        insert = postgresql.insert if pg else sqlite.insert
+        table = Label.__table__  # type: ignore[attr-defined]
+        inserted = {r.tile_id for r in conn.execute(
+            insert(table).values(rows).on_conflict_do_nothing().returning(table.c.tile_id))}
+        result.duplicates += len(rows) - len(inserted)
+        result.stored = len(inserted)
+        if not inserted:
+            return result
+        conn.execute(sa.text(
+            "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN :ids"
+        ).bindparams(_ids("ids")), {"v": volunteer_id, "ids": sorted(inserted)})
+        updates = []
+        for lb in fresh:
+            if lb.tile_id not in inserted:
+                continue
+            tile = tiles[lb.tile_id]
+            lease = leases[lb.tile_id]
+            if tile.gold_answer is not None:
+                if not lb.skipped:
+                    result.feedback.append({
+                        "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
+                        "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
+                if not lease.is_gold:  # became gold after it was leased: give the place back
+                    updates.append(_tile_update(tile, None, release=1, project=project))
+                continue
+            updates.append(_tile_update(tile, None if lb.skipped else lb.answer,
+                                        release=0 if lease.is_gold else 1, project=project))
+        if updates:
+            conn.execute(sa.text(
+                "UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, "
+                "answer_counts = :ac, consensus_answer = :ca, confidence = :cf, state = :st, "
+                "retired_at = COALESCE(retired_at, :ra) WHERE id = :id"
+            ).bindparams(sa.bindparam("ac", type_=sa.JSON), sa.bindparam("ra", type_=TS)),
+                [{**u, "ra": now if u["st"] != "live" else None} for u in updates])
+    return result
+
+
+def _tile_update(tile: Any, answer: str | None, *, release: int, project: ProjectConfig) -> dict[str, Any]:
+    counts = dict(_json(tile.answer_counts) or {})
+    label_count = tile.label_count
+    state = tile.state
+    ca = None
+    cf = None
+    if answer is not None:
+        counts[answer] = counts.get(answer, 0) + 1
+        label_count += 1
+    if counts:
+        new_state, ca, cf = evaluate(project.retirement, project.redundancy,
+                                     [a["value"] for a in project.answers], counts)
+        if state == "live":
+            state = new_state
+    return {"id": tile.id, "lc": label_count, "rel": release, "ac": counts, "ca": ca, "cf": cf,
+            "st": state}
+
+
+def volunteer_stats(conn: Connection, volunteer_id: int) -> dict[str, Any]:
+    rows = conn.execute(sa.text(
+        "SELECT p.slug, count(*) AS n, "
+        "sum(CASE WHEN l.is_gold AND NOT l.skipped THEN 1 ELSE 0 END) AS gold_seen, "
+        "sum(CASE WHEN l.correct THEN 1 ELSE 0 END) AS gold_correct "
+        "FROM labels l JOIN projects p ON p.id = l.project_id WHERE l.volunteer_id = :v "
+        "GROUP BY p.slug ORDER BY p.slug"), {"v": volunteer_id}).all()
+    return {
+        "labels": int(sum(r.n for r in rows)),
+        "projects": {r.slug: int(r.n) for r in rows},
+        "gold": {"seen": int(sum(r.gold_seen or 0 for r in rows)),
+                 "correct": int(sum(r.gold_correct or 0 for r in rows))},
+    }
