@@ -17,18 +17,27 @@ Contract with the analyst side (``labeler.dashboard.results``):
 * ``project_access.private``: only volunteers in ``project_members`` (joined through an invite
   link) may see or label the project. See ``labeler.dashboard.researcher_access``.
 
-Times are naive UTC, like the labeler's own tables.
+Times are aware UTC datetimes, like the labeler's own tables; :func:`iso` formats them.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Optional
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from labeler.models import utcnow
+
+def iso(dt: datetime | None) -> str | None:
+    """``2026-11-27T06:30:00Z`` for an aware (or naive UTC) datetime."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
 
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 REVIEW_SOURCES = ("unresolved", "flagged", "sample", "manual")

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from labeler.dashboard.models import ProjectAccess, ProjectInvite, ProjectMember
+from labeler.dashboard.models import iso, ProjectAccess, ProjectInvite, ProjectMember
 from labeler.errors import NotFound
 from labeler.models import Project, utcnow
 
@@ -106,7 +106,7 @@ def create_invite(conn: sa.Connection, project_id: int, *, label: str = "",
     )
     invite_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
     return {"id": invite_id, "token": token, "prefix": token[:10], "label": label,
-            "created_at": now.isoformat() + "Z", "revoked": False, "members": 0}
+            "created_at": iso(now), "revoked": False, "members": 0}
 
 
 def list_invites(conn: sa.Connection, project_id: int) -> list[dict[str, Any]]:
@@ -124,7 +124,7 @@ def list_invites(conn: sa.Connection, project_id: int) -> list[dict[str, Any]]:
     ).all()
     return [
         {"id": r.id, "prefix": r.prefix, "label": r.label, "created_by": r.created_by,
-         "created_at": r.created_at.isoformat() + "Z", "revoked": r.revoked_at is not None,
+         "created_at": iso(r.created_at), "revoked": r.revoked_at is not None,
          "members": int(r.members)}
         for r in rows
     ]

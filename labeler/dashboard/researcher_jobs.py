@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from labeler.dashboard.models import IngestJob
+from labeler.dashboard.models import iso, IngestJob
 from labeler.models import utcnow
 
 log = logging.getLogger("crowdsight.ingest_jobs")
@@ -59,7 +59,12 @@ class IngestJobSpec:
     layers: dict[str, list[str]]  # layer name -> absolute paths of uploaded GeoTIFFs
     options: dict[str, Any] = field(default_factory=dict)
     max_raster_pixels: int = 2_000_000_000
+    actor: str = "researcher"
     delete_sources: bool = True  # remove the uploaded files once the job is over
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def new_job_id() -> str:
@@ -95,7 +100,7 @@ def job_json(row: Any, *, now: Any = None) -> dict[str, Any]:
     """The API shape of a job row; a silent ``running`` job is reported as interrupted."""
     now = now or utcnow()
     status, error_code, error_message = row.status, row.error_code, row.error_message
-    if status in ("running", "queued") and row.heartbeat_at < now - STALE_AFTER:
+    if status in ("running", "queued") and _aware(row.heartbeat_at) < now - STALE_AFTER:
         status, error_code = "failed", "interrupted"
         error_message = ("the ingest stopped without finishing (the server was restarted?); "
                          "the project was left unchanged — upload the files again")
@@ -109,8 +114,8 @@ def job_json(row: Any, *, now: Any = None) -> dict[str, Any]:
         "request": row.request,
         "result": row.result,
         "created_by": row.created_by,
-        "created_at": row.created_at.isoformat() + "Z",
-        "finished_at": row.finished_at.isoformat() + "Z" if row.finished_at else None,
+        "created_at": iso(row.created_at),
+        "finished_at": iso(row.finished_at),
     }
 
 
@@ -122,7 +127,7 @@ def active_job(conn: sa.Connection, project_id: int) -> Any | None:
     ).all()
     cutoff = utcnow() - STALE_AFTER
     for row in rows:
-        if row.heartbeat_at >= cutoff:
+        if _aware(row.heartbeat_at) >= cutoff:
             return row
     return None
 
@@ -204,7 +209,8 @@ def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
         manifest = ingest_to_staging(spec, staging, reporter)
         _update(engine, spec.job_id, stage="loading", progress=0.9,
                 message="adding the tiles to the project")
-        result = publish_staging(spec, engine, staging, manifest)
+        loader = _Reporter(engine, spec.job_id, start=0.9, span=0.09)
+        result = publish_staging(spec, engine, staging, manifest, loader)
         _update(engine, spec.job_id, status="succeeded", stage="done", progress=1.0,
                 message="finished", result=result, finished_at=utcnow())
         return result
@@ -241,16 +247,21 @@ IngestFn = Callable[..., Any]
 
 def ingest_to_staging(spec: IngestJobSpec, staging: Path,
                       progress: Callable[..., None]) -> Path:
-    """Run ``ingest.ingest`` into the staging store; return the manifest path."""
-    from ingest import ingest as ingest_fn
+    """Run ``ingest.ingest`` (the same code as ``crowdsight ingest``) into the staging store;
+    return the manifest path."""
+    from ingest.pipeline import ingest as ingest_fn
 
     staging.mkdir(parents=True, exist_ok=True)
     ingest_fn(
         {name: [Path(p) for p in paths] for name, paths in spec.layers.items()},
         staging,
         spec.slug,
-        progress=progress,
-        **spec.options,
+        zoom=spec.options.get("task_zoom"),
+        min_zoom=spec.options.get("min_zoom"),
+        max_pixels=spec.max_raster_pixels,
+        jobs=1,
+        progress=lambda done, total, stage: progress(
+            done, total, f"cutting tiles ({stage})" if total else f"{stage}"),
     )
     manifest = staging / spec.slug / "manifest.json"
     if not manifest.is_file():
@@ -261,38 +272,61 @@ def ingest_to_staging(spec: IngestJobSpec, staging: Path,
 
 
 def publish_staging(spec: IngestJobSpec, engine: Engine, staging: Path,
-                    manifest: Path) -> dict[str, Any]:
-    """Swap the staged layers into ``{store}/{slug}`` and load the manifest (one transaction).
+                    manifest: Path, progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Merge the staged tiles into ``{store}/{slug}`` and load the manifest (one transaction).
 
-    On failure the previous layer directories and manifest are put back.
+    Tile files that already exist are kept (tiles already in the project keep the imagery
+    their labels were given on); only new files are added, plus the new ``manifest.json``.
+    If loading the manifest fails, the added files are removed and the previous manifest is
+    restored, so the project and its folder are exactly as before.
     """
     from labeler.manifest import load_manifest
 
     store = Path(spec.tile_store)
     target = store / spec.slug
-    target.mkdir(parents=True, exist_ok=True)
-    backup = store / ".staging" / f"{spec.job_id}.old"
-    backup.mkdir(parents=True, exist_ok=True)
-    moved: list[str] = []
     src_root = staging / spec.slug
+    added: list[Path] = []
+    old_manifest = target / "manifest.json"
+    manifest_backup = staging / "manifest.previous.json"
+    had_manifest = old_manifest.exists()
     try:
-        for entry in sorted(src_root.iterdir()):
-            dst = target / entry.name
-            if dst.exists():
-                os.replace(dst, backup / entry.name)
-            os.replace(entry, dst)
-            moved.append(entry.name)
-        result = load_manifest(engine, spec.project_id, target / "manifest.json")
+        for dirpath, _dirs, files in os.walk(src_root):
+            rel_dir = Path(dirpath).relative_to(src_root)
+            for name in files:
+                if rel_dir == Path(".") and name == "manifest.json":
+                    continue
+                dst = target / rel_dir / name
+                if dst.exists():
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(dirpath) / name, dst)
+                added.append(dst)
+        if had_manifest:
+            shutil.copy2(old_manifest, manifest_backup)
+        target.mkdir(parents=True, exist_ok=True)
+        os.replace(src_root / "manifest.json", old_manifest)
+        result = load_manifest(engine, old_manifest, spec.slug, tile_store=store,
+                               actor=spec.actor, progress=progress)
     except BaseException:
-        for name in moved:
-            dst = target / name
-            if dst.is_dir():
-                shutil.rmtree(dst, ignore_errors=True)
-            else:
-                dst.unlink(missing_ok=True)
-            if (backup / name).exists():
-                os.replace(backup / name, dst)
-        shutil.rmtree(backup, ignore_errors=True)
+        for dst in added:
+            dst.unlink(missing_ok=True)
+        if had_manifest and manifest_backup.exists():
+            os.replace(manifest_backup, old_manifest)
+        elif not had_manifest:
+            old_manifest.unlink(missing_ok=True)
+        _prune_empty_dirs(target)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
-    return dict(result) if isinstance(result, dict) else {"result": result}
+    out = result.to_json()
+    out["files_added"] = len(added)
+    return out
+
+
+def _prune_empty_dirs(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        p = Path(dirpath)
+        try:
+            p.rmdir()  # only succeeds when empty
+        except OSError:
+            pass

@@ -8,8 +8,10 @@ so the server never holds more than one chunk in memory:
 * the running total is checked on every chunk (413 even when the client lied about its length);
 * the file is written to ``<name>.part`` and renamed only when complete, so a half upload never
   looks like a finished one; any failure removes the partial file;
-* the finished file is opened with GDAL restricted to the GTiff driver and its
-  width x height x bands checked against ``Settings.max_raster_pixels`` (422 otherwise).
+* the finished file goes through the same validation as ``crowdsight ingest``
+  (``ingest.sources.describe``: GDAL restricted to the GTiff driver, width x height x bands
+  against ``Settings.max_raster_pixels``, georeferencing, data type): 415 when it is another
+  format, 422 when it is a TIFF that cannot be used.
 
 The user's file name is only kept for display: files are stored under a random name.
 """
@@ -41,7 +43,8 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass(frozen=True)
 class RasterSummary:
-    """What GDAL says about an uploaded file (shown to the researcher before ingest)."""
+    """What GDAL says about an uploaded file (shown to the researcher before ingest);
+    ``bounds`` are lon/lat ``[w, s, e, n]``."""
 
     driver: str
     width: int
@@ -143,47 +146,34 @@ async def stream_to_disk(
             part.unlink(missing_ok=True)
 
 
-def inspect_geotiff(path: Path, *, max_pixels: int) -> RasterSummary:
-    """Open ``path`` with GDAL restricted to the GTiff driver and check its size.
+def inspect_geotiff(path: Path, *, max_pixels: int, display: str | None = None) -> RasterSummary:
+    """Validate ``path`` exactly as ``crowdsight ingest`` does (``ingest.sources.describe``:
+    TIFF signature, GDAL restricted to the GTiff driver, pixel limit, georeferencing, data
+    type) and summarise it. Messages name ``display`` instead of the server-side path.
 
     Blocking (GDAL); call it in a worker thread from async code.
     """
-    import rasterio
-    from rasterio.errors import RasterioError
+    from ingest.errors import IngestError, NotARasterError, UnsupportedDriverError
+    from ingest.sources import describe
 
     try:
-        with rasterio.open(path, driver=["GTiff"]) as ds:
-            pixels = ds.width * ds.height * ds.count
-            if pixels > max_pixels:
-                raise UnusableRaster(
-                    f"the raster is {ds.width} x {ds.height} x {ds.count} bands = {pixels:,} "
-                    f"values, above the limit of {max_pixels:,} "
-                    "(CROWDSIGHT_MAX_RASTER_PIXELS); split it into smaller GeoTIFFs "
-                    "(e.g. `gdal_retile.py`) and upload them together",
-                    code="raster_too_large",
-                )
-            if ds.crs is None and ds.gcps[1] is None:
-                raise UnusableRaster(
-                    "the TIFF has no coordinate reference system, so crowdsight cannot place it "
-                    "on the map; georeference it first (e.g. `gdal_translate -a_srs EPSG:XXXX "
-                    "-a_ullr ...`)",
-                    code="not_georeferenced",
-                )
-            return RasterSummary(
-                driver=ds.driver,
-                width=ds.width,
-                height=ds.height,
-                count=ds.count,
-                dtype=str(ds.dtypes[0]),
-                crs=ds.crs.to_string() if ds.crs else None,
-                bounds=tuple(float(v) for v in ds.bounds),  # type: ignore[arg-type]
-            )
-    except RasterioError as exc:
-        raise UnusableRaster(
-            f"GDAL could not read the file as a GeoTIFF ({exc}); check that the upload "
-            "finished and the file opens in QGIS",
-            code="unreadable_raster",
-        ) from exc
+        info = describe(path, max_pixels)
+    except IngestError as exc:
+        message = str(exc).replace(str(path), display or "the upload")
+        if isinstance(exc, (NotARasterError, UnsupportedDriverError)):
+            raise NotAGeoTIFF(message) from exc
+        raise UnusableRaster(message, code=_code(exc)) from exc
+    return RasterSummary(
+        driver="GTiff", width=info.width, height=info.height, count=info.count,
+        dtype=info.dtype, crs=info.crs_name,
+        bounds=tuple(round(v, 7) for v in info.bounds_lonlat),  # type: ignore[arg-type]
+    )
+
+
+def _code(exc: BaseException) -> str:
+    """``RasterTooLargeError`` -> ``raster_too_large``."""
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "unusable_raster"
 
 
 async def receive_upload(
@@ -205,7 +195,7 @@ async def receive_upload(
     )
     try:
         summary = await anyio.to_thread.run_sync(
-            lambda: inspect_geotiff(dest, max_pixels=max_pixels)
+            lambda: inspect_geotiff(dest, max_pixels=max_pixels, display=display_name(filename))
         )
     except BaseException:
         dest.unlink(missing_ok=True)
