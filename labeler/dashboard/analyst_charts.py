@@ -94,11 +94,19 @@ class _Frame:
             f'<line class="cs-axis" x1="{self.left}" x2="{self.width - self.right}" '
             f'y1="{base:.1f}" y2="{base:.1f}" stroke="#8c959f" stroke-width="1"/>'
         )
+        last = len(labels) - 1
         for i, (lab, cx) in enumerate(zip(labels, centers)):
-            if i % every and i != len(labels) - 1:
+            if i % every and i != last:
                 continue
+            if i == last and i % every and last - (last // every) * every < every / 2:
+                continue  # too close to the previous label
+            anchor = "middle"
+            if cx - 3.5 * len(lab) < 0:
+                anchor = "start"
+            elif cx + 3.5 * len(lab) > self.width:
+                anchor = "end"
             out.append(
-                f'<text class="cs-tick" x="{cx:.1f}" y="{base + 16:.1f}" text-anchor="middle" '
+                f'<text class="cs-tick" x="{cx:.1f}" y="{base + 16:.1f}" text-anchor="{anchor}" '
                 f'font-size="11" fill="#57606a">{escape(lab)}</text>'
             )
         if y_label:

@@ -338,8 +338,8 @@
     var conf = p.confidence === null || p.confidence === undefined ? 0 : p.confidence;
     var selected = state.selected === p.tile_id;
     return {
-      color: selected ? "#ffbf47" : answerColor(a), weight: selected ? 3 : 1, opacity: hidden ? 0 : (selected ? 1 : 0.7),
-      fillColor: answerColor(a), fillOpacity: hidden ? 0 : (a === null || a === undefined ? 0.08 : 0.15 + 0.55 * conf),
+      color: selected ? "#ffbf47" : answerColor(a), weight: selected ? 3 : 1, opacity: hidden ? 0 : (selected ? 1 : 0.45),
+      fillColor: answerColor(a), fillOpacity: hidden ? 0 : (a === null || a === undefined ? 0.05 : 0.1 + 0.4 * conf),
       className: "cs-tile cs-tile-" + p.tile_id
     };
   }
