@@ -9,8 +9,14 @@ from .aggregate import (DEFAULT_METHOD, METHODS, Method, SkillModel, TileResult,
                         dawid_skene, gold_seeded, majority_vote, one_coin, spatial)
 from .errors import (ConsensusError, ExportError, MethodError, MissingDependencyError,
                      VotesError)
+from .export import (Layer, export_metadata, pseudonym, structure_layer, tile_layer,
+                     to_geojson, village_layer, volunteer_rows, write_csv, write_geojson,
+                     write_gpkg, write_rows_csv)
+from .geo import LocalProjection, tile_bounds
+from .points import Structures, cluster_points
 from .retirement import (FixedPolicy, ReplayReport, RetirementPolicy, replay,
                          tile_posterior)
+from .villages import Villages, group_villages
 from .votes import (MAPSWIPE_ANSWERS, RESPONSE_ONLY, Votes, read_truth_csv, read_votes_csv,
                     truth_array)
 
@@ -20,4 +26,8 @@ __all__ = [
     "ReplayReport", "RetirementPolicy", "SkillModel", "TileResult", "Votes", "VotesError",
     "aggregate", "dawid_skene", "gold_seeded", "majority_vote", "one_coin", "read_truth_csv",
     "read_votes_csv", "replay", "spatial", "tile_posterior", "truth_array",
+    "Layer", "export_metadata", "pseudonym", "structure_layer", "tile_layer", "to_geojson",
+    "village_layer", "volunteer_rows", "write_csv", "write_geojson", "write_gpkg",
+    "write_rows_csv", "LocalProjection", "tile_bounds", "Structures", "cluster_points",
+    "Villages", "group_villages",
 ]

@@ -393,7 +393,9 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float
             converged = True
             break
         ll_prev = ll
-    extra = {"spatial_weight": float(lam)} if nbr is not None else {}
+    extra: dict[str, Any] = {}
+    if nbr is not None:
+        extra = {"spatial_weight": float(lam), "task_log_prior": np.broadcast_to(logp, (T, K))}
     return _finish(votes, d, method, params, post, conf, prior, it, converged, ll, extra)
 
 

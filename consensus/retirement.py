@@ -175,9 +175,12 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     status = np.zeros(T, dtype=np.int8)
     accepted = np.zeros(votes.n_votes, dtype=bool)
     task, worker, label = votes.task, votes.worker, votes.label
-    log_conf, log_prior = model.log_confusion, model.log_prior
+    log_conf = model.log_confusion
+    task_prior = np.broadcast_to(model.log_prior, (T, K))
     n_refits = 0
     since = 0
+    # refit early and often at first (250, 500, 1000, ...), then every `refit_every` answers
+    next_gap = min(250, refit_every) if refit_every else 0
     for i in order.tolist():
         t = task[i]
         if status[t]:
@@ -185,7 +188,7 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
         accepted[i] = True
         n_used[t] += 1
         acc_ll[t] += log_conf[worker[i], :, label[i]]
-        z = log_prior + acc_ll[t]
+        z = task_prior[t] + acc_ll[t]
         z = np.exp(z - z.max())
         decision = policy.decide(z / z.sum(), int(n_used[t]))
         if decision == "retire":
@@ -193,12 +196,17 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
         elif decision == "unresolved":
             status[t] = 2
         since += 1
-        if not fixed_skills and refit_every and since >= refit_every:
+        if not fixed_skills and refit_every and since >= next_gap:
             since = 0
+            next_gap = min(2 * next_gap, refit_every)
             n_refits += 1
             sub = votes.subset(accepted)
-            model = SkillModel.from_result(aggregate(sub, method, **method_params), shrink)
-            log_conf, log_prior = model.log_confusion, model.log_prior
+            fit = aggregate(sub, method, **method_params)
+            model = SkillModel.from_result(fit, shrink)
+            log_conf = model.log_confusion
+            # the spatial model gives each tile its own prior from its neighbours' answers
+            task_prior = fit.extra.get("task_log_prior",
+                                       np.broadcast_to(model.log_prior, (T, K)))
             # recompute the open tiles' evidence with the new skills (vectorised)
             acc_ll = np.zeros((T, K))
             np.add.at(acc_ll, sub.task, log_conf[sub.worker, :, sub.label])
