@@ -76,14 +76,15 @@ def export(slug: str, layer: str, fmt: str | None, out: str, method: str | None)
             with engine.connect() as conn:
                 data = R.load_project_data(conn, slug)
         with err.status(f"computing consensus ({method or R.default_method()})…"):
-            res = R.compute_results(data, method, secret=settings.resolved_secret_key())
+            secret = settings.resolved_secret_key()
+            res = R.compute_results(data, method, secret=secret)
         if fmt != "png" and fmt != "pdf" and layer != "volunteers" and \
                 not getattr(res, layer):
             err.print(f"[yellow]note:[/] the {layer} layer of {slug!r} is empty")
         with err.status(f"writing {layer} as {fmt}…"):
             if out == "-":
                 R.write_export(res, layer, fmt, sys.stdout.buffer,
-                               tile_store=settings.tile_store_path)
+                               tile_store=settings.tile_store_path, secret=secret)
                 sys.stdout.buffer.flush()
             else:
                 path = Path(out)
@@ -91,7 +92,8 @@ def export(slug: str, layer: str, fmt: str | None, out: str, method: str | None)
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
                 try:
                     with os.fdopen(fd, "wb") as fh:
-                        R.write_export(res, layer, fmt, fh, tile_store=settings.tile_store_path)
+                        R.write_export(res, layer, fmt, fh, tile_store=settings.tile_store_path,
+                                       secret=secret)
                     os.replace(tmp, path)
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)

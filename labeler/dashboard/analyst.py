@@ -259,8 +259,8 @@ async def chart(request: Request) -> Response:
 async def volunteers(request: Request) -> Response:
     await _auth(request)
     _, res = await _results(request)
-    return JSONResponse({"method": res.method,
-                         "volunteers": [v.row() for v in res.volunteers]})
+    secret = _settings(request).resolved_secret_key()
+    return JSONResponse({"method": res.method, "volunteers": R.volunteer_table(res, secret)})
 
 
 async def export(request: Request) -> Response:
@@ -281,7 +281,8 @@ async def export(request: Request) -> Response:
 
     def render() -> bytes:
         buf = io.BytesIO()
-        R.write_export(res, layer, fmt, buf, tile_store=settings.tile_store_path)
+        R.write_export(res, layer, fmt, buf, tile_store=settings.tile_store_path,
+                       secret=settings.resolved_secret_key())
         return buf.getvalue()
 
     body = await run_in_threadpool(render)

@@ -179,20 +179,31 @@ class TileOut:
     retired_at: datetime | None
 
     def properties(self) -> dict[str, Any]:
-        """Flat, volunteer-free properties for the tile layer (GeoJSON/CSV/GPKG)."""
+        """Flat, volunteer-free properties for the tile layer (GeoJSON/CSV/GPKG); names follow
+        ``consensus.tile_layer`` (MapSwipe style) plus the labeler's state and reviews."""
         p: dict[str, Any] = {
             "tile_id": self.tile_id, "z": self.z, "x": self.x, "y": self.y,
             "answer": self.answer, "confidence": _r(self.confidence), "source": self.source,
-            "n_votes": self.n_votes, "agreement": _r(self.agreement), "state": self.state,
+        }
+        for k, v in self.posteriors.items():
+            p[_snake(f"p_{k}")] = _r(v)
+        p["total_count"] = self.n_votes
+        for k, v in self.counts.items():
+            p[_snake(f"{k}_count")] = v
+            p[_snake(f"{k}_share")] = _r(v / self.n_votes) if self.n_votes else 0.0
+        p.update({
+            "agreement": _r(self.agreement), "state": self.state,
             "retired_at": _iso(self.retired_at), "crowd_answer": self.crowd_answer,
             "crowd_confidence": _r(self.crowd_confidence), "gold_answer": self.gold_answer,
             "review_answer": self.review["answer"] if self.review else None,
-        }
-        for k, v in self.counts.items():
-            p[f"n_{k}"] = v
-        for k, v in self.posteriors.items():
-            p[f"p_{k}"] = _r(v)
+        })
         return p
+
+
+def _snake(name: str) -> str:
+    from consensus.export import snake
+
+    return snake(name)
 
 
 @dataclass
@@ -234,12 +245,18 @@ class ProjectResults:
                 return t
         raise NotFound(f"no tile {tile_id} in project {self.project['slug']!r}", field="tile_id")
 
-    def metadata(self) -> dict[str, Any]:
-        """Stamped into every export (provenance)."""
-        return {"project": self.project["slug"], "project_name": self.project["name"],
-                "project_type": self.project["type"], "method": self.method,
-                "params": self.params, "generated_at": _iso(self.computed_at),
-                "software": f"crowdsight {self.software_version}"}
+    def metadata(self, layer: str | None = None) -> dict[str, Any]:
+        """Provenance stamped into every export (``consensus.export_metadata``)."""
+        from consensus.export import export_metadata
+
+        return export_metadata(self.project["slug"], layer=layer,
+                               result=self.extra.get("result"), method=self.method,
+                               parameters=self.params, generated=self.computed_at.replace(
+                                   tzinfo=UTC),
+                               project_name=self.project["name"],
+                               project_type=self.project["type"],
+                               expert_overrides=sum(1 for t in self.tiles
+                                                    if t.source == "expert"))
 
 
 def _r(v: float | None, nd: int = 4) -> float | None:
@@ -270,16 +287,10 @@ def default_method() -> str:
 
 
 def pseudonymizer(secret: str) -> Callable[[str], str]:
-    """Keyed pseudonyms for volunteer ids (consensus' HMAC scheme)."""
-    try:
-        from consensus import pseudonym as _ps  # type: ignore[attr-defined]
-    except ImportError:  # TODO: drop once consensus' pseudonyms land
-        import hashlib
-        import hmac
+    """Keyed pseudonyms for volunteer ids (``consensus.pseudonym``: HMAC-SHA256, server secret)."""
+    from consensus.export import pseudonym
 
-        key = secret.encode()
-        return lambda vid: "v_" + hmac.new(key, str(vid).encode(), hashlib.sha256).hexdigest()[:12]
-    return _ps.pseudonymizer(secret)
+    return lambda vid: pseudonym(vid, secret)
 
 
 def _classes_for(data: ProjectData) -> tuple[list[str], list[str]]:
@@ -384,14 +395,21 @@ def compute_results(
             retired_at=t["retired_at"]))
 
     volunteers = _volunteers(data, tiles_out, result, secret)
-    structures = _structures(data, tiles_out, secret)
-    villages = _villages(data, tiles_out, structures)
+    from consensus.export import structure_layer, village_layer
+
+    cs_structures = _structures(data, result)
+    cs_villages = _villages(data, tiles_out, cs_structures, classes)
+    structures = _layer_features(structure_layer(cs_structures)) if cs_structures else []
+    villages = _layer_features(village_layer(cs_villages)) if cs_villages else []
+    for v in villages:
+        v["properties"]["name"] = f"Village {v['properties']['village_id'] + 1}"
     return ProjectResults(
         project={k: data.project[k] for k in ("id", "slug", "name", "type", "status")},
         method=method, params=dict(result.params) if result is not None else {},
         classes=tuple(classes), tiles=tiles_out, structures=structures, villages=villages,
         volunteers=volunteers, computed_at=datetime.now(UTC).replace(tzinfo=None),
-        software_version=__version__, extra={"layers": list(data.project.get("layers") or [])})
+        software_version=__version__,
+        extra={"layers": list(data.project.get("layers") or []), "result": result})
 
 
 def _volunteers(data: ProjectData, tiles: Sequence[TileOut], result: Any,
@@ -433,16 +451,83 @@ def _volunteers(data: ProjectData, tiles: Sequence[TileOut], result: Any,
     return out
 
 
-def _structures(data: ProjectData, tiles: Sequence[TileOut], secret: str) -> list[dict[str, Any]]:
-    """Points marked by volunteers (mark projects) clustered into structures by consensus."""
+def _skills(result: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if result is not None:
+        for i, w in enumerate(result.worker_ids.tolist()):
+            a = float(result.accuracy[i])
+            if not math.isnan(a):
+                out[str(w)] = a
+    return out
+
+
+def _structures(data: ProjectData, result: Any) -> Any:
+    """Mark projects: volunteers' points clustered into structures (``consensus.cluster_points``)."""
     if data.project["type"] != "mark":
-        return []
-    return []  # TODO: consensus points -> structures once it lands
+        return None
+    from consensus.points import cluster_points
+
+    pts, worker, task = [], [], []
+    seen: dict[int, set[str]] = defaultdict(set)
+    for lab in data.labels:
+        if lab["skipped"] or lab["answer"] in (None, "bad_imagery"):
+            continue
+        seen[lab["tile_id"]].add(str(lab["volunteer"]))
+        for p in lab.get("points") or []:
+            try:
+                lon, lat = float(p[0]), float(p[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            pts.append((lon, lat))
+            worker.append(str(lab["volunteer"]))
+            task.append(int(lab["tile_id"]))
+    if not pts:
+        return None
+    return cluster_points(np.asarray(pts), worker, task, {k: len(v) for k, v in seen.items()},
+                          _skills(result))
 
 
-def _villages(data: ProjectData, tiles: Sequence[TileOut],
-              structures: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return []
+def _damaged_answers(data: ProjectData, classes: Sequence[str]) -> tuple[str, ...]:
+    if data.project["type"] == "mark":
+        return ("marked",)
+    known = tuple(a for a in ("yes", "damaged", "destroyed") if a in classes)
+    return known or (classes[0],)
+
+
+def _villages(data: ProjectData, tiles: Sequence[TileOut], structures: Any,
+              classes: Sequence[str]) -> Any:
+    """Damaged tiles + structures -> villages (``consensus.group_villages``)."""
+    from consensus.villages import group_villages
+    from consensus.votes import Votes
+
+    if not tiles:
+        return None
+    bounds = np.asarray([t.bounds for t in tiles], dtype=np.float64)
+    answer = [t.answer if t.answer is not None else "" for t in tiles]
+    conf = np.asarray([t.confidence if t.confidence is not None else 0.0 for t in tiles])
+    index = {t.tile_id: i for i, t in enumerate(tiles)}
+    workers: dict[str, int] = {}
+    ti, wi = [], []
+    for lab in data.labels:
+        if lab["skipped"] or lab["tile_id"] not in index:
+            continue
+        ti.append(index[lab["tile_id"]])
+        wi.append(workers.setdefault(str(lab["volunteer"]), len(workers)))
+    votes = Votes.from_indices(np.asarray(ti, dtype=np.int64), np.asarray(wi, dtype=np.int64),
+                               np.zeros(len(ti), dtype=np.int64), n_tasks=len(tiles),
+                               n_workers=max(len(workers), 1), classes=1)
+    return group_villages(bounds, answer, conf, structures,
+                          damaged=_damaged_answers(data, classes),
+                          ignore=("bad_imagery", ""), votes=votes)
+
+
+def _layer_features(layer: Any) -> list[dict[str, Any]]:
+    """A consensus ``Layer`` as ``[{"geometry": shapely, "properties": {...}}]``."""
+    from consensus.export import _num
+
+    names = list(layer.properties)
+    return [{"geometry": g, "properties": {k: _num(layer.properties[k][i]) for k in names}}
+            for i, g in enumerate(layer.geometry)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,46 +741,50 @@ def project_summary(conn: sa.Connection, slug: str, *, tile_store: Any = None) -
 # GeoJSON features, tile detail
 
 
-def _tile_polygon(t: TileOut) -> dict[str, Any]:
-    w, s, e, n = (round(float(v), 7) for v in t.bounds)
-    # exterior ring counter-clockwise (RFC 7946)
-    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+def _column(values: Sequence[Any]) -> np.ndarray:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int, bool, np.int64} and all(v is not None for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if kinds and kinds <= {int, float, bool, np.int64, np.float64}:
+        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.asarray(list(values), dtype=object)
 
 
-def features(res: ProjectResults, layer: str) -> list[dict[str, Any]]:
-    """GeoJSON-like features (geometry as a GeoJSON dict) of one result layer."""
-    from shapely.geometry import mapping
-
-    if layer == "tiles":
-        return [{"type": "Feature", "id": t.tile_id, "geometry": _tile_polygon(t),
-                 "properties": t.properties()} for t in res.tiles]
-    if layer in ("structures", "villages"):
-        items = res.structures if layer == "structures" else res.villages
-        return [{"type": "Feature", "geometry": _round_geom(mapping(_ccw(f["geometry"]))),
-                 "properties": dict(f["properties"])} for f in items]
-    raise ResultsError(f"no layer {layer!r}; layers: tiles, structures, villages", field="layer")
-
-
-def _ccw(geom: Any) -> Any:
+def result_layer(res: ProjectResults, name: str) -> Any:
+    """One result layer as a ``consensus.Layer`` (lon/lat shapely geometries + columns), the
+    input of consensus' GeoJSON / CSV / GeoPackage writers."""
     import shapely
+    from consensus.export import Layer
 
-    return shapely.orient_polygons(geom) if hasattr(shapely, "orient_polygons") else \
-        shapely.geometry.polygon.orient(geom, 1.0) if geom.geom_type == "Polygon" else geom
+    if name == "tiles":
+        b = np.asarray([t.bounds for t in res.tiles], dtype=np.float64).reshape(-1, 4)
+        geoms = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3], ccw=True)
+        props = [t.properties() for t in res.tiles]
+    elif name in ("structures", "villages"):
+        items = res.structures if name == "structures" else res.villages
+        geoms = np.asarray([f["geometry"] for f in items], dtype=object)
+        props = [f["properties"] for f in items]
+    else:
+        raise ResultsError(f"no layer {name!r}; layers: tiles, structures, villages",
+                           field="layer")
+    cols: list[str] = []
+    for p in props:
+        for k in p:
+            if k not in cols:
+                cols.append(k)
+    columns = {k: _column([p.get(k) for p in props]) for k in cols}
+    return Layer(name, np.asarray(geoms, dtype=object), columns)
 
 
-def _round_geom(g: Any, nd: int = 7) -> Any:
-    if isinstance(g, dict):
-        return {k: _round_geom(v, nd) for k, v in g.items()}
-    if isinstance(g, (list, tuple)):
-        return [_round_geom(v, nd) for v in g]
-    if isinstance(g, float):
-        return round(g, nd)
-    return g
+def feature_collection(res: ProjectResults, name: str) -> dict[str, Any]:
+    """An RFC 7946 FeatureCollection of one layer, with the export metadata."""
+    from consensus.export import to_geojson
 
-
-def feature_collection(res: ProjectResults, layer: str) -> dict[str, Any]:
-    return {"type": "FeatureCollection", "features": features(res, layer),
-            "metadata": res.metadata()}
+    fc = to_geojson(result_layer(res, name), res.metadata(name))
+    if name == "tiles":  # stable feature ids let clients address tiles
+        for f in fc["features"]:
+            f["id"] = f["properties"]["tile_id"]
+    return fc
 
 
 def tile_detail(data: ProjectData, res: ProjectResults, tile_id: int, *,
@@ -818,30 +907,30 @@ def map_sheet(res: ProjectResults, *, layers: Sequence[Mapping[str, Any]] = (),
         lines = []
         if p.get("n_tiles") is not None:
             lines.append(f"{p.get('n_damaged_tiles', 0)} of {p['n_tiles']} tiles damaged"
-                         + (f" ({p['damage_share'] * 100:.0f} %)"
-                            if p.get("damage_share") is not None else ""))
+                         + (f" ({p['share_damaged'] * 100:.0f} %)"
+                            if p.get("share_damaged") is not None else ""))
         if p.get("n_structures"):
-            lines.append(f"{p['n_structures']} damaged structures")
-        if p.get("mean_confidence") is not None:
-            lines.append(f"mean confidence {p['mean_confidence']:.2f}")
+            lines.append(f"{p['n_structures']} structures marked")
+        if p.get("confidence") is not None:
+            lines.append(f"mean confidence {p['confidence']:.2f}")
         feats.append(SheetFeature(geometry=v["geometry"],
-                                  label=str(p.get("name") or f"Village {p.get('village_id', i)}"),
-                                  value=p.get("damage_share"), lines=lines))
+                                  label=str(p.get("name") or f"Village {i}"),
+                                  value=p.get("share_damaged"), lines=lines))
     pts = [(f["geometry"].x, f["geometry"].y) for f in res.structures]
-    meta = res.metadata()
+    meta = res.metadata("villages")
     return render_map_sheet(
         feats, title=f"{res.project['name']} — damage by village",
         subtitle=f"{res.project['type']} project · consensus method {res.method} · "
                  f"{sum(1 for t in res.tiles if t.answer is not None)} of {len(res.tiles)} "
                  f"tiles with an answer",
-        footer=f"Generated {meta['generated_at']} by {meta['software']} · crowd consensus; "
+        footer=f"Generated {meta['generated']} by crowdsight {meta['software_version']} · crowd consensus; "
                f"expert decisions override the crowd · imagery: project layers",
         points=pts, backdrop=_backdrop(res, layers, tile_store), size=size)
 
 
 def write_export(res: ProjectResults, layer: str, fmt: str, fp: Any, *,
-                 tile_store: Any = None, layers: Sequence[Mapping[str, Any]] | None = None
-                 ) -> None:
+                 tile_store: Any = None, layers: Sequence[Mapping[str, Any]] | None = None,
+                 secret: str | None = None) -> None:
     """Write one export to the binary file object ``fp``."""
     check_export(layer, fmt)
     if fmt in SHEET_FORMATS:
@@ -852,115 +941,62 @@ def write_export(res: ProjectResults, layer: str, fmt: str, fp: Any, *,
         save_map_sheet(img, fp, fmt)
         return
     if layer == "volunteers":
-        _write_csv_rows(fp, [v.row() for v in res.volunteers], list(VolunteerOut.__annotations__))
+        if secret is None:
+            raise ResultsError("the volunteer export needs the server secret", field="layer")
+        _write_volunteers(res, fp, secret)
         return
     _write_layer(res, layer, fmt, fp)
 
 
-def _write_csv_rows(fp: Any, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    import csv
-
-    text = io.TextIOWrapper(fp, encoding="utf-8", newline="")
-    try:
-        w = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore",
-                           lineterminator="\r\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-        text.flush()
-    finally:
-        text.detach()
-
-
-def _columns(feats: Sequence[Mapping[str, Any]]) -> list[str]:
-    cols: list[str] = []
-    seen: set[str] = set()
-    for f in feats:
-        for k in f["properties"]:
-            if k not in seen:
-                seen.add(k)
-                cols.append(k)
-    return cols
-
-
-def _write_layer(res: ProjectResults, layer: str, fmt: str, fp: Any) -> None:
-    """GeoJSON (RFC 7946), CSV (WKT geometry) or GeoPackage of one result layer."""
-    import json
-
-    feats = features(res, layer)
-    if fmt == "geojson":
-        body = {"type": "FeatureCollection", "metadata": res.metadata(), "features": feats}
-        fp.write(json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-        return
-    from shapely.geometry import shape
-
-    cols = _columns(feats)
-    if fmt == "csv":
-        rows = []
-        for f in feats:
-            r = dict(f["properties"])
-            r["wkt"] = shape(f["geometry"]).wkt
-            rows.append({k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
-                         for k, v in r.items()})
-        _write_csv_rows(fp, rows, cols + ["wkt"])
-        return
-    if fmt == "gpkg":
-        _write_gpkg(res, layer, feats, cols, fp)
-        return
-    raise ResultsError(f"no export format {fmt!r}", field="format")
-
-
-def _write_gpkg(res: ProjectResults, layer: str, feats: Sequence[Mapping[str, Any]],
-                cols: Sequence[str], fp: Any) -> None:
+def _write_layer(res: ProjectResults, name: str, fmt: str, fp: Any) -> None:
+    """GeoJSON (RFC 7946), CSV (WKT geometry) or GeoPackage via consensus' writers."""
     import json
     import os
     import tempfile
 
-    try:
-        from pyogrio.raw import write as ogr_write
-    except ImportError as exc:  # optional dependency (crowdsight[gpkg])
-        raise ResultsError("GeoPackage export needs pyogrio: pip install 'crowdsight[gpkg]'",
-                           field="format") from exc
-    import shapely
-    from shapely.geometry import shape
+    from consensus.export import write_csv, write_gpkg
 
-    geoms = [shape(f["geometry"]) for f in feats]
-    kinds = {g.geom_type for g in geoms}
-    gtype = "Unknown"
-    if kinds <= {"Polygon", "MultiPolygon"} and kinds:
-        gtype = "MultiPolygon" if "MultiPolygon" in kinds else "Polygon"
-    elif kinds == {"Point"}:
-        gtype = "Point"
-    if gtype == "Unknown":
-        gtype = {"tiles": "Polygon", "structures": "Point"}.get(layer, "MultiPolygon")
-    field_data = []
-    for c in cols:
-        vals = [f["properties"].get(c) for f in feats]
-        vals = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in vals]
-        kinds_c = {type(v) for v in vals if v is not None}
-        if kinds_c and kinds_c <= {int, bool}:
-            arr = np.array([np.nan if v is None else float(v) for v in vals]) \
-                if any(v is None for v in vals) else np.array(vals, dtype=np.int64)
-        elif kinds_c and kinds_c <= {int, float, bool}:
-            arr = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
-        else:
-            arr = np.array(["" if v is None else str(v) for v in vals], dtype=object)
-        field_data.append(arr)
-    wkb = np.array(shapely.to_wkb(np.array(geoms, dtype=object)) if geoms else [], dtype=object)
-    fd, tmp = tempfile.mkstemp(suffix=".gpkg")
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        meta = {k: (json.dumps(v) if not isinstance(v, str) else v)
-                for k, v in res.metadata().items()}
-        ogr_write(tmp, wkb, field_data, list(cols), layer=layer, driver="GPKG",
-                  geometry_type=gtype, crs="EPSG:4326", promote_to_multi=gtype == "MultiPolygon",
-                  layer_metadata=meta)
-        with open(tmp, "rb") as fh:
-            fp.write(fh.read())
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(tmp + suffix)
-            except FileNotFoundError:
-                pass
+    lay = result_layer(res, name)
+    if fmt == "geojson":
+        text = json.dumps(feature_collection(res, name), ensure_ascii=False,
+                          separators=(",", ":"), allow_nan=False)
+        fp.write(text.encode("utf-8"))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        write_csv(lay, buf)
+        fp.write(buf.getvalue().encode("utf-8"))
+    elif fmt == "gpkg":
+        with tempfile.TemporaryDirectory(prefix="crowdsight-gpkg-") as tmp:
+            path = os.path.join(tmp, f"{name}.gpkg")
+            write_gpkg([lay], path, res.metadata(name))
+            with open(path, "rb") as fh:
+                fp.write(fh.read())
+    else:
+        raise ResultsError(f"no export format {fmt!r}", field="format")
+
+
+def volunteer_table(res: ProjectResults, secret: str) -> list[dict[str, Any]]:
+    """Per-volunteer rows: activity and agreement plus the consensus model's skill and
+    confusion matrix (``p_<true>_<answer>``), keyed by pseudonym only."""
+    from consensus.export import volunteer_rows
+
+    rows = {r.volunteer: r.row() for r in res.volunteers}
+    result = res.extra.get("result")
+    if result is not None:
+        for cr in volunteer_rows(result, secret):
+            if cr["volunteer"] in rows:
+                rows[cr["volunteer"]].update({k: v for k, v in cr.items()
+                                              if k.startswith("p_")})
+    return list(rows.values())
+
+
+def _write_volunteers(res: ProjectResults, fp: Any, secret: str) -> None:
+    from consensus.export import write_rows_csv
+
+    rows = volunteer_table(res, secret)
+    cols: list[str] = list(VolunteerOut.__annotations__)
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    write_rows_csv(rows, buf, cols)
+    fp.write(buf.getvalue().encode("utf-8"))

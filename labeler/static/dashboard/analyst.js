@@ -356,8 +356,9 @@
   }
 
   function villagePopup(p) {
-    var rows = [["Tiles", p.n_tiles], ["Damaged tiles", p.n_damaged_tiles], ["Damage share", fmtPct(p.damage_share)],
-      ["Structures", p.n_structures], ["Mean confidence", fmtNum(p.mean_confidence)]];
+    var rows = [["Tiles", p.n_tiles], ["Damaged tiles", p.n_damaged_tiles], ["Share damaged", fmtPct(p.share_damaged)],
+      ["Structures", p.n_structures], ["Destroyed", p.n_destroyed || null], ["Volunteers", p.n_volunteers >= 0 ? p.n_volunteers : null],
+      ["Confidence", fmtNum(p.confidence)]];
     var dl = el("dl");
     rows.forEach(function (r) {
       if (r[1] === undefined || r[1] === null) return;
@@ -388,7 +389,7 @@
       },
       onEachFeature: function (f, layer) {
         var p = f.properties;
-        layer.bindTooltip("Structure · " + (p.n_points || p.n_marks || "?") + " marks" + (p.confidence !== undefined && p.confidence !== null ? " · " + fmtPct(p.confidence) : ""));
+        layer.bindTooltip("Structure · marked by " + p.n_support + " of " + p.n_seen + " volunteers" + (p.confidence !== undefined && p.confidence !== null ? " · confidence " + fmtPct(p.confidence) : ""));
       }
     });
     ["tiles", "villages", "structures"].forEach(function (n) { toggleLayer(n, $("show-" + n).checked); });
