@@ -170,7 +170,8 @@ class Assigner:
             if held:
                 reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
             mono = time.monotonic()
-            if mono - self._last_reclaim.get(project.id, 0.0) > RECLAIM_EVERY_S:
+            reclaimed = mono - self._last_reclaim.get(project.id, 0.0) > RECLAIM_EVERY_S
+            if reclaimed:
                 self._last_reclaim[project.id] = mono
                 reclaim_expired(conn, project.id, now)
             task_id = uuid.uuid4().hex
@@ -180,6 +181,8 @@ class Assigner:
                 tiles = self._claim_gold(conn, project, volunteer_id)
                 is_gold = bool(tiles)
             if not tiles:
+                tiles = self._claim(conn, project, volunteer_id, near_xy)
+            if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
                 tiles = self._claim(conn, project, volunteer_id, near_xy)
             if not tiles:
                 return None
