@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import traceback
 import uuid
@@ -136,33 +137,69 @@ def active_job(conn: sa.Connection, project_id: int) -> Any | None:
 
 
 class JobRunner:
-    """Owns the worker pool of one app instance (created lazily, shut down with the app)."""
+    """Owns the worker pool of one app instance.
+
+    The pool is created on the first job and shut down when the last running job ends, so an
+    idle server holds no worker process (and no GDAL memory) between uploads.
+    """
 
     def __init__(self, max_workers: int = 1) -> None:
         self.max_workers = max_workers
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
         self.futures: dict[str, Future[Any]] = {}
 
     def submit(self, spec: IngestJobSpec) -> Future[Any]:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.max_workers, mp_context=get_context("spawn")
-            )
-        fut = self._pool.submit(run_ingest_job, spec)
-        self.futures[spec.job_id] = fut
-        fut.add_done_callback(lambda f, job_id=spec.job_id: self._done(job_id, f))
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.max_workers, mp_context=get_context("spawn")
+                )
+            fut = self._pool.submit(run_ingest_job, spec)
+            self.futures[spec.job_id] = fut
+        fut.add_done_callback(lambda f, s=spec: self._done(s, f))
         return fut
 
-    def _done(self, job_id: str, fut: Future[Any]) -> None:
-        self.futures.pop(job_id, None)
-        exc = fut.exception()
-        if exc is not None:  # the worker process itself died (killed, out of memory ...)
+    def _done(self, spec: IngestJobSpec, fut: Future[Any]) -> None:
+        job_id = spec.job_id
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            # the worker process died (killed, out of memory, pool shut down): record it
             log.error("ingest job %s: worker failed: %r", job_id, exc)
+            _mark_worker_failure(spec, exc)
+        with self._lock:
+            self.futures.pop(job_id, None)
+            if not self.futures and self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _mark_worker_failure(spec: IngestJobSpec, exc: BaseException | None) -> None:
+    from labeler.db import make_engine
+
+    engine = make_engine(spec.database_url, pool_size=1)
+    try:
+        t = IngestJob.__table__
+        with engine.begin() as conn:
+            conn.execute(sa.update(t).where(t.c.id == spec.job_id,
+                                            t.c.status.in_(("queued", "running"))).values(
+                status="failed", stage="failed", error_code="worker_died",
+                error_message=("the ingest worker process stopped unexpectedly "
+                               f"({type(exc).__name__ if exc else 'cancelled'}); the project "
+                               "was left unchanged — try again, or ingest on the server with "
+                               "`crowdsight ingest`"),
+                message="failed; the project was left unchanged", finished_at=utcnow(),
+                heartbeat_at=utcnow()))
+    except Exception:  # pragma: no cover - DB gone
+        log.exception("could not record the failure of job %s", spec.job_id)
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- in the worker
@@ -209,8 +246,9 @@ def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
         manifest = ingest_to_staging(spec, staging, reporter)
         _update(engine, spec.job_id, stage="loading", progress=0.9,
                 message="adding the tiles to the project")
-        loader = _Reporter(engine, spec.job_id, start=0.9, span=0.09)
-        result = publish_staging(spec, engine, staging, manifest, loader)
+        # no progress callback here: load_manifest holds a write transaction (on SQLite the
+        # whole database), so the job row cannot be updated until it commits
+        result = publish_staging(spec, engine, staging, manifest)
         _update(engine, spec.job_id, status="succeeded", stage="done", progress=1.0,
                 message="finished", result=result, finished_at=utcnow())
         return result

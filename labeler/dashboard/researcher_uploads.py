@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,8 +157,13 @@ def inspect_geotiff(path: Path, *, max_pixels: int, display: str | None = None) 
     from ingest.errors import IngestError, NotARasterError, UnsupportedDriverError
     from ingest.sources import describe
 
+    from rasterio.errors import NotGeoreferencedWarning
+
     try:
-        info = describe(path, max_pixels)
+        with warnings.catch_warnings():
+            # a TIFF without georeferencing is reported below as a clear 422, not a warning
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            info = describe(path, max_pixels)
     except IngestError as exc:
         message = str(exc).replace(str(path), display or "the upload")
         if isinstance(exc, (NotARasterError, UnsupportedDriverError)):
