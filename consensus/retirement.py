@@ -120,7 +120,7 @@ class ReplayReport:
                 "accuracy_baseline": round(self.accuracy_baseline, 4),
                 "retired": self.n_retired, "unresolved": self.n_unresolved,
                 "open": self.n_open, "tasks_scored": self.n_tasks_scored,
-                "refits": self.n_refits}
+                "refits": self.n_refits, "reopened": int(self.extra.get("reopened", 0))}
 
 
 def _order(votes: Votes) -> np.ndarray:
@@ -142,17 +142,33 @@ def first_n_per_task(votes: Votes, n: int) -> np.ndarray:
     return mask
 
 
+def _reopen(policy: Policy, status: np.ndarray, joint: np.ndarray, n_used: np.ndarray) -> int:
+    retired = np.flatnonzero(status == 1)
+    if retired.size == 0:
+        return 0
+    z = joint[retired]
+    z = np.exp(z - z.max(1, keepdims=True))
+    post = z / z.sum(1, keepdims=True)
+    back = [t for t, p, n in zip(retired.tolist(), post, n_used[retired].tolist())
+            if policy.decide(p, int(n)) == "continue"]
+    status[back] = 0
+    return len(back)
+
+
 def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method: str = "ds",
            baseline: Policy | None = None, skills: SkillModel | None = None,
            refit_every: int | None = 2000, shrink: float = 2.0,
-           initial_accuracy: float = 0.75, **method_params) -> ReplayReport:
+           initial_accuracy: float = 0.75, reopen: bool = True,
+           **method_params) -> ReplayReport:
     """Replay answers in time order (``votes.time``, else row order) under ``policy``.
 
     Each tile takes answers until the policy retires it or marks it unresolved; later answers
     for it are dropped (never shown, in a live system). The posterior behind each decision uses
     frozen skills: ``skills`` if given, else a symmetric ``initial_accuracy`` model that is
     re-estimated with ``method`` on the answers accepted so far every ``refit_every`` accepted
-    answers (skills shrunk towards the population by ``shrink`` pseudo-answers).
+    answers (skills shrunk towards the population by ``shrink`` pseudo-answers). With
+    ``reopen``, each refit re-checks retired tiles and reopens those the new skills no longer
+    support (the policy says "continue" again); answers that arrived meanwhile are lost.
 
     The accepted answers and the baseline's (first ``n`` answers per tile for a
     :class:`FixedPolicy`, default 5) are both aggregated with ``method`` and scored on ``truth``
@@ -178,6 +194,7 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     log_conf = model.log_confusion
     task_prior = np.broadcast_to(model.log_prior, (T, K))
     n_refits = 0
+    n_reopened = 0
     since = 0
     # refit early and often at first (250, 500, 1000, ...), then every `refit_every` answers
     next_gap = min(250, refit_every) if refit_every else 0
@@ -210,6 +227,10 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
             # recompute the open tiles' evidence with the new skills (vectorised)
             acc_ll = np.zeros((T, K))
             np.add.at(acc_ll, sub.task, log_conf[sub.worker, :, sub.label])
+            if reopen:
+                # a tile retired under stale skills goes back into the queue when the new
+                # skills no longer support the decision (as the live scheduler does)
+                n_reopened += _reopen(policy, status, acc_ll + task_prior, n_used)
     used_votes = votes.subset(accepted)
     res = aggregate(used_votes, method, **method_params)
     if isinstance(baseline, FixedPolicy):
@@ -232,4 +253,5 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
                         baseline=getattr(baseline, "as_dict", lambda: {})(), method=method,
                         votes_used=int(accepted.sum()), votes_baseline=base_n, accuracy=acc,
                         accuracy_baseline=acc_b, n_tasks_scored=int(seen.sum()), status=status,
-                        used=n_used, result=res, result_baseline=base_res, n_refits=n_refits)
+                        used=n_used, result=res, result_baseline=base_res, n_refits=n_refits,
+                        extra={"reopened": n_reopened})

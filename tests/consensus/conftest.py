@@ -1,0 +1,40 @@
+"""Fixtures for the consensus tests: tiny hand-made vote tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consensus import Votes
+
+
+@pytest.fixture
+def adversary_votes() -> tuple[Votes, np.ndarray]:
+    """20 tasks; three volunteers always right, one always wrong; task 't99' only has the
+    always-wrong volunteer's answer."""
+    truth = {f"t{i:02d}": ("yes" if i % 3 == 0 else "no") for i in range(20)}
+    rows = []
+    for t, lab in truth.items():
+        for w in ("good1", "good2", "good3"):
+            rows.append((t, w, lab))
+        rows.append((t, "liar", "no" if lab == "yes" else "yes"))
+    rows.append(("t99", "liar", "no"))
+    truth["t99"] = "yes"
+    v = Votes.from_arrays(*zip(*rows))
+    t_idx = np.array([v.classes.index(truth[str(t)]) for t in v.task_ids])
+    return v, t_idx
+
+
+def grid_votes(pattern: list[str], *, z: int = 18, x0: int = 61000, y0: int = 101000,
+               ambiguous: dict[tuple[int, int], list[str]] | None = None,
+               n_workers: int = 3) -> Votes:
+    """Votes on a square grid of tiles; ``pattern`` rows of 'y'/'n' give every worker's answer,
+    ``ambiguous`` overrides a cell's answers."""
+    rows = []
+    for r, line in enumerate(pattern):
+        for c, ch in enumerate(line):
+            tid = f"{z}-{x0 + c}-{y0 + r}"
+            answers = (ambiguous or {}).get((r, c)) or [("yes" if ch == "y" else "no")] * n_workers
+            for w, a in enumerate(answers):
+                rows.append((tid, f"w{w}", a))
+    return Votes.from_arrays(*zip(*rows))
