@@ -139,6 +139,10 @@ async def projects_index(request: Request) -> Response:
     st = _st(request)
     principal = await run_in_threadpool(auth.bearer_principal, request)
     projects = await run_in_threadpool(list_projects, st.engine, live_only=principal is None)
+    if principal is None:  # issue 5: private projects only for invited volunteers
+        from labeler.dashboard.researcher_access import volunteer_sees
+        projects = await run_in_threadpool(
+            lambda: [p for p in projects if volunteer_sees(request, p.id)])
     body = await run_in_threadpool(lambda: [_summary(st, p) for p in projects])
     return JSONResponse({"projects": body})
 
@@ -147,6 +151,10 @@ def _visible_project(request: Request, slug: str, principal: Principal | None) -
     project = _st(request).projects.get(slug)
     if project.status == "draft" and principal is None:
         raise NotFound(f"no project '{slug}'", field="slug")
+    if principal is None:  # issue 5: private projects only for invited volunteers
+        from labeler.dashboard.researcher_access import volunteer_sees
+        if not volunteer_sees(request, project.id):
+            raise NotFound(f"no project '{slug}'", field="slug")
     return project
 
 

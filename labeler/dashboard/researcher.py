@@ -618,6 +618,7 @@ async def patch_access(request: Request) -> Response:
 
     result = await _write(request, run)
     _invalidate(request, request.path_params["slug"])
+    access.invalidate_private(request)
     return JSONResponse(result)
 
 
@@ -679,7 +680,6 @@ async def redeem(request: Request) -> Response:
     if not isinstance(token, str) or not 8 <= len(token) <= 100:
         raise ValidationError("'token' must be the invite code from the link", field="token")
     slug = await _write(request, access.redeem_invite, token, _volunteer_id(session))
-    _invalidate(request, slug)
     return JSONResponse({"slug": slug})
 
 

@@ -2,6 +2,9 @@
 
 Helpers for the volunteer API and the exports (SQLAlchemy Core on a ``Connection``):
 
+* :func:`volunteer_sees` — the request-level check the volunteer API calls (``labeler/api.py``
+  ``_visible_project`` and ``projects_index``): private projects look like unknown projects
+  (404) to volunteers who were not invited;
 * :func:`volunteer_project_filter` — a WHERE clause hiding private projects from volunteers who
   were not invited (for ``GET /api/projects`` and every per-project volunteer route);
 * :func:`volunteer_can_access` — the same check for one project;
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -163,3 +168,63 @@ def redeem_invite(conn: sa.Connection, token: str, volunteer_id: int) -> str:
                                       invite_id=row.id, joined_at=utcnow())
         )
     return str(row.slug)
+
+
+# --------------------------------------------------------------------------- volunteer API hook
+
+
+class PrivateProjects:
+    """Ids of private projects, cached ``ttl`` seconds per process (the volunteer hot path
+    pays one PK lookup per private project only; public projects cost nothing)."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._at = -1e9
+        self._ids: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+
+    def ids(self, engine: sa.Engine) -> frozenset[int]:
+        now = time.monotonic()
+        if now - self._at < self.ttl:
+            return self._ids
+        with engine.connect() as conn:
+            ids = frozenset(conn.execute(sa.select(ACCESS.c.project_id).where(
+                ACCESS.c.private.is_(True))).scalars().all())
+        with self._lock:
+            self._ids, self._at = ids, now
+        return ids
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._at = -1e9
+
+
+def _private_cache(request: Any) -> PrivateProjects:
+    app_state = request.app.state
+    cache = getattr(app_state, "private_projects", None)
+    if cache is None:
+        cache = PrivateProjects()
+        app_state.private_projects = cache
+    return cache
+
+
+def volunteer_sees(request: Any, project_id: int) -> bool:
+    """For the volunteer API (blocking; call in a worker thread): may the caller of this
+    volunteer request see project ``project_id``? Public projects: yes. Private projects: only
+    volunteers admitted through an invite link. Bearer-token callers are not volunteers and
+    are checked by the caller (researchers/analysts/admins see everything)."""
+    st = request.state.labeler
+    if project_id not in _private_cache(request).ids(st.engine):
+        return True
+    from labeler.auth import volunteer_session
+
+    session = volunteer_session(request)
+    if session is None:
+        return False
+    with st.engine.connect() as conn:
+        return volunteer_can_access(conn, project_id, int(session.id))
+
+
+def invalidate_private(request: Any) -> None:
+    """Call after changing a project's ``private`` flag through this process."""
+    _private_cache(request).invalidate()
