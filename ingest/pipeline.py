@@ -19,8 +19,8 @@ import numpy as np
 
 from ingest.errors import (BandError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
-from ingest.render import (WORK_DIR, BlockJob, BlockResult, LayerSpec, block_dir, downsample2,
-                           encode_tile, render_block)
+from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, downsample2,
+                           encode_tile, render_block, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -280,7 +280,7 @@ def _fingerprint(spec: LayerSpec, block: int, aoi_geom) -> dict:
 
 def _prepare_layer_dir(ts: TileStore, project: str, layer: str, fp: dict) -> bool:
     """True when the layer was made with the same sources/options (resume); else reset it."""
-    work = ts.layer_dir(project, layer) / WORK_DIR
+    work = work_dir(ts.root, project, check_layer(layer))
     path = work / "fingerprint.json"
     try:
         old = json.loads(path.read_text())
@@ -307,12 +307,11 @@ def _prune(ts: TileStore, project: str, layer: str, keep: dict[int, set[tuple[in
         if e != ext or (x, y) not in keep.get(z, ()):
             ts.path_for(project, layer, z, x, y, e).unlink(missing_ok=True)
     for root, dirs, files in os.walk(base):
-        dirs[:] = [d for d in dirs if d != WORK_DIR]
         for f in files:
             if f.startswith(".") and f.endswith(".tmp"):
                 Path(root, f).unlink(missing_ok=True)
     for root, dirs, files in os.walk(base, topdown=False):
-        if Path(root) != base and WORK_DIR not in Path(root).parts and not os.listdir(root):
+        if Path(root) != base and not os.listdir(root):
             os.rmdir(root)
 
 
@@ -473,12 +472,12 @@ def _run_dask(all_jobs: list[BlockJob], address: str) -> Iterator[BlockResult]:
         raise OptionError("--scheduler needs dask.distributed: pip install 'crowdsight[dask]'") \
             from None
     try:
-        client = Client(address, timeout=10, set_as_default=False)
+        client = Client(address, set_as_default=False)  # timeout: distributed.comm.timeouts.connect
     except (OSError, TimeoutError) as exc:
         raise OptionError(f"--scheduler {address}: cannot connect ({exc})") from None
     try:
         futures = client.map(render_block, all_jobs, pure=False)
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             yield fut.result()
     finally:
         client.close()

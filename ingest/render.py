@@ -31,7 +31,7 @@ from tiles.errors import StoreError
 from tiles.grid import tile_xy_bounds
 from tiles.store import TileStore, atomic_write
 
-WORK_DIR = ".crowdsight"  # per-layer bookkeeping (fingerprint, finished blocks)
+WORK_DIR = ".crowdsight"  # {store}/{project}/.crowdsight/{layer}: fingerprint, finished blocks
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": 1,
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
@@ -85,7 +85,12 @@ class BlockResult:
 
 # ---------------------------------------------------------------------------------------
 def block_dir(store_root: str | Path, project: str, layer: str) -> Path:
-    return Path(store_root) / project / layer / WORK_DIR / "blocks"
+    return work_dir(store_root, project, layer) / "blocks"
+
+
+def work_dir(store_root: str | Path, project: str, layer: str) -> Path:
+    """Per-layer bookkeeping, kept outside the layer's tile tree."""
+    return Path(store_root) / project / WORK_DIR / layer
 
 
 def block_levels(job: BlockJob) -> int:

@@ -106,13 +106,17 @@ def sniff(path: Path) -> None:
 
 def open_raster(path: Path | str, max_pixels: int):
     """Open a validated local GeoTIFF with only the GTiff driver allowed; check its size."""
+    import warnings
+
     import rasterio
-    from rasterio.errors import RasterioError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     p = check_path(path)
     sniff(p)
     try:
-        ds = rasterio.open(p, driver="GTiff")
+        with warnings.catch_warnings():  # we check georeferencing ourselves, below
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(p, driver="GTiff")
     except RasterioError as exc:
         raise ReadError(f"{p}: looks like a TIFF but GDAL cannot open it (truncated or "
                         f"corrupt?): {_short(exc)}", str(p)) from exc

@@ -120,7 +120,7 @@ def _fail(exc: Exception) -> click.ClickException:
               help="'Before' layer: repeat, comma-separate or quote a glob.")
 @click.option("--after", multiple=True, metavar="FILES", help="'After' layer (see --before).")
 @click.argument("files", nargs=-1)
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--store", type=click.Path(path_type=Path), default=None,
               help="Tile store folder [default: CROWDSIGHT_TILE_STORE or DATA_DIR/tiles].")
 @click.option("--zoom", type=click.IntRange(0, 24), default=None,
               help="Task zoom [default: from the source resolution].")
@@ -223,7 +223,7 @@ def tiles() -> None:
 @tiles.command("pmtiles")
 @click.option("--project", required=True)
 @click.option("--layer", required=True)
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--store", type=click.Path(path_type=Path), default=None,
               help="Tile store folder [default: CROWDSIGHT_TILE_STORE or DATA_DIR/tiles].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output .pmtiles file.")

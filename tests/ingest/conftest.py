@@ -44,7 +44,12 @@ def write_tif(path: Path, data: np.ndarray, *, crs: str = "EPSG:32635",
     if nodata is not None:
         prof["nodata"] = nodata
     prof.update(profile)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **prof) as dst:
             dst.write(data, indexes=list(range(1, count + 1)))
             if alpha is not None:

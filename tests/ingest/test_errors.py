@@ -1,0 +1,173 @@
+"""Bad input: a clear error naming the file, and nothing half-registered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ingest import ingest
+from ingest.errors import (BandError, IngestError, NoGeoreferenceError, NoOverlapError,
+                           NotARasterError, OptionError, RasterTooLargeError, ReadError,
+                           SourceNotFoundError, StoreNotWritableError, UnsupportedDriverError)
+
+
+def test_not_a_raster(tmp_path):
+    f = tmp_path / "notes.tif"
+    f.write_text("these are field notes, not imagery")
+    with pytest.raises(NotARasterError, match="notes.tif: is not a raster") as ei:
+        ingest({"image": [f]}, tmp_path / "s", "p", jobs=1)
+    assert ei.value.path == str(f)
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(NotARasterError, match="empty"):
+        ingest({"image": [empty]}, tmp_path / "s", "p", jobs=1)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SourceNotFoundError, match="nope.tif: no such file"):
+        ingest({"image": [tmp_path / "nope.tif"]}, tmp_path / "s", "p", jobs=1)
+    with pytest.raises(SourceNotFoundError, match="not a regular file"):
+        ingest({"image": [tmp_path]}, tmp_path / "s", "p", jobs=1)
+
+
+def test_no_georeference(tmp_path, make_tif, pattern_fn):
+    src = make_tif(pattern_fn(64, 64, 3), georef=False)
+    with pytest.raises(NoGeoreferenceError, match="no georeferencing"):
+        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
+
+
+def test_vrt_and_other_drivers_refused(tmp_path, make_tif):
+    src = make_tif()
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand band="1">'
+                   f'<SimpleSource><SourceFilename>{src}</SourceFilename></SimpleSource>'
+                   f'</VRTRasterBand></VRTDataset>')
+    with pytest.raises(UnsupportedDriverError, match="VRT"):
+        ingest({"image": [vrt]}, tmp_path / "s", "p", jobs=1)
+    disguised = tmp_path / "mosaic.tif"
+    disguised.write_text(vrt.read_text())
+    with pytest.raises(UnsupportedDriverError, match="VRT"):
+        ingest({"image": [disguised]}, tmp_path / "s", "p", jobs=1)
+    from PIL import Image
+    png = tmp_path / "photo.tif"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, "PNG")
+    with pytest.raises(UnsupportedDriverError, match="PNG image, not a GeoTIFF"):
+        ingest({"image": [png]}, tmp_path / "s", "p", jobs=1)
+    for bad in [f"/vsicurl/https://example.org/{src.name}", "https://example.org/a.tif",
+                f"/vsizip/{tmp_path}/a.zip/a.tif"]:
+        with pytest.raises(UnsupportedDriverError, match="not accepted"):
+            ingest({"image": [bad]}, tmp_path / "s", "p", jobs=1)
+
+
+def test_too_large(tmp_path, make_tif):
+    src = make_tif()
+    with pytest.raises(RasterTooLargeError, match=r"256 x 256 x 3 bands = 196,608 values"):
+        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1, max_pixels=100_000)
+
+
+def test_bad_bands(tmp_path, make_tif):
+    src = make_tif()
+    with pytest.raises(BandError, match="has 3 band"):
+        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1, bands=[4, 2, 1])
+    with pytest.raises(BandError, match="1 band"):
+        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1, bands=[1, 2])
+
+
+def test_no_overlap(tmp_path, make_tif):
+    darfur = make_tif()
+    bali = make_tif(crs="EPSG:32750", center_lonlat=(115.2, -8.6))
+    with pytest.raises(NoOverlapError, match="'before'.*'after'.*do not overlap"):
+        ingest({"before": [darfur], "after": [bali]}, tmp_path / "s", "p", jobs=1)
+    aoi = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+    with pytest.raises(NoOverlapError, match="area of interest"):
+        ingest({"image": [darfur]}, tmp_path / "s", "p", jobs=1, aoi=aoi)
+    assert not (tmp_path / "s").exists()  # nothing created
+
+
+def test_bad_options(tmp_path, make_tif):
+    src = make_tif()
+    for kwargs, msg in [({"tile_size": 300}, "256 or 512"), ({"fmt": "gif"}, "--format"),
+                        ({"zoom": 10, "min_zoom": 12}, "above the task zoom"),
+                        ({"aoi": {"type": "Point", "coordinates": [0, 0]}}, "Polygon")]:
+        with pytest.raises(OptionError, match=msg):
+            ingest({"image": [src]}, tmp_path / "s", "p", jobs=1, **kwargs)
+    with pytest.raises(OptionError, match="project"):
+        ingest({"image": [src]}, tmp_path / "s", "Bad Name", jobs=1)
+    with pytest.raises(OptionError, match="layer"):
+        ingest({"Before!": [src]}, tmp_path / "s", "p", jobs=1)
+
+
+def _truncated(tmp_path, make_tif, pattern_fn):
+    src = make_tif(pattern_fn(512, 512, 3), name="cut.tif", tiled=False)
+    raw = src.read_bytes()
+    src.write_bytes(raw[: len(raw) // 2])
+    return src
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_truncated_file_fails_without_touching_manifest(tmp_path, make_tif, pattern_fn, jobs):
+    good = make_tif()
+    store = tmp_path / "s"
+    ingest({"image": [good]}, store, "p", jobs=1)
+    manifest = (store / "p" / "manifest.json").read_bytes()
+    cut = _truncated(tmp_path, make_tif, pattern_fn)
+    with pytest.raises(ReadError, match="cut.tif") as ei:
+        ingest({"image": [cut]}, store, "p", jobs=jobs)
+    assert ei.value.path == str(cut)
+    assert (store / "p" / "manifest.json").read_bytes() == manifest
+    with pytest.raises(ReadError):
+        ingest({"image": [cut]}, tmp_path / "fresh", "p", jobs=1)
+    assert not (tmp_path / "fresh" / "p" / "manifest.json").exists()
+
+
+def test_unwritable_store(tmp_path, make_tif):
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store should be")
+    with pytest.raises(StoreNotWritableError, match="not writable"):
+        ingest({"image": [make_tif()]}, blocker, "p", jobs=1)
+
+
+def test_errors_share_one_root():
+    for cls in (NotARasterError, NoGeoreferenceError, UnsupportedDriverError,
+                RasterTooLargeError, NoOverlapError, ReadError, StoreNotWritableError,
+                SourceNotFoundError, BandError, OptionError):
+        assert issubclass(cls, IngestError)
+    import pickle
+    e = pickle.loads(pickle.dumps(ReadError("x.tif: broken", "x.tif")))
+    assert e.path == "x.tif" and str(e) == "x.tif: broken"
+
+
+@pytest.mark.parametrize("case", ["not_raster", "vrt", "too_large", "truncated", "no_overlap",
+                                  "store"])
+def test_cli_errors_are_one_line_and_nonzero(tmp_path, make_tif, pattern_fn, case):
+    from crowdsight.cli import main
+
+    store = tmp_path / "store"
+    args = ["ingest", "--project", "p", "--quiet", "--jobs", "1"]
+    if case == "not_raster":
+        f = tmp_path / "x.tif"
+        f.write_text("hello")
+        args += ["--store", str(store), str(f)]
+    elif case == "vrt":
+        f = tmp_path / "x.vrt"
+        f.write_text("<VRTDataset/>")
+        args += ["--store", str(store), str(f)]
+    elif case == "too_large":
+        args += ["--store", str(store), "--max-pixels", "10", str(make_tif())]
+    elif case == "truncated":
+        args += ["--store", str(store), str(_truncated(tmp_path, make_tif, pattern_fn))]
+    elif case == "no_overlap":
+        args += ["--store", str(store), "--before", str(make_tif()), "--after",
+                 str(make_tif(crs="EPSG:32750", center_lonlat=(115.2, -8.6)))]
+    else:
+        store.write_text("file")
+        args += ["--store", str(store), str(make_tif())]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "store" / "p" / "manifest.json").exists() if case != "store" else True
