@@ -28,7 +28,8 @@ def _infer_format(out: str) -> str | None:
 @click.option("--layer", type=click.Choice(LAYERS), default="tiles", show_default=True,
               help="What to export (png/pdf map sheets are of the villages).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="File format (default: from the --out extension).")
+              help="File format (default: from the --out extension; geojson on stdout, "
+                   "csv for volunteers).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Output file ('-' for stdout).")
 @click.option("--method", default=None,
@@ -49,6 +50,8 @@ def export(slug: str, layer: str, fmt: str | None, out: str, method: str | None)
 
     err = Console(stderr=True)
     fmt = fmt or (_infer_format(out) if out != "-" else None)
+    if fmt is None and (layer == "volunteers" or out == "-"):
+        fmt = "csv" if layer == "volunteers" else "geojson"
     if fmt is None:
         raise click.UsageError("say which format with --format (geojson, csv, gpkg, png, pdf) "
                                "or give --out a known extension")

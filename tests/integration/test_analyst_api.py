@@ -302,8 +302,8 @@ def test_no_volunteer_ids_in_geographic_exports(client, seeded):
 def test_map_sheet_png_and_pdf(client, seeded):
     png = _export(client, seeded, "villages", "png")
     assert png.headers["content-type"] == "image/png"
-    img = Image.open(io.BytesIO(png.content))
-    assert img.size == (1754, 1240)
+    with Image.open(io.BytesIO(png.content)) as img:
+        assert img.size == (1754, 1240)
     pdf = _export(client, seeded, "villages", "pdf")
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF") and b"/Count 1" in pdf.content
