@@ -64,6 +64,25 @@ def structure_confidence(supporter_skills: np.ndarray, n_seen: int,
     return float(1.0 / (1.0 + np.exp(-lo)))
 
 
+def _split_by_volunteer(idx: np.ndarray, xy: np.ndarray, w_idx: np.ndarray,
+                        min_sep: float) -> list[np.ndarray]:
+    """A DBSCAN cluster in which some volunteer clicked k times may chain k neighbouring
+    buildings: split it into k groups with k-means (deterministic seed) when the group centres
+    lie at least ``min_sep`` metres apart (else it is one building clicked twice)."""
+    k = int(np.bincount(w_idx[idx]).max())
+    if k <= 1 or idx.size <= k:
+        return [idx]
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=4, random_state=0).fit(xy[idx])
+    c = km.cluster_centers_
+    d = np.hypot(*(c[:, None, :] - c[None, :, :]).transpose(2, 0, 1))
+    if d[np.triu_indices(k, 1)].min() < min_sep:
+        return [idx]
+    lab = km.labels_
+    return [idx[lab == j] for j in range(k) if (lab == j).any()]
+
+
 def cluster_points(points_lonlat: np.ndarray, worker: Sequence, task: Sequence,
                    seen_by: Mapping[Any, int], skills: Mapping[Any, float] | None = None, *,
                    eps_m: float = 5.0, min_samples: int = 2, default_skill: float = 0.7,
@@ -80,8 +99,8 @@ def cluster_points(points_lonlat: np.ndarray, worker: Sequence, task: Sequence,
         eps_m: DBSCAN neighbourhood radius in metres (clicks on one building).
         min_samples: minimum number of distinct volunteers for a structure.
         labels: optional per-point damage label (``intact``/``damaged``/``destroyed``).
-        max_passes: a volunteer's extra clicks inside one cluster (two buildings merged by
-            DBSCAN) are re-clustered in up to this many passes.
+        max_passes: a cluster where a volunteer clicked k times is split into k groups by
+            k-means; clicks still left over are re-clustered in up to this many passes.
     """
     from sklearn.cluster import DBSCAN
 
@@ -117,21 +136,21 @@ def cluster_points(points_lonlat: np.ndarray, worker: Sequence, task: Sequence,
         for grp in np.split(order, bounds):
             if grp.size == 0 or lab[grp[0]] < 0:
                 continue
-            idx = remaining[grp]
-            med = np.median(xy[idx], axis=0)
-            dist = np.hypot(*(xy[idx] - med).T)
-            # one point per volunteer: the one nearest the cluster median
-            o = np.lexsort((idx, dist, w_idx[idx]))
-            ws = w_idx[idx][o]
-            first = np.r_[True, ws[1:] != ws[:-1]]
-            keep = idx[o][first]
-            extra = idx[o][~first]
-            if extra.size:
-                leftovers.append(extra)
-            if keep.size >= min_samples:
-                members.append(np.sort(keep))
-            else:
-                leftovers.append(keep)
+            for idx in _split_by_volunteer(remaining[grp], xy, w_idx, eps_m):
+                med = np.median(xy[idx], axis=0)
+                dist = np.hypot(*(xy[idx] - med).T)
+                # one point per volunteer: the one nearest the cluster median
+                o = np.lexsort((idx, dist, w_idx[idx]))
+                ws = w_idx[idx][o]
+                first = np.r_[True, ws[1:] != ws[:-1]]
+                keep = idx[o][first]
+                extra = idx[o][~first]
+                if extra.size:
+                    leftovers.append(extra)
+                if keep.size >= min_samples:
+                    members.append(np.sort(keep))
+                else:
+                    leftovers.append(keep)
         if progress:
             progress(p + 1, max_passes)
         if not leftovers:

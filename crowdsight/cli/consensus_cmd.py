@@ -97,7 +97,12 @@ def aggregate_cmd(votes: Path, out: Path | None, method: str | None, gold: Path 
     if volunteers and not secret:
         raise click.UsageError("--volunteers needs --secret (or CROWDSIGHT_SECRET_KEY): raw "
                                "volunteer ids are never exported")
+    from consensus import METHODS
+
     method = method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise click.BadParameter(f"{method!r}: choose one of {sorted(METHODS)}",
+                                 param_hint="--method")
     kwargs = _parse_params(params)
 
     def work():
