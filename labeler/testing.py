@@ -105,7 +105,11 @@ def fresh_database(backend: str, tmp_path: Path, *, template: str | None = None)
     eng = _admin_engine()
     try:
         with eng.connect() as conn:
-            extra = f' TEMPLATE "{template}"' if template else ""
+            extra = ""
+            if template:
+                # FILE_COPY clones a tiny template several times faster than WAL_LOG (PG >= 15).
+                version = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+                extra = f' TEMPLATE "{template}"' + (" STRATEGY FILE_COPY" if version >= 150000 else "")
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"{extra}')
     finally:
         eng.dispose()
