@@ -102,12 +102,13 @@ function paragraphs(text) {
 function imageFigure(urls, project, extraClass = "") {
   const roles = layerRoles(project.layers);
   const wrap = el("div", { class: `thumbs ${extraClass}` });
-  const names = roles.single ? [roles.single in urls ? roles.single : Object.keys(urls)[0]] : [roles.before, roles.after];
+  let names = roles.single ? [roles.single in urls ? roles.single : Object.keys(urls)[0]] : [roles.before, roles.after];
+  names = names.filter((n) => n && urls[n]);
+  if (!names.length) names = Object.keys(urls); // e.g. a researcher's example image under /static/
   for (const name of names) {
-    if (!urls[name]) continue;
     const fig = el("figure", { class: "thumb" });
     fig.append(el("img", { src: urls[name], alt: "", loading: "lazy", decoding: "async", draggable: "false" }));
-    if (!roles.single) {
+    if (!roles.single && (name === roles.before || name === roles.after)) {
       const cap = el("figcaption");
       tx(cap, name === roles.before ? "compare.before" : "compare.after");
       fig.append(cap);
@@ -348,6 +349,7 @@ view.onChange = () => updateTaskButtons();
 
 function updateTaskButtons() {
   const ready = !state.busy && Boolean(state.task);
+  document.body.dataset.taskState = ready ? "ready" : "busy"; // for tests and styling
   const complete = ready && view.complete();
   $("btn-next").classList.toggle("ready", complete || (ready && view.isMark));
   for (const id of ["btn-back", "btn-next", "btn-skip", "btn-flag", "btn-undo"]) $(id).disabled = !ready;
@@ -418,9 +420,9 @@ async function loadNext() {
   await waitForImages();
   view.setLoading(false);
   view.updateSharpness();
+  document.body.dataset.taskId = task.task_id;
   state.busy = false;
   updateTaskButtons();
-  document.body.dataset.taskId = task.task_id;
 }
 
 async function submit({ skipped = false } = {}) {

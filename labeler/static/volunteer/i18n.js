@@ -64,11 +64,11 @@ export class I18n {
   /** Switch language: load the catalogue, translate the page, remember the choice if asked. */
   async use(code, { persist = false } = {}) {
     if (!CODES.includes(code)) code = "en";
+    if (persist) remember(code);
     this.fallback = await this.load("en");
     this.messages = await this.load(code);
     this.lang = code;
     this.plural = new Intl.PluralRules(this.tag());
-    if (persist) remember(code);
     const root = document.documentElement;
     root.lang = this.tag();
     root.dir = "ltr";

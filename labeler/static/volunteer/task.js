@@ -4,7 +4,9 @@
 import { fractionToLonLat, lonLatToFraction } from "./geo.js";
 import { uuid4 } from "./api.js";
 
-const STANDARD_ANSWERS = ["yes", "no", "maybe", "bad_imagery", "marked"];
+// The service's default answer labels (labeler/projects.py DEFAULT_ANSWERS). Answers that
+// still carry them are shown from the catalogue; labels a researcher wrote are shown as is.
+const DEFAULT_LABELS = { yes: "Yes", no: "No", maybe: "Maybe", bad_imagery: "Bad imagery", marked: "Done" };
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -29,9 +31,10 @@ export function layerRoles(layers) {
   return { single: null, before, after };
 }
 
-/** Label of an answer value: the catalogue's for standard values, else the project's. */
+/** Label of an answer: translated when it is a default one, else the project's own label. */
 export function answerLabel(i18n, answer) {
-  if (STANDARD_ANSWERS.includes(answer.value) && i18n.has(`answer.${answer.value}`)) {
+  const std = DEFAULT_LABELS[answer.value];
+  if (std && (!answer.label || answer.label === std || answer.label === answer.value) && i18n.has(`answer.${answer.value}`)) {
     return i18n.t(`answer.${answer.value}`);
   }
   return answer.label || answer.value;
@@ -95,7 +98,7 @@ export class TaskView {
     this.renderAnswers();
     this.dom.compareControls.hidden = !this.hasCompare;
     this.dom.markControls.hidden = !this.isMark;
-    this.setSwipe(this.hasCompare ? 100 : 100);
+    this.setSwipe(0); // start on the after image
     this.dom.hint.textContent = this.isMark
       ? this.i18n.t("mark.hint")
       : this.items.length > 1
@@ -130,6 +133,7 @@ export class TaskView {
         });
         target.append(...layers, el("span", { class: "badge", "aria-hidden": "true" }));
       }
+      target.dataset.tileId = String(item.tile.tile_id);
       item.el = target;
       if (context && this.items.length === 1) {
         cell.append(this.contextFrame(context, target));
@@ -203,12 +207,16 @@ export class TaskView {
     item.cross = [0.5, 0.5];
     item.pointsLayer = pointsLayer;
     item.crossEl = cross;
+    // A click marks a point but does not move keyboard focus onto the image.
+    surface.addEventListener("mousedown", (e) => e.preventDefault());
     surface.addEventListener("click", (e) => {
       if (e.target.closest(".point")) return;
       const r = surface.getBoundingClientRect();
       this.addPoint(index, (e.clientX - r.left) / r.width, (e.clientY - r.top) / r.height);
     });
     surface.addEventListener("keydown", (e) => {
+      // Only keyboard users focus the surface (see mousedown below), so arrows steer the cross
+      // for them and keep meaning next/back for everyone else.
       if (e.target !== surface || e.altKey || e.ctrlKey || e.metaKey) return;
       const step = e.shiftKey ? 0.1 : 0.02;
       const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
@@ -224,11 +232,7 @@ export class TaskView {
         e.stopPropagation();
       }
     });
-    surface.addEventListener("focus", () => {
-      surface.classList.add("cross-on");
-      this.placeCross(item);
-    });
-    surface.addEventListener("blur", () => surface.classList.remove("cross-on"));
+    this.placeCross(item);
     return surface;
   }
 
@@ -256,13 +260,13 @@ export class TaskView {
     this.refresh();
   }
 
-  removePoint(index, pointIndex) {
+  removePoint(index, pointIndex, { keyboard = false } = {}) {
     const item = this.items[index];
     const [point] = item.points.splice(pointIndex, 1);
     this.undoStack.push({ op: "remove", index, point, at: pointIndex });
     this.renderPoints(item);
     this.announce(this.i18n.t("mark.removed", { count: item.points.length }));
-    item.el.focus();
+    if (keyboard) item.el.focus(); // the removed button had focus: keep it on the image
     this.refresh();
   }
 
@@ -298,7 +302,7 @@ export class TaskView {
         "data-lat": String(lat),
         onclick: (e) => {
           e.stopPropagation();
-          this.removePoint(index, k);
+          this.removePoint(index, k, { keyboard: e.detail === 0 });
         },
       });
       btn.style.left = `${fx * 100}%`;
@@ -440,28 +444,34 @@ export class TaskView {
     return `${base}: ${ans}${it.flag ? ` · ${this.i18n.t("task.flagged")}` : ""}`;
   }
 
+  /**
+   * Swipe divider position in percent from the left: the before image shows left of it,
+   * the after image right of it (0 = all after, 100 = all before).
+   */
   setSwipe(v) {
     this.swipe = Math.max(0, Math.min(100, v));
-    this.dom.swipe.value = String(this.swipe);
-    this.dom.swipe.setAttribute("aria-valuetext", this.i18n.t("compare.swipe_value", { after: Math.round(this.swipe), before: 100 - Math.round(this.swipe) }));
+    const pos = Math.round(this.swipe);
+    this.dom.swipe.value = String(pos);
+    this.dom.swipe.setAttribute("aria-valuetext", this.i18n.t("compare.swipe_value", { before: pos, after: 100 - pos }));
     for (const img of this.dom.grid.querySelectorAll("img.layer-after")) {
-      img.style.clipPath = `inset(0 ${100 - this.swipe}% 0 0)`;
+      img.style.clipPath = `inset(0 0 0 ${this.swipe}%)`;
     }
     for (const tile of this.dom.grid.querySelectorAll(".tile")) {
       tile.style.setProperty("--swipe", `${this.swipe}%`);
       tile.classList.toggle("swiping", this.swipe > 0 && this.swipe < 100);
     }
-    this.dom.btnBefore.setAttribute("aria-pressed", String(this.swipe === 0));
-    this.dom.btnAfter.setAttribute("aria-pressed", String(this.swipe === 100));
+    this.dom.btnBefore.setAttribute("aria-pressed", String(this.swipe === 100));
+    this.dom.btnAfter.setAttribute("aria-pressed", String(this.swipe === 0));
+    this.dom.grid.dataset.showing = this.swipe === 100 ? "before" : this.swipe === 0 ? "after" : "split";
   }
 
   showLayer(which) {
-    this.setSwipe(which === "after" ? 100 : 0);
+    this.setSwipe(which === "after" ? 0 : 100);
     this.announce(this.i18n.t(which === "after" ? "compare.showing_after" : "compare.showing_before"));
   }
 
   toggle() {
-    this.showLayer(this.swipe >= 50 ? "before" : "after");
+    this.showLayer(this.swipe >= 50 ? "after" : "before");
   }
 
   /** Refresh selection, badges, pressed states and labels after any change. */
