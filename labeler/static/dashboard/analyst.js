@@ -154,7 +154,7 @@
       sel.textContent = "";
       sel.appendChild(el("option", { value: "", text: "Choose a project…" }));
       body.projects.forEach(function (p) {
-        var o = el("option", { value: p.slug, text: p.name + " (" + p.slug + ")" });
+        var o = el("option", { value: p.slug, text: p.name, title: p.slug });
         if (p.slug === state.slug) o.selected = true;
         sel.appendChild(o);
       });
@@ -339,7 +339,7 @@
     var selected = state.selected === p.tile_id;
     return {
       color: selected ? "#ffbf47" : answerColor(a), weight: selected ? 3 : 1, opacity: hidden ? 0 : (selected ? 1 : 0.45),
-      fillColor: answerColor(a), fillOpacity: hidden ? 0 : (a === null || a === undefined ? 0.05 : 0.1 + 0.4 * conf),
+      fillColor: answerColor(a), fillOpacity: hidden ? 0 : (a === null || a === undefined ? 0.04 : 0.06 + 0.3 * conf),
       className: "cs-tile cs-tile-" + p.tile_id
     };
   }
@@ -376,7 +376,7 @@
       onEachFeature: function (f, layer) {
         layer.on("click", function () { openTile(f.properties.tile_id); });
         var p = f.properties;
-        layer.bindTooltip(answerLabel(p.answer) + (p.confidence !== null && p.confidence !== undefined ? " · " + fmtPct(p.confidence) : "") + " · " + p.n_votes + " votes", { sticky: true });
+        layer.bindTooltip(answerLabel(p.answer) + (p.confidence !== null && p.confidence !== undefined ? " · " + fmtPct(p.confidence) : "") + " · " + p.total_count + " votes" + (p.source === "expert" ? " · expert decision" : ""), { sticky: true });
       }
     });
     state.layers.villages = L.geoJSON(villages, {
@@ -419,6 +419,9 @@
     if (t.review) {
       dl.appendChild(el("dt", { text: "Expert review" }));
       dl.appendChild(el("dd", { text: answerLabel(t.review.answer) + " (overrides the crowd)" }));
+      dl.appendChild(el("dt", { text: "Crowd said" }));
+      dl.appendChild(el("dd", { text: answerLabel(r.crowd_answer) }));
+      if (t.review.note) { dl.appendChild(el("dt", { text: "Note" })); dl.appendChild(el("dd", { text: t.review.note })); }
     }
     body.appendChild(dl);
 

@@ -1,0 +1,158 @@
+"""The analyst dashboard in Debian chromium against a live server (SQLite and PostgreSQL).
+
+A real project (synthetic before/after scene, ingested; simulated volunteers; one expert
+decision): the imagery pyramid is requested and rendered for both layers, the tile, village and
+chart layers are drawn, a tile click shows its pseudonymised votes and imagery, the filters hide
+tiles, and an export button downloads a valid GeoJSON. Writes docs/screenshots/analyst-dashboard.png
+with CROWDSIGHT_SCREENSHOTS=1. The harness fails the test on any external request, uncaught page
+error or CSP violation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import geojson
+import pyogrio
+import pytest
+import shapely
+from shapely.geometry import shape
+
+pytestmark = pytest.mark.browser
+
+READY = "body[data-ready='1']"
+
+
+def _until(page, js: str, timeout_ms: int = 30_000) -> None:
+    """Poll a JS predicate with ``page.evaluate`` (``wait_for_function`` evaluates strings with
+    eval(), which the page's CSP rightly forbids)."""
+    for _ in range(timeout_ms // 100):
+        if page.evaluate(js):
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for: {js}")
+
+
+def _tile_requests(page, slug: str) -> list[tuple[str, int]]:
+    seen: list[tuple[str, int]] = []
+    pat = re.compile(rf"/tiles/{slug}/(before|after)/\d+/\d+/\d+\.\w+$")
+
+    def on_response(resp):
+        m = pat.search(resp.url)
+        if m:
+            seen.append((m.group(1), resp.status))
+
+    page.on("response", on_response)
+    return seen
+
+
+def test_analyst_map_layers_tile_panel_and_export(page, sign_in, scene_project, shoot,
+                                                  tmp_path):
+    slug = scene_project.slug
+    tile_requests = _tile_requests(page, slug)
+    sign_in(page, f"/analyst/{slug}")
+    page.wait_for_selector(READY, timeout=60_000)
+
+    # the token moved out of the address bar into this tab's sessionStorage
+    assert "token=" not in page.url
+    assert page.evaluate("sessionStorage.getItem('crowdsight.token')").startswith("cs_")
+    assert page.locator("#project-title").inner_text() == f"{slug} (synthetic scene)"
+
+    # imagery pyramid: "before" tiles requested, served and rendered
+    page.wait_for_selector(".imagery-before img.leaflet-tile-loaded")
+    assert any(layer == "before" and status == 200 for layer, status in tile_requests)
+    natural = page.evaluate("""() => [...document.querySelectorAll(
+        '.imagery-before img.leaflet-tile-loaded')].map(i => i.naturalWidth)""")
+    assert natural and all(w == 256 for w in natural)
+    # ... and the switch to "after"
+    page.locator("label[for='imagery-after']").click()
+    page.wait_for_selector(".imagery-after img.leaflet-tile-loaded")
+    assert page.locator(".imagery-before").count() == 0
+    assert any(layer == "after" and status == 200 for layer, status in tile_requests)
+
+    # GeoJSON layers: every task tile, at least one village outline
+    tiles = page.locator("path.cs-tile")
+    assert tiles.count() == len(scene_project.tiles)
+    assert page.locator("path.cs-village").count() >= 1
+    # progress charts and the volunteer table
+    assert page.locator("figure.chart svg").count() == 4
+    assert page.locator("#volunteer-table tbody tr").count() == 9
+    assert page.locator("#stats .stat").first.inner_text().startswith(
+        str(len(scene_project.tiles)))
+
+    # tile click -> side panel with pseudonymised votes, imagery and history
+    tid = scene_project.reviewed_tile
+    page.locator(f"path.cs-tile-{tid}").click(force=True)
+    panel = page.locator("#panel")
+    panel.wait_for(state="visible")
+    page.wait_for_selector("#panel-body h3:has-text('History')")
+    body = page.locator("#panel-body").inner_text()
+    assert "Expert review" in body and "overrides the crowd" in body
+    rows = page.locator("#panel-body table.votes tbody tr td.pseudo")
+    assert rows.count() >= 3
+    for i in range(rows.count()):
+        assert re.fullmatch(r"v_[0-9a-f]{16}", rows.nth(i).inner_text())
+    assert "sim-" not in page.content()  # raw volunteer ids never reach the page
+    _until(page, """(() => { const imgs = [...document.querySelectorAll('#panel-body .imgs img')];
+        return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0); })()""")
+    assert "review.decide" in page.locator("#panel-body .history").inner_text()
+    shoot(page, "analyst-dashboard", full_page=True)
+
+    # filters: hiding "No" answers hides those tiles (fill and stroke transparent)
+    def hidden_tiles() -> int:
+        return page.evaluate("""() => [...document.querySelectorAll('path.cs-tile')]
+            .filter(p => p.getAttribute('fill-opacity') === '0').length""")
+
+    assert hidden_tiles() == 0
+    page.locator("input[data-answer='no']").uncheck()
+    n_hidden_no = hidden_tiles()
+    assert n_hidden_no > 0
+    page.locator("input[data-answer='no']").check()
+    page.locator("#min-conf").fill("1")
+    assert hidden_tiles() > 0
+    page.locator("#min-conf").fill("0")
+    assert hidden_tiles() == 0
+
+    # export button -> a valid RFC 7946 GeoJSON download
+    with page.expect_download() as info:
+        page.locator("button[data-export='tiles.geojson']").click()
+    download = info.value
+    assert re.fullmatch(rf"{slug}-tiles-spatial-\d{{8}}\.geojson", download.suggested_filename)
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    text = path.read_text()
+    fc = json.loads(text)
+    assert geojson.loads(text).is_valid and "crs" not in fc
+    assert len(fc["features"]) == len(scene_project.tiles)
+    for f in fc["features"]:
+        g = shape(f["geometry"])
+        assert g.is_valid and shapely.is_ccw(g.exterior)
+    reviewed = [f for f in fc["features"] if f["properties"]["tile_id"] == tid]
+    assert reviewed[0]["properties"]["answer"] == "bad_imagery"
+    assert pyogrio.read_info(path)["features"] == len(scene_project.tiles)
+    assert "downloaded" in page.locator("#export-status").inner_text().lower()
+
+
+def test_sign_in_form_and_bad_token(page, dashboard_url, scene_project, tokens):
+    page.goto(f"{dashboard_url}/analyst/{scene_project.slug}")
+    form = page.locator("#signin")
+    form.wait_for(state="visible")
+    assert page.locator("#dashboard").is_hidden()
+    page.locator("#signin-token").fill("cs_wrong-token")
+    page.locator("#signin-form button[type=submit]").click()
+    _until(page, "document.querySelector('#signin-error').textContent.length > 0")
+    assert "token" in page.locator("#signin-error").inner_text().lower()
+    page.locator("#signin-token").fill(tokens["researcher"])
+    page.locator("#signin-form button[type=submit]").click()
+    page.wait_for_selector(READY, timeout=60_000)
+    assert page.locator("path.cs-tile").count() == len(scene_project.tiles)
+
+
+def test_project_list(page, sign_in, scene_project):
+    sign_in(page, "/analyst/", role="admin")
+    link = page.locator(f".project-list a[href='/analyst/{scene_project.slug}']")
+    link.wait_for()
+    link.click()
+    page.wait_for_selector(READY, timeout=60_000)
+    assert page.url.rstrip("/").endswith(f"/analyst/{scene_project.slug}")
