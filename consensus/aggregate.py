@@ -445,7 +445,7 @@ def one_coin(votes: Votes, *, alpha: float = 1.0, max_iter: int = 100, tol: floa
                max_iter=max_iter, tol=tol, progress=progress)
 
 
-def gold_seeded(votes: Votes, *, alpha: float = 0.01, strength: float = 1.0,
+def gold_seeded(votes: Votes, *, alpha: float = 0.001, strength: float = 0.25,
                 max_iter: int = 100, tol: float = 1e-5,
                 progress: Progress | None = None) -> TileResult:
     """Dawid-Skene with gold tiles clamped to their known answer and each volunteer's confusion
@@ -458,7 +458,7 @@ def gold_seeded(votes: Votes, *, alpha: float = 0.01, strength: float = 1.0,
                progress=progress)
 
 
-def spatial(votes: Votes, *, alpha: float = 0.01, strength: float = 1.0, max_iter: int = 100,
+def spatial(votes: Votes, *, alpha: float = 0.001, strength: float = 0.25, max_iter: int = 100,
             tol: float = 1e-5, progress: Progress | None = None) -> TileResult:
     """``gold`` with a spatial class prior from the 8 neighbouring tiles (docs/spatial-model.md).
     Without a tile grid (no ``tile_xyz``) it is exactly ``gold``."""

@@ -1,0 +1,380 @@
+"""Benchmark for consensus/: accuracy, speed, memory, retirement savings.
+
+    .venv/bin/python bench/consensus.py                      # everything, bounded (~5 min)
+    .venv/bin/python bench/consensus.py --only accuracy --glad-max-labels 30000
+    .venv/bin/python bench/consensus.py --only speed --sizes 100000,1000000,10000000
+    .venv/bin/python bench/consensus.py --only speed --sizes 100000000 --ck-max-labels 0
+    .venv/bin/python bench/consensus.py --only replay --seeds 3
+
+Sections (baselines named in every table):
+1. accuracy on every dataset in ../shared/data/crowd: our mv/ds/onecoin/gold/spatial next to
+   crowd-kit's MajorityVote, DawidSkene, OneCoinDawidSkene, GLAD and MACE;
+2. speed and peak memory of our Dawid-Skene vs crowd-kit's DawidSkene on synthetic sets
+   (each run in a fresh subprocess so peak RSS is its own);
+3. retirement replay vs fixed 5 answers per tile: simulated volunteers with skills drawn from
+   the shared datasets, and the Joplin before/after scene (tile truth from the xView2 damage
+   polygons + building footprints on the z19 grid).
+
+Results are printed and written to bench/out/consensus.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+OURS = ["mv", "ds", "onecoin", "gold", "spatial"]
+CK = ["MajorityVote", "DawidSkene", "OneCoinDawidSkene", "GLAD", "MACE"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. accuracy
+# ---------------------------------------------------------------------------------------------
+
+def _ck_answers(name: str, votes, glad_ok: bool) -> dict[str, tuple[np.ndarray, float]]:
+    import pandas as pd
+    from crowdkit import aggregation as agg
+
+    df = pd.DataFrame({"task": votes.task_ids[votes.task],
+                       "worker": votes.worker_ids[votes.worker],
+                       "label": np.asarray(votes.labels)[votes.label]})
+    out = {}
+    for m in CK:
+        if m == "GLAD" and not glad_ok:
+            continue
+        algo = {"MajorityVote": agg.MajorityVote, "DawidSkene": lambda: agg.DawidSkene(n_iter=100),
+                "OneCoinDawidSkene": agg.OneCoinDawidSkene, "GLAD": agg.GLAD,
+                "MACE": lambda: agg.MACE(random_state=0)}[m]()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = algo.fit_predict(df)
+        dt = time.perf_counter() - t0
+        pm = {str(k): str(v) for k, v in pred.items()}
+        ans = np.array([votes.classes.index(pm[str(t)]) if pm.get(str(t)) in votes.classes
+                        else -2 for t in votes.task_ids])
+        out[f"ck_{m}"] = (ans, dt)
+    return out
+
+
+def bench_accuracy(args) -> dict:
+    from bench._crowd import accuracy, datasets, load
+    from consensus import aggregate
+
+    names = datasets()
+    if not names:
+        log("accuracy: no shared crowd datasets found, skipped")
+        return {}
+    results: dict = {}
+    for name in names:
+        votes, truth, _ = load(name)
+        row: dict = {"labels": votes.n_votes, "tasks": votes.n_tasks, "workers": votes.n_workers,
+                     "classes": votes.n_classes, "scored": int((truth >= 0).sum())}
+        for m in OURS:
+            t0 = time.perf_counter()
+            r = aggregate(votes, m)
+            row[m] = (accuracy(r.answer, truth), time.perf_counter() - t0)
+        if not args.no_crowdkit:
+            glad_ok = votes.n_votes <= args.glad_max_labels
+            log(f"accuracy: {name} ({votes.n_votes} labels) crowd-kit"
+                f"{' incl. GLAD' if glad_ok else ''} ...")
+            for k, (ans, dt) in _ck_answers(name, votes, glad_ok).items():
+                row[k] = (accuracy(ans, truth), dt)
+        results[name] = row
+    _print_accuracy(results)
+    return results
+
+
+def _print_accuracy(results: dict) -> None:
+    cols = OURS + [f"ck_{m}" for m in CK]
+    short = {"ck_MajorityVote": "ck_MV", "ck_DawidSkene": "ck_DS",
+             "ck_OneCoinDawidSkene": "ck_1coin", "ck_GLAD": "ck_GLAD", "ck_MACE": "ck_MACE"}
+    print("\n## Accuracy on the shared crowd datasets (fraction of tasks with truth answered "
+          "correctly; baseline: crowd-kit)")
+    hdr = f"{'dataset':26s} {'labels':>7s} " + " ".join(f"{short.get(c, c):>8s}" for c in cols)
+    print(hdr + f" {'best ours':>10s} {'best ck':>8s}")
+    n_ok = 0
+    for name, row in results.items():
+        cells = []
+        for c in cols:
+            cells.append(f"{row[c][0]:8.4f}" if c in row else f"{'-':>8s}")
+        best_o = max(row[m][0] for m in OURS)
+        cks = [row[c][0] for c in cols if c.startswith("ck_") and c in row]
+        best_c = max(cks) if cks else float("nan")
+        ok = best_o >= best_c - 1e-12
+        n_ok += ok
+        print(f"{name:26s} {row['labels']:7d} " + " ".join(cells)
+              + f" {best_o:10.4f} {best_c:8.4f} {'OK' if ok else 'BELOW'}")
+    means = {c: np.mean([r[c][0] for r in results.values() if c in r]) for c in cols
+             if all(c in r for r in results.values())}
+    print(f"{'mean (all datasets)':26s} {'':7s} " + " ".join(
+        f"{means[c]:8.4f}" if c in means else f"{'-':>8s}" for c in cols))
+    print(f"our best >= crowd-kit's best on {n_ok}/{len(results)} datasets")
+    t_ours = sum(r["ds"][1] for r in results.values())
+    t_ck = sum(r["ck_DawidSkene"][1] for r in results.values() if "ck_DawidSkene" in r)
+    if t_ck:
+        print(f"time, all datasets: our ds {t_ours:.2f} s vs crowd-kit DawidSkene {t_ck:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. speed and memory
+# ---------------------------------------------------------------------------------------------
+
+def synth(n_labels: int, n_classes: int = 2, per_task: int = 5, seed: int = 0):
+    """Synthetic crowd: n/5 tasks, 5 answers each, n/250 volunteers (min 100) with accuracies
+    uniform in [0.55, 0.95]; compact dtypes (int32 indices, int8 labels)."""
+    from consensus import Votes
+
+    rng = np.random.default_rng(seed)
+    T = n_labels // per_task
+    W = max(100, T // 50)
+    truth = rng.integers(0, n_classes, T, dtype=np.int8)
+    task = np.repeat(np.arange(T, dtype=np.int32), per_task)
+    worker = rng.integers(0, W, n_labels, dtype=np.int32)
+    acc = rng.uniform(0.55, 0.95, W).astype(np.float32)
+    correct = rng.random(n_labels, dtype=np.float32) < acc[worker]
+    wrong = (truth[task] + rng.integers(1, n_classes, n_labels, dtype=np.int8)) % n_classes
+    label = np.where(correct, truth[task], wrong).astype(np.int8)
+    del correct, wrong
+    v = Votes.from_indices(task, worker, label, n_tasks=T, n_workers=W, classes=n_classes)
+    return v, truth
+
+
+def _worker(impl: str, n: int) -> None:
+    """Child process: build the data, run one implementation, print JSON."""
+    v, truth = synth(n)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if impl == "ours":
+        from consensus import aggregate
+        t0 = time.perf_counter()
+        r = aggregate(v, "ds")
+        dt = time.perf_counter() - t0
+        acc = float((r.answer == truth).mean())
+        it = r.n_iter
+    else:
+        import pandas as pd
+        from crowdkit.aggregation import DawidSkene
+        df = pd.DataFrame({"task": v.task, "worker": v.worker, "label": v.label})
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            algo = DawidSkene(n_iter=100)
+            pred = algo.fit_predict(df)
+        dt = time.perf_counter() - t0
+        acc = float((pred.sort_index().to_numpy() == truth).mean())
+        it = len(algo.loss_history_)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"impl": impl, "n": n, "seconds": dt, "accuracy": acc, "iterations": it,
+                      "peak_rss": rss1, "rss_before": rss0}))
+
+
+def _run_child(impl: str, n: int, timeout: float) -> dict | None:
+    cmd = [sys.executable, __file__, "--_worker", impl, str(n)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"speed: {impl} at {n:,} labels exceeded {timeout:.0f} s, skipped")
+        return {"impl": impl, "n": n, "timeout": timeout}
+    if p.returncode != 0:
+        log(f"speed: {impl} at {n:,} failed: {p.stderr[-500:]}")
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_speed(args) -> dict:
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    out: dict = {}
+    for n in sizes:
+        log(f"speed: our ds at {n:,} labels ...")
+        ours = _run_child("ours", n, args.timeout)
+        ck = None
+        if not args.no_crowdkit and n <= args.ck_max_labels:
+            log(f"speed: crowd-kit DawidSkene at {n:,} labels ...")
+            ck = _run_child("crowdkit", n, args.timeout)
+        out[str(n)] = {"ours": ours, "crowdkit": ck}
+    _print_speed(out)
+    return out
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:6.2f} GiB"
+
+
+def _print_speed(out: dict) -> None:
+    print("\n## Dawid-Skene speed and peak memory, synthetic binary labels (5 per task)"
+          "\n   baseline: crowd-kit DawidSkene(n_iter=100); peak RSS of a fresh process "
+          "(data included)")
+    print(f"{'labels':>12s} {'ours s':>8s} {'iters':>5s} {'ours peak':>12s} {'ck s':>8s} "
+          f"{'ck iters':>8s} {'ck peak':>12s} {'speed-up':>9s} {'acc ours/ck':>12s}")
+    per_label = None
+    for n, r in out.items():
+        o, c = r["ours"], r["crowdkit"]
+        if not o or "timeout" in o:
+            print(f"{int(n):12,d} {'-':>8s}")
+            continue
+        per_label = (o["peak_rss"]) / int(n)
+        cs = (f"{c['seconds']:8.2f} {c['iterations']:8d} {_gib(c['peak_rss']):>12s} "
+              f"{c['seconds'] / o['seconds']:8.1f}x {o['accuracy']:.4f}/{c['accuracy']:.4f}"
+              if c and "timeout" not in c else
+              (f"{'>' + str(int(c['timeout'])):>8s}" if c else f"{'-':>8s}"))
+        print(f"{int(n):12,d} {o['seconds']:8.2f} {o['iterations']:5d} "
+              f"{_gib(o['peak_rss']):>12s} {cs}")
+    if per_label:
+        print(f"memory per label at the largest size: {per_label:.0f} bytes -> 100M labels "
+              f"~ {_gib(per_label * 1e8).strip()} (machine: 24 GiB)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. retirement replay
+# ---------------------------------------------------------------------------------------------
+
+POLICY_GRID = [(th, mn, mx) for th in (0.9, 0.93, 0.95, 0.97) for mn in (1, 2) for mx in (6, 8)]
+
+
+def _replay_one(v, truth, policy, method, refit):
+    from consensus import replay
+    return replay(v, policy, truth, method=method, refit_every=refit)
+
+
+def _tune(v, truth, method, refit):
+    """Pick, on a tuning crowd, the policy with the most savings whose accuracy is at least the
+    fixed-5 baseline's (fallback: the most accurate)."""
+    from consensus import RetirementPolicy
+    best, best_key = None, None
+    for th, mn, mx in POLICY_GRID:
+        pol = RetirementPolicy(th, mn, mx)
+        rep = _replay_one(v, truth, pol, method, refit)
+        ok = rep.accuracy >= rep.accuracy_baseline
+        key = (ok, rep.savings if ok else rep.accuracy)
+        if best_key is None or key > best_key:
+            best, best_key = pol, key
+    return best
+
+
+def bench_replay(args) -> dict:
+    from bench._crowd import crowd_root
+    from bench._replay import joplin_truth, simulate, skill_pool, volunteers
+    from consensus import RetirementPolicy
+
+    try:
+        pool = skill_pool()
+    except FileNotFoundError as exc:
+        log(f"replay: {exc}; skipped")
+        return {}
+    log(f"replay: skill pool of {len(pool[0])} volunteers, median accuracy "
+        f"{np.median(pool[0]):.3f}")
+    seeds = list(range(1, args.seeds + 1))
+    default = RetirementPolicy()
+    out: dict = {}
+    shared = crowd_root().parent
+    scenes = {
+        "simulated crowd (3000 tiles, 30% yes, 300 volunteers)": None,
+        "Joplin z19 (xView2 damage truth, 60 volunteers)": "joplin",
+    }
+    for scene, kind in scenes.items():
+        if kind == "joplin":
+            try:
+                xyz, truth_fixed = joplin_truth(shared)
+            except (FileNotFoundError, OSError) as exc:
+                log(f"replay: Joplin vectors not found ({exc}); skipped")
+                continue
+            n_vol, refit, methods = 60, 200, ("gold", "spatial")
+        else:
+            xyz, truth_fixed = None, None
+            n_vol, refit, methods = 300, 500, ("gold",)
+
+        def crowd(seed):
+            rng = np.random.default_rng(1000 + seed)
+            tr = truth_fixed if truth_fixed is not None else (rng.random(3000) < 0.3).astype(int)
+            conf, act = volunteers(n_vol, seed, pool)
+            return simulate(tr, conf, act, 10, 100 + seed, xyz), tr
+
+        for method in methods:
+            log(f"replay: {scene} / {method}: tuning on seed 0 ...")
+            v0, t0 = crowd(0)
+            tuned = _tune(v0, t0, method, refit)
+            rows = {}
+            for label, pol in (("default", default), ("tuned", tuned)):
+                reps = [_replay_one(*crowd(s), pol, method, refit) for s in seeds]
+                rows[label] = {
+                    "policy": pol.as_dict(),
+                    "savings": float(np.mean([r.savings for r in reps])),
+                    "accuracy": float(np.mean([r.accuracy for r in reps])),
+                    "accuracy_fixed5": float(np.mean([r.accuracy_baseline for r in reps])),
+                    "votes_per_tile": float(np.mean([r.votes_used / len(r.used) for r in reps])),
+                    "unresolved": float(np.mean([r.n_unresolved for r in reps])),
+                    "per_seed": [r.summary() for r in reps],
+                }
+            out[f"{scene} / {method}"] = rows
+    _print_replay(out, seeds)
+    return out
+
+
+def _print_replay(out: dict, seeds: list[int]) -> None:
+    print(f"\n## Retirement replay vs fixed 5 answers per tile (same method for both; mean over "
+          f"{len(seeds)} crowds; tuned = best of a {len(POLICY_GRID)}-policy grid on a separate "
+          "tuning crowd)")
+    print(f"{'scene / method':62s} {'policy':18s} {'votes/tile':>10s} {'savings':>8s} "
+          f"{'acc':>7s} {'acc fixed5':>10s} {'unresolved':>10s}")
+    for scene, rows in out.items():
+        for label, r in rows.items():
+            p = r["policy"]
+            ps = f"{label} {p['threshold']}/{p['min_votes']}/{p['max_votes']}"
+            print(f"{scene:62s} {ps:18s} {r['votes_per_tile']:10.2f} {r['savings']:8.1%} "
+                  f"{r['accuracy']:7.4f} {r['accuracy_fixed5']:10.4f} {r['unresolved']:10.1f}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] == "--_worker":
+        _worker(sys.argv[2], int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", choices=["accuracy", "speed", "replay"], action="append")
+    ap.add_argument("--sizes", default="100000,1000000,10000000",
+                    help="comma-separated synthetic label counts for the speed section")
+    ap.add_argument("--ck-max-labels", type=int, default=1_000_000,
+                    help="run crowd-kit DawidSkene only up to this many labels")
+    ap.add_argument("--glad-max-labels", type=int, default=9000,
+                    help="run crowd-kit GLAD only on datasets up to this many labels "
+                         "(it needs ~70 s per 13k labels; 0 skips it)")
+    ap.add_argument("--no-crowdkit", action="store_true", help="skip every crowd-kit baseline")
+    ap.add_argument("--timeout", type=float, default=300, help="per speed run, seconds")
+    ap.add_argument("--seeds", type=int, default=3, help="simulated crowds per replay scene")
+    args = ap.parse_args()
+    sections = args.only or ["accuracy", "speed", "replay"]
+    res: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    t0 = time.perf_counter()
+    if "accuracy" in sections:
+        res["accuracy"] = bench_accuracy(args)
+    if "speed" in sections:
+        res["speed"] = bench_speed(args)
+    if "replay" in sections:
+        res["replay"] = bench_replay(args)
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "consensus.json").write_text(json.dumps(res, indent=1, default=str))
+    print(f"\n(total {time.perf_counter() - t0:.0f} s; JSON in bench/out/consensus.json)")
+
+
+if __name__ == "__main__":
+    main()
