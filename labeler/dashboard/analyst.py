@@ -98,17 +98,20 @@ class _ResultsCache:
                 self.items.move_to_end(key)
                 return self.items[key]
             key_lock = self.building.setdefault(key, threading.Lock())
-        with key_lock:  # one computation per key even when the page asks 7 things at once
+        with key_lock:  # one computation per key even when the page asks 8 things at once
             with self.lock:
                 if key in self.items:
                     return self.items[key]
-            value = build()
+            try:
+                value = build()
+            finally:
+                with self.lock:
+                    self.building.pop(key, None)
             with self.lock:
                 self.items[key] = value
                 self.items.move_to_end(key)
                 while len(self.items) > self.size:
                     self.items.popitem(last=False)
-                self.building.pop(key, None)
             return value
 
 
@@ -159,11 +162,10 @@ def _geojson(body: dict[str, Any], status: int = 200) -> Response:
 
 
 async def page(request: Request) -> Response:
-    slug = request.path_params.get("slug")
-    if slug is None and request.url.path.rstrip("/") == "/analyst" and \
-            not request.url.path.endswith("/"):
-        return RedirectResponse("/analyst/" + (f"?{request.url.query}" if request.url.query else ""),
-                                status_code=307)
+    """The dashboard shell; it signs in with a bearer token and loads everything via the API."""
+    if request.url.path == "/analyst":
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse("/analyst/" + query, status_code=307)
     return FileResponse(TEMPLATES / "analyst.html", media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": "no-store"})
 

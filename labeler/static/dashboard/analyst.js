@@ -67,7 +67,7 @@
     if (a === null || a === undefined) return "not labelled";
     var answers = (state.summary && state.summary.answers) || [];
     for (var i = 0; i < answers.length; i++) if (answers[i].value === a) return answers[i].label || a;
-    return a === "unresolved" ? "unresolved" : a;
+    return a === "unresolved" ? "unresolved (dashed)" : a;
   }
 
   function token() { try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; } }
@@ -213,12 +213,14 @@
 
     var box = $("answer-filter");
     Array.prototype.slice.call(box.querySelectorAll("label")).forEach(function (l) { l.remove(); });
-    var values = s.answers.map(function (a) { return a.value; }).concat(["unresolved", null]);
+    // "maybe" is evidence, never a tile's answer (docs/consensus.md), so it gets no filter
+    var values = s.answers.map(function (a) { return a.value; })
+      .filter(function (v) { return v !== "maybe"; }).concat(["unresolved", null]);
     values.forEach(function (v) {
       var key = answerKey(v);
       var cb = el("input", { type: "checkbox", checked: "checked", "data-answer": key });
       cb.addEventListener("change", function () { state.hidden[key] = !cb.checked; restyleTiles(); });
-      box.appendChild(el("label", null, [cb, el("span", { class: "sw " + answerClass(v === "unresolved" ? "unresolved" : v), "aria-hidden": "true" }), " " + answerLabel(v)]));
+      box.appendChild(el("label", null, [cb, el("span", { class: "sw " + answerClass(v), "aria-hidden": "true" }), " " + answerLabel(v)]));
     });
 
     var legend = $("legend");
@@ -334,12 +336,15 @@
   function tileStyle(f) {
     var p = f.properties;
     var a = p.answer;
-    var hidden = state.hidden[answerKey(a)] || (a !== null && a !== undefined && (p.confidence || 0) < state.minConf);
+    var unresolved = p.state === "unresolved" && p.source !== "expert";
+    var hidden = state.hidden[answerKey(a)] || (unresolved && state.hidden.unresolved) ||
+      (a !== null && a !== undefined && (p.confidence || 0) < state.minConf);
     var conf = p.confidence === null || p.confidence === undefined ? 0 : p.confidence;
     var selected = state.selected === p.tile_id;
     return {
       color: selected ? "#ffbf47" : answerColor(a), weight: selected ? 3 : 1, opacity: hidden ? 0 : (selected ? 1 : 0.45),
       fillColor: answerColor(a), fillOpacity: hidden ? 0 : (a === null || a === undefined ? 0.04 : 0.06 + 0.3 * conf),
+      dashArray: unresolved && !selected ? "5 4" : null,
       className: "cs-tile cs-tile-" + p.tile_id
     };
   }
