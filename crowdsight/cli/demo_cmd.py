@@ -135,8 +135,13 @@ def _serve(settings, host: str, port: int, slug: str, token: str) -> None:  # ty
         serve = asyncio.create_task(server.serve())
         while not server.started:
             if serve.done():
-                await serve  # raises the startup error
-                return
+                try:
+                    await serve  # uvicorn logged the reason (e.g. address already in use)
+                except SystemExit:
+                    pass
+                raise click.ClickException(
+                    f"the server could not start on {host}:{port} (see the message above); "
+                    "try another --port (0 picks a free one)")
             await asyncio.sleep(0.05)
         bound = port
         for s in (server.servers or []):
@@ -151,6 +156,12 @@ def _serve(settings, host: str, port: int, slug: str, token: str) -> None:  # ty
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # uvicorn exits on startup failures (it logged the reason)
+        if server.started:
+            raise
+        raise click.ClickException(
+            f"the server could not start on {host}:{port} (see the message above); try "
+            "another --port (0 picks a free one)") from exc
     finally:
         runner = getattr(app.state, "researcher_job_runner", None)
         if runner is not None:

@@ -492,7 +492,7 @@
   function tileImages(t) {
     var urls = t.image_urls || {};
     return Object.keys(urls).map(function (k) {
-      return el("figure", null, [el("img", { src: urls[k], alt: k + " imagery of tile " + t.tile_id, width: 128, height: 128, loading: "lazy" }),
+      return el("figure", null, [el("img", { src: urls[k], alt: k + " imagery of tile " + t.tile_id, width: 128, height: 128 }),
                                  el("figcaption", { text: k })]);
     });
   }
