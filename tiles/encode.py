@@ -16,6 +16,11 @@ FORMATS: dict[str, tuple[str, str]] = {
     "png": ("PNG", "image/png"),
 }
 DEFAULT_QUALITY = {"jpg": 85, "webp": 80, "png": 0}
+#: zlib level for PNG tiles: on aerial imagery level 3 is ~4x faster than Pillow's default 6
+#: for ~5 % more bytes (measured on the Joplin tiles); PNG is lossless, so no quality knob.
+PNG_COMPRESS_LEVEL = 3
+#: libwebp effort (0-6): method 2 is ~2x faster than the default 4 for ~6 % more bytes.
+WEBP_METHOD = 2
 #: formats that keep an alpha channel
 ALPHA_FORMATS = frozenset({"webp", "png"})
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -49,7 +54,8 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
     """Encode an ``(H, W)`` or ``(H, W, C)`` uint8 array (C = 1, 2, 3 or 4; 2/4 carry alpha).
 
     JPEG cannot store alpha: transparent pixels are composited over black. PNG and WebP keep
-    alpha; a fully opaque alpha channel is dropped to save bytes.
+    alpha; a fully opaque alpha channel is dropped to save bytes. ``quality`` applies to JPEG
+    and WebP (defaults 85 / 80); PNG is lossless.
     """
     fmt = check_format(fmt)
     if array.dtype != np.uint8:
@@ -70,9 +76,9 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
     if fmt == "jpg":
         img.save(buf, "JPEG", quality=q)
     elif fmt == "webp":
-        img.save(buf, "WEBP", quality=q, method=4)
+        img.save(buf, "WEBP", quality=q, method=WEBP_METHOD)
     else:
-        img.save(buf, "PNG", compress_level=max(1, min(9, q or 6)))
+        img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

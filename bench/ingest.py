@@ -1,0 +1,240 @@
+"""Benchmark: crowdsight ingest vs gdal2tiles.py, the encode-only bound, and peak memory.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python bench/ingest.py                  # PNG and WebP, plus the large image
+    .venv/bin/python bench/ingest.py --formats png --large-size 0   # quick
+
+What it does, in one invocation on this machine:
+
+1. Joplin "before" (4 GeoTIFFs, ../shared/data/imagery/joplin_tornado/pre): runs
+   ``crowdsight ingest`` and ``gdal2tiles.py --xyz --processes=N -r bilinear`` (on a VRT made
+   with gdalbuildvrt in a temp dir: fine for the baseline) for the same zoom range and tile
+   format, each as a child process; prints wall time, tiles/s, their ratio and peak memory.
+2. The encode-only lower bound: Pillow encoding the same tiles (same count, same pixels,
+   same settings) in N processes, with no reading, warping or writing.
+3. Peak memory of ``crowdsight ingest`` on a large generated image (default 20000 x 20000
+   RGB, written to a temp dir with windowed writes, deleted afterwards).
+
+Peak memory is reported two ways: the largest single process (``getrusage(RUSAGE_CHILDREN)``
+in a helper process) and the whole process tree (sum of VmRSS over /proc, sampled every 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CROWDSIGHT_SHARED_DIR", ROOT.parent / "shared")) / "data"
+PY = sys.executable
+CROWDSIGHT = [PY, "-m", "crowdsight"]
+
+
+# --- measuring child processes ---------------------------------------------------------
+def _tree_rss_kb(pid: int) -> int:
+    """Sum of VmRSS of ``pid`` and all its descendants (Linux /proc, no psutil)."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` under a small helper; return wall seconds and peak memory (MB)."""
+    helper = [PY, str(Path(__file__).resolve()), "--_measure", "--", *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(helper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+    peak_tree = 0
+    while proc.poll() is None:
+        peak_tree = max(peak_tree, _tree_rss_kb(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    info = json.loads(out.strip().splitlines()[-1])
+    return {"wall": wall, "peak_tree_mb": peak_tree / 1024,
+            "peak_single_mb": info["maxrss_kb"] / 1024, "stdout": info["stdout"]}
+
+
+def _measure_main(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"maxrss_kb": ru.ru_maxrss, "stdout": res.stdout[-4000:]}))
+    sys.exit(res.returncode)
+
+
+# --- pieces ----------------------------------------------------------------------------
+def count_tiles(root: Path, ext: str) -> tuple[int, float]:
+    """(number of tiles, mean KB per tile) under an XYZ folder."""
+    sizes = [p.stat().st_size for p in root.rglob(f"*.{ext}") if p.parent.parent.name.isdigit()]
+    return len(sizes), (sum(sizes) / len(sizes) / 1024 if sizes else 0.0)
+
+
+def encode_only(tile_dir: Path, ext: str, quality: int | None, jobs: int) -> dict:
+    """Encode the same tiles again with the same settings; no I/O, no warping."""
+    import multiprocessing
+
+    from tiles.encode import decode
+
+    arrays = []
+    for p in sorted(tile_dir.rglob(f"*.{ext}")):
+        if not p.parent.parent.name.isdigit():
+            continue
+        a = decode(p.read_bytes())
+        arrays.append(a[..., :3] if int(a[..., 3].min()) == 255 else a)
+    stack = arrays
+    t0 = time.perf_counter()
+    for a in stack:
+        _encode_one((a, ext, quality))
+    single = time.perf_counter() - t0
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        pool.map(_encode_one, [(stack[0], ext, quality)] * jobs)  # warm up the workers
+        t0 = time.perf_counter()
+        pool.map(_encode_one, [(a, ext, quality) for a in stack], chunksize=8)
+        parallel = time.perf_counter() - t0
+    return {"tiles": len(arrays), "single": single, "parallel": parallel}
+
+
+def _encode_one(args) -> int:
+    from tiles.encode import encode
+
+    a, ext, quality = args
+    return len(encode(a, ext, quality))
+
+
+def make_large(path: Path, size: int) -> None:
+    """A size x size RGB uint8 GeoTIFF written window by window (never whole in memory)."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 200, (3, 512, 512), dtype=np.uint8)
+    rows = 512
+    tf = Affine(0.5, 0, 700000.0, 0, -0.5, 1500000.0)  # UTM 35N, ~13.5 N 24.8 E
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3,
+                       dtype="uint8", crs="EPSG:32635", transform=tf, tiled=True,
+                       blockxsize=512, blockysize=512, BIGTIFF="YES") as dst:
+        for r0 in range(0, size, rows):
+            h = min(rows, size - r0)
+            strip = np.tile(base, (1, 1, size // 512 + 1))[:, :h, :size]
+            strip = (strip + np.uint8((r0 // rows) % 50)).astype(np.uint8)
+            dst.write(strip, window=Window(0, r0, size, h))
+
+
+def fmt_row(name: str, r: dict, tiles: int) -> str:
+    return (f"  {name:<44} {r['wall']:7.2f} s  {tiles / r['wall']:8.1f} tiles/s  "
+            f"peak RSS: tree {r['peak_tree_mb']:6.0f} MB, largest process "
+            f"{r['peak_single_mb']:5.0f} MB")
+
+
+# --- main ------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--formats", default="png,webp",
+                    help="tile formats to compare (gdal2tiles supports png and webp)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes for both tools")
+    ap.add_argument("--zooms", default="14-18", help="zoom range (Joplin native is 18)")
+    ap.add_argument("--large-size", type=int, default=20000,
+                    help="edge of the generated large image (0 skips that part)")
+    args = ap.parse_args()
+    pre = SHARED / "imagery" / "joplin_tornado" / "pre"
+    files = sorted(pre.glob("*.tif"))
+    if not files:
+        raise SystemExit(f"shared data not found in {pre} (set CROWDSIGHT_SHARED_DIR)")
+    zmin, zmax = (int(v) for v in args.zooms.split("-"))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"jobs={args.jobs}; Joplin before = {len(files)} x 1024^2 RGB; zooms {zmin}-{zmax}")
+    tmp = Path(tempfile.mkdtemp(prefix="crowdsight-bench-"))
+    try:
+        vrt = tmp / "before.vrt"
+        subprocess.run(["gdalbuildvrt", "-q", str(vrt), *map(str, files)], check=True)
+        for ext in args.formats.split(","):
+            quality = 75 if ext == "webp" else None
+            print(f"\n[{ext}] same zooms, same format, bilinear resampling")
+            g2t_out = tmp / f"g2t-{ext}"
+            g2t_cmd = ["gdal2tiles.py", "--xyz", f"--processes={args.jobs}", "-z",
+                       f"{zmin}-{zmax}", "-r", "bilinear", "-w", "none", "-q",
+                       f"--tiledriver={ext.upper()}", str(vrt), str(g2t_out)]
+            g2t = measure(g2t_cmd)
+            g2t_tiles, g2t_kb = count_tiles(g2t_out, ext)
+            cs_store = tmp / f"cs-{ext}"
+            cs_cmd = CROWDSIGHT + ["ingest", "--project", "bench", "--layer",
+                                   "before=" + ",".join(map(str, files)), "--store",
+                                   str(cs_store), "--zoom", str(zmax), "--min-zoom", str(zmin),
+                                   "--format", ext, "--jobs", str(args.jobs), "--quiet"]
+            if quality:
+                cs_cmd += ["--quality", str(quality)]
+            cs = measure(cs_cmd)
+            manifest = json.loads((cs_store / "bench" / "manifest.json").read_text())
+            cs_tiles = manifest["layers"]["before"]["tile_count"]
+            _, cs_kb = count_tiles(cs_store / "bench" / "before", ext)
+            inproc = manifest["ingest_stats"]["seconds"]
+            enc = encode_only(cs_store / "bench" / "before", ext, quality, args.jobs)
+            print(fmt_row(f"gdal2tiles.py ({g2t_tiles} tiles, {g2t_kb:.0f} KB avg)", g2t,
+                          g2t_tiles))
+            print(fmt_row(f"crowdsight ingest ({cs_tiles} tiles, {cs_kb:.0f} KB avg)", cs,
+                          cs_tiles))
+            print(f"  {'crowdsight ingest() in-process':<44} {inproc:7.2f} s  "
+                  f"{cs_tiles / inproc:8.1f} tiles/s  (same run, without interpreter start-up)")
+            print(f"  {'encode-only, 1 process':<44} {enc['single']:7.2f} s  "
+                  f"{enc['tiles'] / enc['single']:8.1f} tiles/s")
+            print(f"  {f'encode-only, {args.jobs} processes':<44} {enc['parallel']:7.2f} s  "
+                  f"{enc['tiles'] / enc['parallel']:8.1f} tiles/s")
+            thr = (cs_tiles / cs["wall"]) / (g2t_tiles / g2t["wall"])
+            print(f"  => throughput vs gdal2tiles: {thr:.2f}x (goal >= 3x); "
+                  f"wall time vs encode-only ({args.jobs} proc): CLI {cs['wall'] / enc['parallel']:.2f}x, "
+                  f"in-process {inproc / enc['parallel']:.2f}x (goal <= 1.5x)")
+        if args.large_size:
+            n = args.large_size
+            big = tmp / "large.tif"
+            t0 = time.perf_counter()
+            make_large(big, n)
+            print(f"\n[large] generated {n} x {n} RGB ({big.stat().st_size / 2**30:.2f} GiB) "
+                  f"in {time.perf_counter() - t0:.1f} s with windowed writes")
+            store = tmp / "cs-large"
+            cmd = CROWDSIGHT + ["ingest", "--project", "large", "--store", str(store), "--jobs",
+                                str(args.jobs), "--quiet", str(big)]
+            r = measure(cmd)
+            m = json.loads((store / "large" / "manifest.json").read_text())
+            tiles = m["layers"]["image"]["tile_count"]
+            print(fmt_row(f"crowdsight ingest ({tiles} tiles, z{m['min_zoom']}-{m['task_zoom']})",
+                          r, tiles))
+            print(f"  => peak memory (tree) {r['peak_tree_mb']:.0f} MB for a "
+                  f"{n * n * 3 / 2**20:.0f} MB image (goal < 500 MB)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--_measure":
+        _measure_main(sys.argv[3:])
+    else:
+        main()
