@@ -184,10 +184,15 @@ def render_map_sheet(
     subtitle: str = "",
     footer: str = "",
     points: Sequence[tuple[float, float]] = (),
+    cells: Sequence[tuple[tuple[float, float, float, float], str]] = (),
+    cells_label: str = "damaged tile (crowd consensus)",
     backdrop: Backdrop | None = None,
     size: tuple[int, int] = (1754, 1240),
 ) -> Image.Image:
-    """Render the sheet (A4 landscape at 150 dpi by default) and return an RGB image."""
+    """Render the sheet (A4 landscape at 150 dpi by default) and return an RGB image.
+
+    ``cells`` are tiles to outline, as ``((west, south, east, north), "#rrggbb")``.
+    """
     W, H = size
     u = W / 1754  # unit scale so every size keeps its proportions
     img = Image.new("RGB", size, "white")
@@ -230,18 +235,28 @@ def render_map_sheet(
         has_backdrop = bool(backdrop) and _draw_backdrop(map_img, view, backdrop)  # type: ignore[arg-type]
         img.paste(map_img.crop(frame), frame[:2])
         overlay = Image.new("RGBA", size, (0, 0, 0, 0))
-        od = ImageDraw.Draw(overlay)
-        fill_alpha = 110 if has_backdrop else 170
+        od = ImageDraw.Draw(overlay, "RGBA")  # blend what is drawn on top
+        fill_alpha = 90 if has_backdrop else 170
         for v in villages:
             color = damage_color(v.value)
             for poly in _polygons(v.geometry):
                 ring = [view.lonlat(lon, lat) for lon, lat in poly.exterior.coords]
                 if len(ring) < 3:
                     continue
-                od.polygon(ring, fill=_rgb(color, fill_alpha))
-                for hole in poly.interiors:
-                    od.polygon([view.lonlat(lon, lat) for lon, lat in hole.coords],
-                               fill=(0, 0, 0, 0))
+                mask = Image.new("L", size, 0)
+                md = ImageDraw.Draw(mask)
+                md.polygon(ring, fill=fill_alpha)
+                for hole in poly.interiors:  # holes stay clear
+                    md.polygon([view.lonlat(lon, lat) for lon, lat in hole.coords], fill=0)
+                layer = Image.new("RGBA", size, _rgb(color, 0))
+                layer.putalpha(mask)
+                overlay = Image.alpha_composite(overlay, layer)
+        od = ImageDraw.Draw(overlay, "RGBA")
+        for (w, so, e, n), color in cells:
+            x0, y0 = view.lonlat(w, n)
+            x1, y1 = view.lonlat(e, so)
+            od.rectangle([x0, y0, x1, y1], fill=_rgb(color, 60),
+                         outline=_rgb(color, 230), width=max(1, int(2 * u)))
         r = max(2, int(3 * u))
         for lon, lat in points:
             x, y = view.lonlat(lon, lat)
@@ -291,6 +306,13 @@ def render_map_sheet(
     draw.rectangle([sx, y, sx + sw, y + int(18 * u)], fill=NO_DATA, outline=(60, 60, 60))
     draw.text((sx + sw + int(10 * u), y), "no data", fill=(40, 40, 40), font=f_small)
     y += int(24 * u)
+    if cells:
+        colors = list(dict.fromkeys(c for _, c in cells))
+        for k, c in enumerate(colors[:3]):
+            draw.rectangle([sx + k * 6 * u, y + k * 3 * u, sx + sw - (len(colors[:3]) - 1 - k) * 6 * u,
+                            y + int(18 * u)], outline=c, width=max(1, int(2 * u)))
+        draw.text((sx + sw + int(10 * u), y), cells_label, fill=(40, 40, 40), font=f_small)
+        y += int(24 * u)
     if points:
         rr = int(4 * u)
         cy = y + int(9 * u)

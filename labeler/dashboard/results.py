@@ -409,7 +409,8 @@ def compute_results(
         classes=tuple(classes), tiles=tiles_out, structures=structures, villages=villages,
         volunteers=volunteers, computed_at=datetime.now(UTC).replace(tzinfo=None),
         software_version=__version__,
-        extra={"layers": list(data.project.get("layers") or []), "result": result})
+        extra={"layers": list(data.project.get("layers") or []), "result": result,
+               "damaged_answers": _damaged_answers(data, classes)})
 
 
 def _volunteers(data: ProjectData, tiles: Sequence[TileOut], result: Any,
@@ -918,6 +919,11 @@ def map_sheet(res: ProjectResults, *, layers: Sequence[Mapping[str, Any]] = (),
                                   value=p.get("share_damaged"), lines=lines))
     pts = [(f["geometry"].x, f["geometry"].y) for f in res.structures]
     meta = res.metadata("villages")
+    damaged = set(res.extra.get("damaged_answers") or ())
+    palette = {"destroyed": "#b2182b", "damaged": "#e66101", "yes": "#d7301f",
+               "marked": "#6a3d9a"}
+    cells = [(t.bounds, palette.get(t.answer or "", "#d7301f")) for t in res.tiles
+             if t.answer in damaged]
     return render_map_sheet(
         feats, title=f"{res.project['name']} — damage by village",
         subtitle=f"{res.project['type']} project · consensus method {res.method} · "
@@ -925,7 +931,7 @@ def map_sheet(res: ProjectResults, *, layers: Sequence[Mapping[str, Any]] = (),
                  f"tiles with an answer",
         footer=f"Generated {meta['generated']} by crowdsight {meta['software_version']} · crowd consensus; "
                f"expert decisions override the crowd · imagery: project layers",
-        points=pts, backdrop=_backdrop(res, layers, tile_store), size=size)
+        points=pts, cells=cells, backdrop=_backdrop(res, layers, tile_store), size=size)
 
 
 def write_export(res: ProjectResults, layer: str, fmt: str, fp: Any, *,

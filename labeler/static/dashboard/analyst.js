@@ -12,9 +12,9 @@
 
   var TOKEN_KEY = "crowdsight.token";
   var ANSWER_COLORS = {
-    yes: "#d7301f", damaged: "#d7301f", destroyed: "#d7301f",
-    no: "#1a9850", intact: "#1a9850", none: "#1a9850",
-    maybe: "#fdae61", minor: "#fdae61",
+    yes: "#d7301f", destroyed: "#b2182b", damaged: "#f4a261",
+    no: "#1a9850", intact: "#1a9850", none: "#6baed6",
+    maybe: "#fdae61", minor: "#f4a261",
     bad_imagery: "#8c8c8c", marked: "#6a3d9a", unresolved: "#ffffff"
   };
   var OTHER_COLORS = ["#1f78b4", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"];
