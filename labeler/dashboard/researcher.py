@@ -20,6 +20,7 @@ All routes need a bearer token with the ``researcher`` role (``admin`` works too
 | GET/PATCH | ``/api/projects/{slug}/access`` | private / exports_restricted |
 | GET/POST | ``/api/projects/{slug}/invites``, DELETE ``.../{id}`` | invite links |
 | POST | ``/api/invites/redeem`` | volunteer joins a private project |
+| GET | ``/join#<invite code>`` | the invite link's page (redeems, then opens the project) |
 """
 
 from __future__ import annotations
@@ -166,6 +167,12 @@ async def researcher_page(request: Request) -> Response:
 
 async def researcher_redirect(request: Request) -> Response:
     return RedirectResponse("/researcher/", status_code=308)
+
+
+async def join_page(request: Request) -> Response:
+    """Invite links (``/join#<code>``): the page redeems the code for the volunteer session."""
+    return FileResponse(TEMPLATES / "researcher-join.html", media_type="text/html",
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 @_api
@@ -648,7 +655,7 @@ async def post_invite(request: Request) -> Response:
         return invite
 
     invite = await _write(request, run)
-    invite["url"] = f"/?invite={invite['token']}"
+    invite["url"] = f"/join#{invite['token']}"
     return JSONResponse(invite, status_code=201)
 
 
@@ -692,6 +699,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/researcher", researcher_redirect, methods=["GET"]),
         Route("/researcher/", researcher_page, methods=["GET"]),
+        Route("/join", join_page, methods=["GET"]),
         Route("/api/researcher/config", researcher_config, methods=["GET"]),
         Route(p + "/researcher", project_view, methods=["GET"]),
         Route(p + "/uploads", list_uploads, methods=["GET"]),

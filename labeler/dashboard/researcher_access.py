@@ -11,8 +11,10 @@ Helpers for the volunteer API and the exports (SQLAlchemy Core on a ``Connection
 * :func:`redeem_invite` — admits the volunteer holding an invite token to its project;
 * :func:`exports_allowed` — whether a bearer role may download a project's results/exports.
 
-A private project is reached through ``/?invite=<token>`` (the volunteer page calls
-``POST /api/invites/redeem`` with its session, then opens the project).
+A private project is reached through an invite link ``/join#<token>``: that page starts (or
+resumes) the volunteer session, calls ``POST /api/invites/redeem`` with it, then opens the
+project on the volunteer page (``/#/p/<slug>``). The code sits in the URL fragment, so it never
+reaches server logs or Referer headers.
 """
 
 from __future__ import annotations

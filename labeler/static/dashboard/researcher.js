@@ -745,6 +745,37 @@
     route();
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
-  else init();
+  // ---------------------------------------------------------------- /join#<invite>
+  // A volunteer opens an invite link: start (or resume) the volunteer session, redeem the
+  // invite with the session's CSRF token, then open the project on the volunteer page. The
+  // invite code is in the URL fragment, so it never reaches server logs.
+  function join() {
+    var code = decodeURIComponent(location.hash.replace(/^#/, ""));
+    history.replaceState(null, "", location.pathname);
+    var msg = $("join-msg");
+    function failed(text) {
+      $("join-h").textContent = "This invite link does not work";
+      msg.textContent = text; $("join-home").hidden = false;
+    }
+    if (!code) { failed("The link has no invitation code. Ask the project's researchers for the full link."); return; }
+    fetch("/api/session", { method: "POST", credentials: "same-origin",
+                            headers: { "Content-Type": "application/json", "Accept": "application/json" }, body: "{}" })
+      .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new ApiError(r.status, d); return d; }); })
+      .then(function (s) {
+        return fetch("/api/invites/redeem", { method: "POST", credentials: "same-origin",
+          headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": s.csrf_token },
+          body: JSON.stringify({ token: code }) });
+      })
+      .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new ApiError(r.status, d); return d; }); })
+      .then(function (d) {
+        $("join-h").textContent = "Welcome!";
+        msg.textContent = "Opening the project…";
+        location.replace("/#/p/" + encodeURIComponent(d.slug));
+      })
+      .catch(function (e) { failed(e.message || String(e)); });
+  }
+
+  function start() { if (document.body.dataset.page === "join") join(); else init(); }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();

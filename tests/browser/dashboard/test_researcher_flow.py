@@ -163,11 +163,28 @@ def test_researcher_creates_uploads_publishes_and_sees_consensus(
     page.fill("#invite-form input[name=label]", "field team")
     page.click("#invite-form button[type=submit]")
     expect(page.locator("#invite-new")).to_be_visible()
-    assert "/?invite=inv_" in page.locator("#invite-url").input_value()
+    invite_url = page.locator("#invite-url").input_value()
+    assert invite_url.startswith(dashboard_url + "/join#inv_")
     expect(page.locator("#invite-table tbody tr")).to_have_count(1)
     shoot(page, "researcher-access")
     assert db_rows("SELECT private FROM project_access pa JOIN projects p ON "
                    "p.id = pa.project_id WHERE p.slug = :s", s=SLUG)[0][0] in (True, 1)
+
+    # --- a new volunteer: the private project is hidden until the invite link is opened
+    ictx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 820})
+    page_watch.attach(ictx)
+    ipage = ictx.new_page()
+    ipage.set_default_timeout(TIMEOUT)
+    ipage.goto(dashboard_url + "/api/projects")
+    assert SLUG not in ipage.inner_text("body")
+    ipage.goto(invite_url)
+    ipage.wait_for_url(f"{dashboard_url}/#/p/{SLUG}")
+    members = db_rows("SELECT count(*) FROM project_members m JOIN projects p ON "
+                      "p.id = m.project_id WHERE p.slug = :s", s=SLUG)[0][0]
+    assert members == 1
+    ipage.goto(dashboard_url + "/api/projects")
+    assert SLUG in ipage.inner_text("body")
+    ictx.close()
 
     # --- the project list
     page.goto(f"{dashboard_url}/researcher/")
