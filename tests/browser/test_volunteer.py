@@ -80,7 +80,7 @@ def mercator_lonlat(bounds: list[float], fx: float, fy: float) -> tuple[float, f
 # ------------------------------------------------------------------------------ the main flow
 
 def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings: Any,
-                                 db_rows: Any, shoot: Any) -> None:
+                                 db_rows: Any) -> None:
     """Tutorial, 5 find tasks by keyboard, compare flip + swipe, mark + undo, language switch;
     the database then holds exactly those labels (SQLite and PostgreSQL)."""
     find = seed_project(labeler_settings, type="find", slug="villages", n_tiles=5, tutorial=2,
@@ -106,7 +106,6 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
     expect(page.locator("#tutorial-result")).to_have_class("result bad")
     expect(page.locator(".practice-item[data-index='0'] .item-result")).to_contain_text("This tile shows")
     expect(page.locator("#tutorial-continue")).to_be_hidden()
-    shoot(page, "volunteer-tutorial", full_page=True)
     page.check(f"#tut-0-{expected[0]}")
     page.click("#tutorial-check")
     expect(page.locator("#tutorial-result")).to_have_class("result ok")
@@ -121,8 +120,6 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
         page.keyboard.press(key)
         expect(page.locator(f"#answers button[data-value='{answer}']")).to_have_attribute(
             "aria-pressed", "true")
-        if i == 0:
-            shoot(page, "volunteer-find")
         find_answers[tile] = answer
         page.keyboard.press("ArrowRight")
     expect(page.locator("#screen-done")).to_be_visible()
@@ -156,7 +153,6 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
     clip = page.eval_on_selector("#grid img.layer-after", "img => img.style.clipPath")
     assert clip == "inset(0px 0px 0px 90%)"
     page.keyboard.press("2")  # answers work while the slider has focus
-    shoot(page, "volunteer-compare")
     (compare_tile,) = v.tile_ids()
     page.click("#btn-next")
 
@@ -182,7 +178,6 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
     page.keyboard.press("u")                        # undo the last add (third click)
     expect(page.locator(".point")).to_have_count(2)
     expect(page.locator("#mark-count")).to_contain_text("2")
-    shoot(page, "volunteer-mark")
     page.keyboard.press("ArrowRight")
     expect(page.locator("#screen-done")).to_be_visible()
 
@@ -384,7 +379,7 @@ def test_keyboard_reaches_every_control_with_visible_focus(
 
 @sqlite_only
 def test_mobile_touch_smoke(browser: Any, page_watch: Any, live_server: str,
-                            labeler_settings: Any, db_rows: Any, shoot: Any) -> None:
+                            labeler_settings: Any, db_rows: Any) -> None:
     seed_project(labeler_settings, type="find", slug="phone", n_tiles=6, grid_cols=3,
                  block={"cols": 3, "rows": 2}, name="Find villages",
                  question="Which tiles show an inhabited settlement?")
@@ -404,7 +399,6 @@ def test_mobile_touch_smoke(browser: Any, page_watch: Any, live_server: str,
         assert width <= 360, f"page scrolls sideways on a phone ({width}px)"
         page.locator("#grid .tile").nth(1).tap()
         page.tap("#answers button[data-value='yes']")
-        shoot(page, "volunteer-mobile")
         for btn in page.locator("#answers button, #btn-next").all():
             b = btn.bounding_box()
             assert b and b["height"] >= 44 and b["width"] >= 44, "touch target under 44 px"

@@ -176,12 +176,19 @@ async function showProjects() {
     start.addEventListener("click", () => {
       window.location.hash = `#/p/${encodeURIComponent(p.slug)}`;
     });
+    const buttons = el("div", { class: "card-actions" }, [start]);
+    if ("geolocation" in navigator) {
+      const near = el("button", { type: "button", class: "btn btn-quiet", "data-near": p.slug });
+      tx(near, "projects.near_me");
+      near.addEventListener("click", () => startNearMe(p.slug, near));
+      buttons.append(near);
+    }
     const card = el("li", { class: "card project" }, [
       el("div", { class: "project-head" }, [el("h2", { text: p.name }), type]),
       el("p", { class: "question", text: p.question }),
       bar,
       prog_t,
-      start,
+      buttons,
     ]);
     list.append(card);
   }
@@ -195,6 +202,24 @@ async function showProjects() {
       else node.textContent = "";
     })
     .catch(() => {});
+}
+
+/** "Tasks near me": the browser's location (asked only on this click) biases assignment. */
+function startNearMe(slug, button) {
+  button.disabled = true;
+  navigator.geolocation.getCurrentPosition(
+    (pos) => {
+      button.disabled = false;
+      const lon = pos.coords.longitude.toFixed(5);
+      const lat = pos.coords.latitude.toFixed(5);
+      window.location.hash = `#/p/${encodeURIComponent(slug)}?near=${lon},${lat}`;
+    },
+    () => {
+      button.disabled = false;
+      alertUser(i18n.t("error.geolocation"));
+    },
+    { maximumAge: 600000, timeout: 15000 },
+  );
 }
 
 // ---------------------------------------------------------------- project + tutorial
@@ -392,7 +417,7 @@ async function loadNext() {
   updateTaskButtons();
   let task;
   try {
-    task = await api.next(p.slug);
+    task = await api.next(p.slug, state.near);
   } catch (e) {
     state.busy = false;
     if (e instanceof ApiError && e.code === "project_not_live") {
@@ -575,7 +600,9 @@ async function route() {
     showScreen("welcome");
     return;
   }
-  const m = /^#\/p\/([^/?#]+)/.exec(window.location.hash);
+  // #/p/<slug> or #/p/<slug>?near=<lon>,<lat> (tasks near a place the volunteer knows)
+  const m = /^#\/p\/([^/?#]+)(?:\?near=(-?[\d.]+),(-?[\d.]+))?/.exec(window.location.hash);
+  state.near = m && m[2] ? `${m[2]},${m[3]}` : null;
   if (m) await openProject(decodeURIComponent(m[1]));
   else await showProjects();
 }

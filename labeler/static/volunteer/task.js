@@ -144,27 +144,32 @@ export class TaskView {
     });
   }
 
-  /** Faded neighbours around a single tile: context_urls = {"dx,dy": {layer: url}} (docs/api.md). */
+  /**
+   * Faded neighbours around a single tile: context_urls = {"dx,dy": {layer: url}}
+   * (docs/api.md). A 3x3 grid at the centre tile's scale, cropped to a margin around it.
+   */
   contextFrame(context, target) {
     const roles = this.roles;
     const frame = el("div", { class: "context" });
+    const inner = el("div", { class: "context-inner" });
     for (let dy = -1; dy <= 1; dy++) {
       for (let dx = -1; dx <= 1; dx++) {
         if (dx === 0 && dy === 0) {
           const mid = el("div", { class: "context-center" });
           mid.append(target);
-          frame.append(mid);
+          inner.append(mid);
           continue;
         }
         const urls = context[`${dx},${dy}`];
         const url = urls && (urls[roles.single] || urls[roles.after] || Object.values(urls)[0]);
-        frame.append(
+        inner.append(
           url
             ? el("img", { src: url, alt: "", class: "context-img", draggable: "false", decoding: "async" })
             : el("div", { class: "context-img empty" }),
         );
       }
     }
+    frame.append(inner);
     return frame;
   }
 
