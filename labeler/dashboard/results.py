@@ -1006,3 +1006,26 @@ def _write_volunteers(res: ProjectResults, fp: Any, secret: str) -> None:
     buf = io.StringIO()
     write_rows_csv(rows, buf, cols)
     fp.write(buf.getvalue().encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for the researcher pages (gold promotion, quality control)
+
+
+def confident_tiles(res: ProjectResults, min_confidence: float = 0.9, *,
+                    crowd_only: bool = True) -> list[TileOut]:
+    """Tiles whose final answer has at least ``min_confidence`` (most confident first);
+    with ``crowd_only`` expert-decided and gold tiles are left out."""
+    out = [t for t in res.tiles if t.answer is not None and t.confidence is not None
+           and t.confidence >= min_confidence
+           and not (crowd_only and (t.source == "expert" or t.gold_answer is not None))]
+    return sorted(out, key=lambda t: (-(t.confidence or 0.0), t.tile_id))
+
+
+def qc_sample(res: ProjectResults, n: int, *, min_confidence: float = 0.8,
+              seed: int = 0) -> list[TileOut]:
+    """A reproducible random sample of ``n`` confident crowd tiles for expert quality control."""
+    pool = confident_tiles(res, min_confidence)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
+    return [pool[i] for i in sorted(int(i) for i in idx)]
