@@ -157,37 +157,60 @@ def synth(n_labels: int, n_classes: int = 2, per_task: int = 5, seed: int = 0):
     return v, truth
 
 
-def _worker(impl: str, n: int) -> None:
-    """Child process: build the data, run one implementation, print JSON."""
+def _worker(impl: str, n: int, ids: str, repeat: int) -> None:
+    """Child process: build the data, run one implementation ``repeat`` times (best time),
+    print JSON. ``ids="str"`` hands both implementations string ids ("t123", "w45") as a CSV
+    export would, and our timing then includes factorising them."""
     v, truth = synth(n)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if ids == "str":
+        tid = np.char.add("t", v.task.astype(str))
+        wid = np.char.add("w", v.worker.astype(str))
+        lab = v.label.astype(str)
+    times = []
     if impl == "ours":
-        from consensus import aggregate
-        t0 = time.perf_counter()
-        r = aggregate(v, "ds")
-        dt = time.perf_counter() - t0
-        acc = float((r.answer == truth).mean())
+        from consensus import Votes, aggregate
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            vv = Votes.from_arrays(tid, wid, lab, tile_xyz=False) if ids == "str" else v
+            r = aggregate(vv, "ds")
+            times.append(time.perf_counter() - t0)
+        ans = r.answer
+        if ids == "str":   # map back to task order t0, t1, ...
+            order = np.array([int(t[1:]) for t in vv.task_ids.tolist()])
+            ans = np.empty_like(r.answer)
+            ans[order] = r.answer
+        acc = float((ans == truth).mean())
         it = r.n_iter
     else:
         import pandas as pd
         from crowdkit.aggregation import DawidSkene
-        df = pd.DataFrame({"task": v.task, "worker": v.worker, "label": v.label})
+        if ids == "str":
+            df = pd.DataFrame({"task": tid, "worker": wid, "label": lab})
+        else:
+            df = pd.DataFrame({"task": v.task, "worker": v.worker, "label": v.label})
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            algo = DawidSkene(n_iter=100)
-            pred = algo.fit_predict(df)
-        dt = time.perf_counter() - t0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                algo = DawidSkene(n_iter=100)
+                pred = algo.fit_predict(df)
+            times.append(time.perf_counter() - t0)
+        if ids == "str":
+            pred.index = [int(t[1:]) for t in pred.index]
+            pred = pred.astype(int)
         acc = float((pred.sort_index().to_numpy() == truth).mean())
         it = len(algo.loss_history_)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": impl, "n": n, "seconds": dt, "accuracy": acc, "iterations": it,
+    print(json.dumps({"impl": impl, "n": n, "ids": ids, "seconds": min(times),
+                      "all_seconds": times, "accuracy": acc, "iterations": it,
                       "peak_rss": rss1, "rss_before": rss0}))
 
 
-def _run_child(impl: str, n: int, timeout: float) -> dict | None:
-    cmd = [sys.executable, __file__, "--_worker", impl, str(n)]
+def _run_child(impl: str, n: int, timeout: float, ids: str = "int",
+               repeat: int = 1) -> dict | None:
+    cmd = [sys.executable, __file__, "--_worker", impl, str(n), ids, str(repeat)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -202,14 +225,18 @@ def _run_child(impl: str, n: int, timeout: float) -> dict | None:
 def bench_speed(args) -> dict:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     out: dict = {}
-    for n in sizes:
-        log(f"speed: our ds at {n:,} labels ...")
-        ours = _run_child("ours", n, args.timeout)
-        ck = None
-        if not args.no_crowdkit and n <= args.ck_max_labels:
-            log(f"speed: crowd-kit DawidSkene at {n:,} labels ...")
-            ck = _run_child("crowdkit", n, args.timeout)
-        out[str(n)] = {"ours": ours, "crowdkit": ck}
+    for ids in args.ids.split(","):
+        for n in sizes:
+            if ids == "str" and n > args.str_max_labels:
+                continue
+            rep = args.repeat if n <= 1_000_000 else 1
+            log(f"speed: our ds at {n:,} labels ({ids} ids, best of {rep}) ...")
+            ours = _run_child("ours", n, args.timeout, ids, rep)
+            ck = None
+            if not args.no_crowdkit and n <= args.ck_max_labels:
+                log(f"speed: crowd-kit DawidSkene at {n:,} labels ({ids} ids, best of {rep}) ...")
+                ck = _run_child("crowdkit", n, args.timeout, ids, rep)
+            out[f"{ids}:{n}"] = {"ours": ours, "crowdkit": ck}
     _print_speed(out)
     return out
 
@@ -222,24 +249,29 @@ def _print_speed(out: dict) -> None:
     print("\n## Dawid-Skene speed and peak memory, synthetic binary labels (5 per task)"
           "\n   baseline: crowd-kit DawidSkene(n_iter=100); peak RSS of a fresh process "
           "(data included)")
-    print(f"{'labels':>12s} {'ours s':>8s} {'iters':>5s} {'ours peak':>12s} {'ck s':>8s} "
+    print(f"{'ids':>4s} {'labels':>12s} {'ours s':>8s} {'iters':>5s} {'ours peak':>12s} {'ck s':>8s} "
           f"{'ck iters':>8s} {'ck peak':>12s} {'speed-up':>9s} {'acc ours/ck':>12s}")
-    per_label = None
-    for n, r in out.items():
+    ints = [(int(k.split(":")[1]), r["ours"]) for k, r in out.items()
+            if k.startswith("int:") and r["ours"] and "peak_rss" in r["ours"]]
+    for key, r in out.items():
+        ids, n = key.split(":")
         o, c = r["ours"], r["crowdkit"]
         if not o or "timeout" in o:
-            print(f"{int(n):12,d} {'-':>8s}")
+            print(f"{ids:>4s} {int(n):12,d} {'-':>8s}")
             continue
-        per_label = (o["peak_rss"]) / int(n)
         cs = (f"{c['seconds']:8.2f} {c['iterations']:8d} {_gib(c['peak_rss']):>12s} "
               f"{c['seconds'] / o['seconds']:8.1f}x {o['accuracy']:.4f}/{c['accuracy']:.4f}"
               if c and "timeout" not in c else
               (f"{'>' + str(int(c['timeout'])):>8s}" if c else f"{'-':>8s}"))
-        print(f"{int(n):12,d} {o['seconds']:8.2f} {o['iterations']:5d} "
+        print(f"{ids:>4s} {int(n):12,d} {o['seconds']:8.2f} {o['iterations']:5d} "
               f"{_gib(o['peak_rss']):>12s} {cs}")
-    if per_label:
-        print(f"memory per label at the largest size: {per_label:.0f} bytes -> 100M labels "
-              f"~ {_gib(per_label * 1e8).strip()} (machine: 24 GiB)")
+    if len(ints) >= 2:
+        ints.sort()
+        (n1, o1), (n2, o2) = ints[-2], ints[-1]
+        marginal = (o2["peak_rss"] - o1["peak_rss"]) / (n2 - n1)
+        est = o2["peak_rss"] + marginal * (1e8 - n2)
+        print(f"peak memory grows by {marginal:.0f} bytes per label ({n1:,} -> {n2:,}); "
+              f"100M labels ~ {_gib(est).strip()} (machine: 24 GiB)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +378,7 @@ def _print_replay(out: dict, seeds: list[int]) -> None:
 
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "--_worker":
-        _worker(sys.argv[2], int(sys.argv[3]))
+        _worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["accuracy", "speed", "replay"], action="append")
@@ -357,6 +389,13 @@ def main() -> None:
     ap.add_argument("--glad-max-labels", type=int, default=9000,
                     help="run crowd-kit GLAD only on datasets up to this many labels "
                          "(it needs ~70 s per 13k labels; 0 skips it)")
+    ap.add_argument("--ids", default="int,str",
+                    help="int: integer-coded input (the database path); str: string ids as in "
+                         "a CSV export, our time includes factorising them")
+    ap.add_argument("--str-max-labels", type=int, default=1_000_000,
+                    help="largest size for the string-id runs")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="best of N runs up to 1M labels (the machine is shared)")
     ap.add_argument("--no-crowdkit", action="store_true", help="skip every crowd-kit baseline")
     ap.add_argument("--timeout", type=float, default=300, help="per speed run, seconds")
     ap.add_argument("--seeds", type=int, default=3, help="simulated crowds per replay scene")
