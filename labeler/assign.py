@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import write_tx
-from labeler.models import TS, Lease, utcnow
+from labeler.models import TS, utcnow
 from labeler.projects import ProjectConfig
+from labeler.sql import id_list, run, ts
 
 NEW_VOLUNTEER_LABELS = 20  # volunteers with fewer labels in a project see gold twice as often
 RECLAIM_EVERY_S = 1.0
@@ -125,11 +126,21 @@ def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
         key = ("CASE WHEN t.confidence IS NULL THEN 1 ELSE 0 END, t.confidence, "
                "t.label_count DESC, t.id")
     else:
-        key = "t.label_count DESC, t.id"
+        key = "t.label_count DESC, t.id DESC"
     if near is not None:
         return f"abs(t.x - :nx) + abs(t.y - :ny), {key}"
     return key
 
+
+_STATE_SQL = (
+    "SELECT (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p), "
+    "(SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
+    "ORDER BY id LIMIT 1), "
+    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p)")
+
+_LEASE_SQL = (
+    "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
+    "expires_at, created_at) VALUES (:task_id, :p, :tile_id, :v, :g, :r, :c, :e, :now)")
 
 _ELIGIBLE = """
     t.project_id = :p AND t.state = 'live' AND t.gold_answer IS NULL AND NOT t.tutorial
@@ -156,18 +167,12 @@ class Assigner:
             t = mercantile.tile(near[0], near[1], project.task_zoom)
             near_xy = (t.x, t.y)
         with write_tx(self.engine) as conn:
-            held = conn.execute(sa.text(
-                "SELECT task_id, CASE WHEN expires_at > :now THEN 1 ELSE 0 END AS live "
-                "FROM leases WHERE volunteer_id = :v AND project_id = :p ORDER BY id"
-            ).bindparams(sa.bindparam("now", type_=TS)),
-                {"v": volunteer_id, "p": project.id, "now": now}).all()
-            live_task = next((r.task_id for r in held if r.live), None)
-            n_done = conn.execute(sa.text(
-                "SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p"),
-                {"v": volunteer_id, "p": project.id}).scalar_one()
+            state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
+                                           "now": ts(conn, now)}).one()
+            n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
             if live_task is not None:
                 return self._renew(conn, live_task, volunteer_id, expires, n_done)
-            if held:
+            if n_held:
                 reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
             mono = time.monotonic()
             reclaimed = mono - self._last_reclaim.get(project.id, 0.0) > RECLAIM_EVERY_S
@@ -180,20 +185,27 @@ class Assigner:
             if gold_turn(n_done, project.gold_rate):
                 tiles = self._claim_gold(conn, project, volunteer_id)
                 is_gold = bool(tiles)
-            if not tiles:
-                tiles = self._claim(conn, project, volunteer_id, near_xy)
-            if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
-                tiles = self._claim(conn, project, volunteer_id, near_xy)
-            if not tiles:
-                return None
-            conn.execute(sa.insert(Lease.__table__), [dict(  # type: ignore[attr-defined]
-                task_id=task_id, project_id=project.id, tile_id=t.tile_id,
-                volunteer_id=volunteer_id, is_gold=is_gold, block_row=t.row, block_col=t.col,
-                expires_at=expires, created_at=now) for t in tiles])
-            if not is_gold:
-                conn.execute(sa.text(
-                    "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN :ids"
-                ).bindparams(_ids("ids")), {"ids": [t.tile_id for t in tiles]})
+            lease = {"task_id": task_id, "e": ts(conn, expires), "now": ts(conn, now)}
+            if not tiles and _pg(conn) and project.block_cols * project.block_rows == 1:
+                # PostgreSQL, single tile: claim + count + lease in one round trip.
+                tiles = self._claim_one_pg(conn, project, volunteer_id, near_xy, lease)
+                if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
+                    tiles = self._claim_one_pg(conn, project, volunteer_id, near_xy, lease)
+                if not tiles:
+                    return None
+            else:
+                if not tiles:
+                    tiles = self._claim(conn, project, volunteer_id, near_xy)
+                if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
+                    tiles = self._claim(conn, project, volunteer_id, near_xy)
+                if not tiles:
+                    return None
+                run(conn, _LEASE_SQL, [dict(
+                    lease, p=project.id, tile_id=t.tile_id, v=volunteer_id, g=is_gold,
+                    r=t.row, c=t.col) for t in tiles])
+                if not is_gold:
+                    run(conn, "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN "
+                        + id_list([t.tile_id for t in tiles]))
         task = Task(task_id=task_id, expires_at=expires, tiles=tiles, is_gold=is_gold,
                     labelled_by_you=n_done)
         if project.context and len(tiles) == 1:
@@ -203,20 +215,19 @@ class Assigner:
     # -- pieces --------------------------------------------------------------------------
     def _renew(self, conn: Connection, task_id: str, volunteer_id: int, expires: datetime,
                n_done: int) -> Task:
-        conn.execute(sa.text(
-            "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v"
-        ).bindparams(sa.bindparam("e", type_=TS)), {"e": expires, "t": task_id, "v": volunteer_id})
-        rows = conn.execute(sa.text(
+        run(conn, "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v",
+            {"e": ts(conn, expires), "t": task_id, "v": volunteer_id})
+        rows = run(conn,
             f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
             "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
-            "ORDER BY s.block_row, s.block_col"), {"t": task_id, "v": volunteer_id}).all()
+            "ORDER BY s.block_row, s.block_col", {"t": task_id, "v": volunteer_id}).all()
         return Task(task_id=task_id, expires_at=expires,
                     tiles=[_task_tile(r, r.block_row, r.block_col) for r in rows],
                     is_gold=bool(rows and rows[0].is_gold), labelled_by_you=n_done)
 
     def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int) -> list[TaskTile]:
         # A per-volunteer pseudo-random order, so gold tiles are not seen in the same sequence.
-        r = conn.execute(sa.text(
+        r = run(conn, (
             f"SELECT {_TILE_COLS} FROM tiles t WHERE t.project_id = :p AND t.gold_answer IS NOT NULL "
             "AND NOT t.tutorial "
             "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v) "
@@ -225,24 +236,42 @@ class Assigner:
             {"p": project.id, "v": volunteer_id}).first()
         return [_task_tile(r)] if r else []
 
+    def _claim_one_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+                      near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:
+        params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target,
+                                  **lease}
+        if near_xy is not None:
+            params.update(nx=near_xy[0], ny=near_xy[1])
+        row = run(conn,
+            f"WITH c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
+            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), "
+            "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
+            "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
+            "tiles.north, tiles.layers), "
+            "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
+            "block_row, block_col, expires_at, created_at) "
+            "SELECT :task_id, :p, u.id, :v, false, 0, 0, :e, :now FROM u) "
+            "SELECT * FROM u", params).first()
+        return [_task_tile(row)] if row else []
+
     def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                near_xy: tuple[int, int] | None) -> list[TaskTile]:
         lock = " FOR UPDATE OF t SKIP LOCKED" if _pg(conn) else ""
         params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target}
         if near_xy is not None:
             params.update(nx=near_xy[0], ny=near_xy[1])
-        anchor = conn.execute(sa.text(
+        anchor = run(conn,
             f"SELECT {_TILE_COLS} FROM tiles t WHERE {_ELIGIBLE} "
-            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}"), params).first()
+            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}", params).first()
         if anchor is None:
             return []
         cols, rows = project.block_cols, project.block_rows
         if cols * rows == 1:
             return [_task_tile(anchor)]
         bx, by = anchor.x - anchor.x % cols, anchor.y - anchor.y % rows
-        block = conn.execute(sa.text(
+        block = run(conn,
             f"SELECT {_TILE_COLS} FROM tiles t WHERE {_ELIGIBLE} AND t.z = :z "
-            f"AND t.x >= :bx AND t.x < :bx2 AND t.y >= :by AND t.y < :by2 ORDER BY t.id{lock}"),
+            f"AND t.x >= :bx AND t.x < :bx2 AND t.y >= :by AND t.y < :by2 ORDER BY t.id{lock}",
             {**params, "z": anchor.z, "bx": bx, "bx2": bx + cols, "by": by, "by2": by + rows}).all()
         tiles = [_task_tile(r, r.y - by, r.x - bx) for r in block]
         if not any(t.tile_id == anchor.id for t in tiles):  # cannot happen; keep the anchor anyway

@@ -9,6 +9,7 @@ writers never interleave. PostgreSQL: psycopg 3, READ COMMITTED, row locks
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_sqlite_locks: dict[int, threading.Lock] = {}
 
 
 def is_sqlite(engine_or_url: Engine | str | sa.URL) -> bool:
@@ -70,11 +72,20 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     """A transaction for claims and label writes: ``BEGIN IMMEDIATE`` on SQLite (takes the
     write lock up front, so read-then-write cannot race), plain ``BEGIN`` on PostgreSQL
     (callers lock rows with ``FOR UPDATE``)."""
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
+    if engine.dialect.name != "sqlite":
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+        return
+    # One writer per process at a time: threads queue on a lock instead of spinning in
+    # SQLite's busy handler (which sleeps in growing steps and ruins tail latency);
+    # BEGIN IMMEDIATE still serialises writers across processes.
+    lock = _sqlite_locks.setdefault(id(engine), threading.Lock())
+    with lock:
+        with engine.connect() as conn:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            yield conn
+            with conn.begin():
+                yield conn
 
 
 @contextmanager

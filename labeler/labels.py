@@ -9,19 +9,18 @@ same transaction.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import write_tx
 from labeler.errors import NotLeased, ValidationError
-from labeler.models import TS, Label, utcnow
+from labeler.models import utcnow
+from labeler.sql import id_list, js, run, ts, unjs
 from labeler.projects import ProjectConfig
 from labeler.retire import evaluate
 
@@ -143,51 +142,85 @@ def parse_submission(project: ProjectConfig, body: Any, max_points: int) -> tupl
     return task_id, out
 
 
-def _ids(name: str) -> sa.BindParameter[Any]:
-    return sa.bindparam(name, expanding=True)
+_INSERT_SQL = (
+    "INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, skipped, flag_note, "
+    "idempotency_key, is_gold, correct, time_spent_ms, created_at) VALUES (:p, :tile_id, :v, "
+    ":answer, :points, :skipped, :flag_note, :key, :is_gold, :correct, :spent, :now) "
+    "ON CONFLICT DO NOTHING RETURNING tile_id")
+
+_INSERT_CTE = (
+    "WITH ins AS (" + _INSERT_SQL + "), "
+    "del AS (DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN (SELECT tile_id FROM ins))")
+
+_UPDATE_CTE = (
+    ", upd AS (UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, "
+    "answer_counts = :ac, consensus_answer = :ca, confidence = :cf, state = :st, "
+    "retired_at = COALESCE(retired_at, :ra) WHERE id = :id AND id IN (SELECT tile_id FROM ins))")
+
+_UPDATE_SQL = (
+    "UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, answer_counts = :ac, "
+    "consensus_answer = :ca, confidence = :cf, state = :st, retired_at = COALESCE(retired_at, :ra) "
+    "WHERE id = :id")
 
 
-def _json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) else v
+def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[LabelIn]) -> set[int]:
+    """Indexes of ``labels`` that this volunteer already stored (same key, or same tile);
+    raises if a key was used before for a different tile."""
+    keys = ", ".join(f":k{i}" for i in range(len(labels)))
+    params: dict[str, Any] = {f"k{i}": lb.idempotency_key for i, lb in enumerate(labels)}
+    params["v"] = volunteer_id
+    prior = run(conn,
+        "SELECT tile_id, idempotency_key FROM labels WHERE volunteer_id = :v AND "
+        f"(idempotency_key IN ({keys}) OR tile_id IN {id_list([lb.tile_id for lb in labels])})",
+        params).all()
+    key_tile = {r.idempotency_key: r.tile_id for r in prior}
+    done_tiles = {r.tile_id for r in prior}
+    dup = set()
+    for lb in labels:
+        if lb.idempotency_key in key_tile:
+            if key_tile[lb.idempotency_key] != lb.tile_id:
+                raise ValidationError("this idempotency_key was already used for another tile",
+                                      field=f"labels.{lb.index}.idempotency_key")
+            dup.add(lb.index)
+        elif lb.tile_id in done_tiles:
+            dup.add(lb.index)
+    return dup
 
 
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
            labels: list[LabelIn]) -> SubmitResult:
-    """Store ``labels`` (already shape-checked by :func:`parse_submission`) all-or-nothing."""
+    """Store ``labels`` (already shape-checked by :func:`parse_submission`) all-or-nothing.
+
+    Common path: four statements (lock tiles + read leases, insert, delete leases, update
+    tiles). Duplicates are classified only when something does not line up."""
     result = SubmitResult()
     now = utcnow()
     with write_tx(engine) as conn:
         pg = conn.dialect.name == "postgresql"
-        tile_ids = sorted(lb.tile_id for lb in labels)
-        tiles = {r.id: r for r in conn.execute(sa.text(
-            "SELECT id, project_id, west, south, east, north, gold_answer, gold_explanation, state, "
-            "label_count, answer_counts FROM tiles WHERE id IN :ids ORDER BY id"
-            + (" FOR UPDATE" if pg else "")).bindparams(_ids("ids")), {"ids": tile_ids})}
-        # Duplicates: same key, or a tile this volunteer already labelled.
-        prior = conn.execute(sa.text(
-            "SELECT tile_id, idempotency_key FROM labels WHERE volunteer_id = :v "
-            "AND (idempotency_key IN :keys OR tile_id IN :ids)"
-        ).bindparams(_ids("keys"), _ids("ids")),
-            {"v": volunteer_id, "keys": [lb.idempotency_key for lb in labels],
-             "ids": tile_ids}).all()
-        key_tile = {r.idempotency_key: r.tile_id for r in prior}
-        done_tiles = {r.tile_id for r in prior}
+        rows = run(conn,
+            "SELECT t.id, t.project_id, t.west, t.south, t.east, t.north, t.gold_answer, "
+            "t.gold_explanation, t.state, t.label_count, t.answer_counts, s.task_id, "
+            "s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s ON s.tile_id = t.id "
+            f"AND s.volunteer_id = :v WHERE t.id IN {id_list([lb.tile_id for lb in labels])} "
+            "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), {"v": volunteer_id}).all()
+        tiles = {r.id: r for r in rows}
+        unleased = [lb for lb in labels if lb.tile_id not in tiles
+                    or tiles[lb.tile_id].task_id != task_id]
+        dup = _classify_duplicates(conn, volunteer_id, unleased) if unleased else set()
+        result.duplicates = len(dup)
         fresh: list[LabelIn] = []
         for lb in labels:
+            if lb.index in dup:
+                continue
             f = f"labels.{lb.index}"
-            if lb.idempotency_key in key_tile:
-                if key_tile[lb.idempotency_key] != lb.tile_id:
-                    raise ValidationError("this idempotency_key was already used for another tile",
-                                          field=f"{f}.idempotency_key")
-                result.duplicates += 1
-                continue
-            if lb.tile_id in done_tiles:
-                result.duplicates += 1
-                continue
             tile = tiles.get(lb.tile_id)
             if tile is None or tile.project_id != project.id:
                 raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
                                       field=f"{f}.tile_id")
+            if tile.task_id != task_id:
+                raise NotLeased(f"tile {lb.tile_id} is not leased to you under task {task_id} "
+                                "(the lease may have expired): ask /next for a new task",
+                                field=f"{f}.tile_id")
             if lb.points:
                 for j, (lon, lat) in enumerate(lb.points):
                     if not (tile.west - EPS <= lon <= tile.east + EPS
@@ -199,65 +232,61 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
             fresh.append(lb)
         if not fresh:
             return result
-        fresh_ids = [lb.tile_id for lb in fresh]
-        leases = {r.tile_id: r for r in conn.execute(sa.text(
-            "SELECT tile_id, task_id, is_gold FROM leases WHERE volunteer_id = :v AND tile_id IN :ids"
-        ).bindparams(_ids("ids")), {"v": volunteer_id, "ids": fresh_ids})}
-        for lb in fresh:
-            lease = leases.get(lb.tile_id)
-            if lease is None or lease.task_id != task_id:
-                raise NotLeased(f"tile {lb.tile_id} is not leased to you under task {task_id} "
-                                "(the lease may have expired): ask /next for a new task",
-                                field=f"labels.{lb.index}.tile_id")
-        rows = []
+        now_db = ts(conn, now)
+        plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
         for lb in fresh:
             tile = tiles[lb.tile_id]
             is_gold = tile.gold_answer is not None
-            rows.append(dict(
-                project_id=project.id, tile_id=lb.tile_id, volunteer_id=volunteer_id,
-                answer=lb.answer, points=lb.points, skipped=lb.skipped, flag_note=lb.flag_note,
-                idempotency_key=lb.idempotency_key, is_gold=is_gold,
+            row = dict(
+                p=project.id, tile_id=lb.tile_id, v=volunteer_id, answer=lb.answer,
+                points=None if lb.points is None else js(conn, lb.points), skipped=lb.skipped,
+                flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
                 correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
-                time_spent_ms=lb.time_spent_ms, created_at=now))
-        insert = postgresql.insert if pg else sqlite.insert
-        table = Label.__table__  # type: ignore[attr-defined]
-        inserted = {r.tile_id for r in conn.execute(
-            insert(table).values(rows).on_conflict_do_nothing().returning(table.c.tile_id))}
-        result.duplicates += len(rows) - len(inserted)
+                spent=lb.time_spent_ms, now=now_db)
+            if is_gold:  # gold answers feed skill, not the tile's counts
+                upd = None if tile.lease_gold else _tile_update(tile, None, release=1,
+                                                                project=project)
+            else:
+                upd = _tile_update(tile, None if lb.skipped else lb.answer,
+                                   release=0 if tile.lease_gold else 1, project=project)
+            if upd is not None:
+                upd = {**upd, "ac": js(conn, upd["ac"]),
+                       "ra": now_db if upd["st"] != "live" else None}
+            plan.append((lb, row, upd))
+        inserted: set[int] = set()
+        if pg and len(plan) == 1:
+            # One round trip: insert, and only if it went in, drop the lease and update the tile.
+            lb, row, upd = plan[0]
+            sql = _INSERT_CTE + (_UPDATE_CTE if upd else "") + " SELECT tile_id FROM ins"
+            if run(conn, sql, {**row, **(upd or {})}).first() is not None:
+                inserted.add(lb.tile_id)
+        else:
+            for lb, row, _ in plan:
+                if run(conn, _INSERT_SQL, row).first() is not None:
+                    inserted.add(lb.tile_id)
+            if inserted:
+                run(conn, "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN "
+                    + id_list(sorted(inserted)), {"v": volunteer_id})
+                updates = [upd for lb, _, upd in plan if upd and lb.tile_id in inserted]
+                if updates:
+                    run(conn, _UPDATE_SQL, updates)
+        if len(inserted) < len(fresh):
+            # A concurrent request of the same volunteer got there first, or a key was reused.
+            late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh
+                                                             if lb.tile_id not in inserted])
+            result.duplicates += len(late)
         result.stored = len(inserted)
-        if not inserted:
-            return result
-        conn.execute(sa.text(
-            "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN :ids"
-        ).bindparams(_ids("ids")), {"v": volunteer_id, "ids": sorted(inserted)})
-        updates = []
         for lb in fresh:
-            if lb.tile_id not in inserted:
-                continue
             tile = tiles[lb.tile_id]
-            lease = leases[lb.tile_id]
-            if tile.gold_answer is not None:
-                if not lb.skipped:
-                    result.feedback.append({
-                        "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
-                        "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
-                if not lease.is_gold:  # became gold after it was leased: give the place back
-                    updates.append(_tile_update(tile, None, release=1, project=project))
-                continue
-            updates.append(_tile_update(tile, None if lb.skipped else lb.answer,
-                                        release=0 if lease.is_gold else 1, project=project))
-        if updates:
-            conn.execute(sa.text(
-                "UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, "
-                "answer_counts = :ac, consensus_answer = :ca, confidence = :cf, state = :st, "
-                "retired_at = COALESCE(retired_at, :ra) WHERE id = :id"
-            ).bindparams(sa.bindparam("ac", type_=sa.JSON), sa.bindparam("ra", type_=TS)),
-                [{**u, "ra": now if u["st"] != "live" else None} for u in updates])
+            if lb.tile_id in inserted and tile.gold_answer is not None and not lb.skipped:
+                result.feedback.append({
+                    "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
+                    "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
     return result
 
 
 def _tile_update(tile: Any, answer: str | None, *, release: int, project: ProjectConfig) -> dict[str, Any]:
-    counts = dict(_json(tile.answer_counts) or {})
+    counts = dict(unjs(tile.answer_counts) or {})
     label_count = tile.label_count
     state = tile.state
     ca = None

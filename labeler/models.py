@@ -63,7 +63,7 @@ class Tile(SQLModel, table=True):
     __tablename__ = "tiles"
     __table_args__ = (
         sa.UniqueConstraint("project_id", "z", "x", "y", name="uq_tiles_project_zxy"),
-        sa.Index("ix_tiles_queue", "project_id", "state", "label_count"),
+        sa.Index("ix_tiles_queue", "project_id", "state", "label_count", "id"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)

@@ -106,14 +106,14 @@ def test_near_starts_at_the_place(client: TestClient, settings: Settings) -> Non
 
 def test_completion_first_then_uncertain_first(make_client, settings: Settings) -> None:
     p = seed_project(settings, n_tiles=3, redundancy=4, gold_rate=0)
-    agree, disagree, fresh = p.tile_ids
+    fresh, disagree, agree = p.tile_ids  # ties go to the highest id (index order)
     # Two volunteers: both say yes on `agree`, split on `disagree`.
     for answers in (("yes", "yes"), ("yes", "no")):
         c = make_client()
         h = start_volunteer(c)
         for tile, ans in zip((agree, disagree), answers):
             task = c.get(f"/api/projects/{p.slug}/next").json()
-            assert task["tiles"][0]["tile_id"] == tile  # completion-first: id order among equals
+            assert task["tiles"][0]["tile_id"] == tile  # completion-first: ties by id, descending
             c.post(f"/api/projects/{p.slug}/labels", headers=h, json={
                 "task_id": task["task_id"], "labels": [label_for(task["tiles"][0], ans)]})
     # A third volunteer labels `agree`, so it is the closest to completion.

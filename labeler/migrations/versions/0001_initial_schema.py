@@ -102,7 +102,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('project_id', 'z', 'x', 'y', name='uq_tiles_project_zxy')
     )
     with op.batch_alter_table('tiles', schema=None) as batch_op:
-        batch_op.create_index('ix_tiles_queue', ['project_id', 'state', 'label_count'], unique=False)
+        batch_op.create_index('ix_tiles_queue', ['project_id', 'state', 'label_count', 'id'], unique=False)
 
     op.create_table('labels',
     sa.Column('id', sa.Integer(), nullable=False),

@@ -1,0 +1,383 @@
+"""Labeler service benchmark (issue 3): simulated volunteers against ``crowdsight serve``.
+
+For each backend (SQLite, then PostgreSQL when reachable) this
+
+1. creates a fresh database, migrates it and seeds a live project with many tiles;
+2. starts ``crowdsight serve --workers 2`` on loopback;
+3. runs N concurrent volunteers (asyncio; one keep-alive connection each) for a fixed time,
+   each looping ``GET /next`` then ``POST /labels``;
+4. stops the server and checks that every acknowledged label is in the database exactly once,
+   that no (tile, volunteer) pair repeats and that no tile exceeds its redundancy target.
+
+In the same run a bare Starlette JSON endpoint is served by uvicorn with the same settings
+(2 workers, same loop/http implementation) and driven by the same client as the ceiling;
+"ratio" is labels/s divided by the bare endpoint's next+submit pairs/s.
+
+The client speaks minimal HTTP/1.1 over asyncio streams (httpx costs ~1 ms of CPU per request,
+which on a 2-core box would be the bottleneck), in ``--client-procs`` processes. The client
+competes with the server for the same cores: the figures are a floor, not the server's limit.
+
+    .venv/bin/python bench/service.py                       # defaults: 200 volunteers, 10 s
+    .venv/bin/python bench/service.py --duration 5 --volunteers 100 --backends sqlite
+    .venv/bin/python bench/service.py --block 3x2            # MapSwipe-style 6-tile tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- bare ceiling app
+
+def bare_app():  # type: ignore[no-untyped-def]
+    """The physical ceiling: a Starlette app answering JSON without any work."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def nxt(request: Request) -> JSONResponse:
+        return JSONResponse({"task_id": "x", "tiles": [{"tile_id": 1, "x": 1, "y": 2, "z": 18}]})
+
+    async def submit(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"stored": 1, "duplicates": 0, "feedback": []})
+
+    async def session(request: Request) -> JSONResponse:
+        return JSONResponse({"csrf_token": "x"})
+
+    return Starlette(routes=[Route("/api/session", session, methods=["POST"]),
+                             Route("/api/projects/{slug}/next", nxt),
+                             Route("/api/projects/{slug}/labels", submit, methods=["POST"])])
+
+
+# --------------------------------------------------------------------------- tiny HTTP client
+
+class Http:
+    """One keep-alive HTTP/1.1 connection; enough for this benchmark (Content-Length only)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.cookie = ""
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        if body or method == "POST":
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        if self.cookie:
+            lines.append(f"Cookie: {self.cookie}")
+        for k, v in (headers or {}).items():
+            lines.append(f"{k}: {v}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        chunked = False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "set-cookie" and value.strip().startswith("cs_session="):
+                self.cookie = value.strip().split(";")[0]
+        if chunked:
+            data = b""
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                if size == 0:
+                    await self.reader.readline()
+                    break
+                data += await self.reader.readexactly(size)
+                await self.reader.readline()
+            return status, data
+        return status, await self.reader.readexactly(length) if length else b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[str, Any],
+                     seed: int, bare: bool) -> None:
+    rng = random.Random(seed)
+    http = Http(host, port)
+    await http.open()
+    try:
+        status, body = await http.request("POST", "/api/session", b"{}")
+        if status not in (200, 201):
+            out["errors"].append(f"session {status} {body[:200]!r}")
+            return
+        csrf = {"X-CSRF-Token": json.loads(body)["csrf_token"]}
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            status, body = await http.request("GET", f"/api/projects/{slug}/next")
+            t1 = time.perf_counter()
+            if status != 200:
+                out["errors"].append(f"next {status} {body[:200]!r}")
+                return
+            task = json.loads(body)
+            if task.get("done"):
+                out["done"] += 1
+                return
+            labels = [{"tile_id": t["tile_id"], "answer": rng.choice(("yes", "no", "maybe")),
+                       "idempotency_key": uuid.uuid4().hex, "time_spent_ms": 900}
+                      for t in task["tiles"]]
+            payload = json.dumps({"task_id": task["task_id"], "labels": labels}).encode()
+            t2 = time.perf_counter()
+            status, body = await http.request("POST", f"/api/projects/{slug}/labels", payload, csrf)
+            t3 = time.perf_counter()
+            if status != 200:
+                out["errors"].append(f"labels {status} {body[:200]!r}")
+                return
+            out["next"].append(t1 - t0)
+            out["submit"].append(t3 - t2)
+            if t3 <= stop_at:
+                out["in_window"] += len(labels)
+            if not bare:
+                out["acked"].extend(lb["idempotency_key"] for lb in labels)
+    except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+        out["errors"].append(f"connection: {exc!r}")
+    finally:
+        http.close()
+
+
+def _client_proc(args: tuple[str, int, str, int, float, int, bool]) -> dict[str, Any]:
+    host, port, slug, n, start_at, duration, bare = args
+    out: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
+                           "in_window": 0}
+
+    async def main() -> None:
+        # Everyone starts together (the parent sets a common wall-clock start).
+        delay = start_at - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        stop_at = time.perf_counter() + duration
+        await asyncio.gather(*(_volunteer(host, port, slug, stop_at, out, hash((os.getpid(), i)), bare)
+                               for i in range(n)))
+
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    return out
+
+
+def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs: int,
+          bare: bool) -> dict[str, Any]:
+    start_at = time.time() + 1.5
+    shares = [volunteers // procs + (1 if i < volunteers % procs else 0) for i in range(procs)]
+    with ProcessPoolExecutor(procs) as pool:
+        parts = list(pool.map(_client_proc, [(host, port, slug, n, start_at, duration, bare)
+                                             for n in shares]))
+    merged: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
+                              "in_window": 0}
+    for p in parts:
+        for k in merged:
+            merged[k] += p[k]
+    return merged
+
+
+# --------------------------------------------------------------------------- servers
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1"):
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not come up")
+
+
+@contextmanager
+def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[None]:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_http(port, probe, proc)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+        if proc.returncode not in (0, -signal.SIGINT, 130) and err:
+            sys.stderr.write(err.decode(errors="replace")[-2000:])
+
+
+# --------------------------------------------------------------------------- one backend
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def run_backend(backend: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from labeler.db import make_engine
+    from labeler.testing import fresh_database, make_settings, seed_project, upgrade
+
+    cols, rows = (int(v) for v in a.block.lower().split("x"))
+    with fresh_database(backend, work) as url:
+        upgrade(url)
+        settings = make_settings(work / backend, url)
+        fields: dict[str, Any] = {"redundancy": a.redundancy, "gold_rate": a.gold_rate}
+        if cols * rows > 1:
+            fields["block"] = {"cols": cols, "rows": rows}
+        project = seed_project(settings, n_tiles=a.tiles, with_images=False,
+                               grid_cols=int(a.tiles ** 0.5) // 6 * 6 or 6, **fields)
+        port = _free_port()
+        env = {**os.environ, "CROWDSIGHT_DATABASE_URL": url,
+               "CROWDSIGHT_DATA_DIR": str(settings.data_dir),
+               "CROWDSIGHT_TILE_STORE": str(settings.tile_store_path),
+               "CROWDSIGHT_SECRET_KEY": "bench-secret",
+               "CROWDSIGHT_RATE_LIMIT_VOLUNTEER": "1000000",
+               "CROWDSIGHT_RATE_LIMIT_IP": "100000000"}
+        cmd = [str(Path(sys.executable).parent / "crowdsight"), "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(a.workers), "--no-access-log",
+               "--log-level", "warning"]
+        t0 = time.perf_counter()
+        with server(cmd, env, port, "/api/health"):
+            res = drive("127.0.0.1", port, project.slug, a.volunteers, a.duration,
+                        a.client_procs, bare=False)
+        res["wall"] = time.perf_counter() - t0
+        engine = make_engine(url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                keys = [r[0] for r in conn.execute(sa.text("SELECT idempotency_key FROM labels"))]
+                pairs = conn.execute(sa.text(
+                    "SELECT count(*) FROM (SELECT tile_id, volunteer_id FROM labels "
+                    "GROUP BY tile_id, volunteer_id HAVING count(*) > 1) d")).scalar_one()
+                over = conn.execute(sa.text(
+                    "SELECT count(*) FROM (SELECT tile_id FROM labels WHERE NOT is_gold AND NOT skipped "
+                    "GROUP BY tile_id HAVING count(*) > :r) d"), {"r": a.redundancy}).scalar_one()
+        finally:
+            engine.dispose()
+        stored = set(keys)
+        acked = set(res["acked"])
+        res.update(lost=len(acked - stored), duplicated=len(keys) - len(stored) + pairs,
+                   unacked_stored=len(stored - acked), over_target=over, stored=len(keys))
+        return res
+
+
+def run_bare(a: argparse.Namespace) -> dict[str, Any]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bench.service:bare_app", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
+           "--no-access-log", "--log-level", "warning", "--no-server-header"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with server(cmd, env, port, "/api/projects/x/next"):
+        return drive("127.0.0.1", port, "bare", a.volunteers, a.duration, a.client_procs, bare=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--volunteers", type=int, default=200)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of load per server")
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--client-procs", type=int, default=2)
+    ap.add_argument("--tiles", type=int, default=6000)
+    ap.add_argument("--redundancy", type=int, default=5)
+    ap.add_argument("--gold-rate", type=float, default=0.0)
+    ap.add_argument("--block", default="1x1", help="COLSxROWS tiles per task, e.g. 3x2")
+    a = ap.parse_args()
+
+    from labeler.testing import postgres_available
+
+    backends = [b for b in a.backends.split(",") if b]
+    if "postgresql" in backends and not postgres_available():
+        print("PostgreSQL not reachable on 127.0.0.1:5432: skipping it", file=sys.stderr)
+        backends.remove("postgresql")
+    work = Path(tempfile.mkdtemp(prefix="cs-bench-"))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        print(f"bare Starlette ceiling: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
+        results["bare"] = run_bare(a)
+        for b in backends:
+            print(f"{b}: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
+            results[b] = run_backend(b, a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    bare_rate = len(results["bare"]["submit"]) / a.duration
+    print(f"\ncrowdsight service benchmark: {a.volunteers} volunteers, {a.duration} s each, "
+          f"server {a.workers} workers, client {a.client_procs} procs, block {a.block}, "
+          f"{os.cpu_count()} CPUs shared by client and server")
+    hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
+           f"{'submit p50':>12}{'submit p99':>12}{'vs bare':>9}{'lost':>6}{'dup':>5}"
+           f"{'over':>6}{'errors':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in results.items():
+        tasks = len(r["submit"]) / a.duration
+        labels = r["in_window"] / a.duration
+        ratio = tasks / bare_rate if bare_rate else float("nan")
+        lost = "-" if name == "bare" else r["lost"]
+        dup = "-" if name == "bare" else r["duplicated"]
+        over = "-" if name == "bare" else r["over_target"]
+        print(f"{name:<11}{labels:>10.0f}{tasks:>9.0f}{_pct(r['next'], .5):>10.1f}"
+              f"{_pct(r['next'], .99):>10.1f}{_pct(r['submit'], .5):>12.1f}"
+              f"{_pct(r['submit'], .99):>12.1f}{ratio:>9.2f}{lost!s:>6}{dup!s:>5}{over!s:>6}"
+              f"{len(r['errors']):>8}")
+    print("latencies in ms; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
+          "'lost' = acknowledged labels missing from the DB; 'dup' = duplicated labels; "
+          "'over' = tiles past the redundancy target")
+    for name, r in results.items():
+        if r["errors"]:
+            print(f"{name}: first errors: {r['errors'][:3]}", file=sys.stderr)
+        if name != "bare" and r.get("unacked_stored"):
+            print(f"{name}: {r['unacked_stored']} labels stored whose answer arrived after the "
+                  "client stopped (not lost)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
