@@ -634,14 +634,17 @@ function wire() {
     $("btn-next").focus();
   });
   $("flag-cancel").addEventListener("click", () => $("flag-dialog").close("cancel"));
+  // Save synchronously on submit (the dialog's "close" event comes a task later, and a fast
+  // volunteer may already have pressed the next key).
+  $("flag-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    view.flagSelected($("flag-note").value);
+    announce(i18n.t(view.currentFlag() ? "flag.saved" : "flag.cleared"));
+    updateTaskButtons();
+    $("flag-dialog").close("save");
+  });
   $("flag-dialog").addEventListener("close", () => {
-    if ($("flag-dialog").returnValue === "save") {
-      view.flagSelected($("flag-note").value);
-      announce(i18n.t(view.currentFlag() ? "flag.saved" : "flag.cleared"));
-      updateTaskButtons();
-    }
-    $("flag-dialog").returnValue = "";
-    $("btn-flag").focus();
+    if (state.screen === "task") $("btn-flag").focus();
   });
   $("nav-keys").addEventListener("click", () => $("keys-dialog").showModal());
   $("nav-projects").addEventListener("click", () => {
