@@ -99,44 +99,58 @@ def block_levels(job: BlockJob) -> int:
     return min(int(math.log2(job.size)), max(0, spec.task_zoom - spec.min_zoom))
 
 
-_PREMUL = {2: ("LA", "La"), 4: ("RGBA", "RGBa")}
+def premultiply(a: np.ndarray) -> np.ndarray:
+    """In place: colour *= alpha / 255 for partly transparent pixels (last channel = alpha).
+
+    Blocks, block tops and pyramid levels are kept premultiplied: a plain box filter is then
+    the correct alpha-weighted average, and the colour is already "composited over black",
+    which is exactly what a JPEG tile shows.
+    """
+    alpha = a[..., -1]
+    partial = (alpha > 0) & (alpha < 255)
+    if partial.any():
+        col = a[partial]
+        al = col[:, -1:].astype(np.uint16)
+        col[:, :-1] = ((col[:, :-1].astype(np.uint16) * al + 127) // 255).astype(np.uint8)
+        a[partial] = col
+    return a
+
+
+def unpremultiply(a: np.ndarray) -> np.ndarray:
+    """A copy with colour / (alpha / 255) for partly transparent pixels (for PNG/WebP)."""
+    a = a.copy()
+    alpha = a[..., -1]
+    partial = (alpha > 0) & (alpha < 255)
+    if partial.any():
+        col = a[partial]
+        al = col[:, -1:].astype(np.uint32)
+        col[:, :-1] = np.minimum(255, (col[:, :-1].astype(np.uint32) * 255 + al // 2) // al)
+        a[partial] = col
+    return a
 
 
 def downsample2(a: np.ndarray) -> np.ndarray:
-    """Halve an ``(H, W, C+1)`` uint8 array (last channel alpha): alpha-weighted 2x2 means.
-
-    Uses Pillow's C box reduction on premultiplied alpha (modes ``RGBa``/``La``), so
-    transparent pixels never darken their neighbours.
-    """
-    from PIL import Image
-
-    h, w, c1 = a.shape
-    alpha = a[..., -1]
-    if int(alpha.min()) == 255:
-        img = Image.fromarray(np.ascontiguousarray(a[..., :-1] if c1 == 4 else a[..., 0]))
-        small = np.asarray(img.reduce(2))
-        out = np.empty((h // 2, w // 2, c1), np.uint8)
-        out[..., :-1] = small.reshape(h // 2, w // 2, c1 - 1)
-        out[..., -1] = 255
-        return out
-    if int(alpha.max()) == 0:
-        return np.zeros((h // 2, w // 2, c1), np.uint8)
-    mode, premul = _PREMUL[c1]
-    img = Image.fromarray(np.ascontiguousarray(a)).convert(premul).reduce(2).convert(mode)
-    return np.asarray(img)
+    """Halve a premultiplied ``(H, W, C+1)`` uint8 array with a 2x2 box filter."""
+    s = a[0::2, 0::2].astype(np.uint16)
+    s += a[1::2, 0::2]
+    s += a[0::2, 1::2]
+    s += a[1::2, 1::2]
+    s += 2
+    s >>= 2
+    return s.astype(np.uint8)
 
 
 def tile_array(level: np.ndarray, i: int, j: int, ts: int) -> np.ndarray:
-    """Tile (column i, row j) of an ``(H, W, C+1)`` level as a contiguous ``(ts, ts, C+1)``."""
-    return np.ascontiguousarray(level[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts])
+    """Tile (column i, row j) of an ``(H, W, C+1)`` level (a view)."""
+    return level[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
 
 
 def encode_tile(arr: np.ndarray, spec: LayerSpec) -> bytes:
-    """``arr`` is (ts, ts, C+1) with alpha last; JPEG gets it composited over black."""
-    if spec.ext not in ALPHA_FORMATS or int(arr[..., -1].min()) == 255:
-        if int(arr[..., -1].min()) == 255:
-            arr = arr[..., :-1]
-    return encode(arr, spec.ext, spec.quality)
+    """Encode a premultiplied ``(ts, ts, C+1)`` tile (alpha last)."""
+    if int(arr[..., -1].min()) == 255 or spec.ext not in ALPHA_FORMATS:
+        # opaque, or JPEG: premultiplied colour is the tile composited over black
+        return encode(np.ascontiguousarray(arr[..., :-1]), spec.ext, spec.quality)
+    return encode(unpremultiply(arr), spec.ext, spec.quality)
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,7 +320,7 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
                 np.copyto(region, new, where=(new[..., nb] > region[..., nb])[..., None])
     if canvas is None or int(canvas[..., nb].max()) == 0:
         return None
-    return canvas
+    return premultiply(canvas)
 
 
 def render_block(job: BlockJob) -> BlockResult:

@@ -29,7 +29,7 @@ def test_formats_roundtrip(fmt, pil):
         assert im.mode == "RGB"  # opaque alpha dropped
     back = decode(data)
     assert back.shape == (256, 256, 4)
-    assert np.abs(back[..., 0].astype(int) - 200).max() <= 6
+    assert np.abs(back[..., 0].astype(int) - 200).max() <= 10  # lossy: JPEG/WebP chroma
 
 
 def test_png_keeps_partial_alpha_jpeg_fills_black():
