@@ -243,14 +243,22 @@ def render_map_sheet(
                 ring = [view.lonlat(lon, lat) for lon, lat in poly.exterior.coords]
                 if len(ring) < 3:
                     continue
-                mask = Image.new("L", size, 0)
+                # draw on the polygon's bounding box only (a full-page mask per village is slow)
+                xs_ = [p[0] for p in ring]
+                ys_ = [p[1] for p in ring]
+                bx0, by0 = max(int(min(xs_)) - 1, 0), max(int(min(ys_)) - 1, 0)
+                bx1, by1 = min(int(max(xs_)) + 2, W), min(int(max(ys_)) + 2, H)
+                if bx1 <= bx0 or by1 <= by0:
+                    continue
+                mask = Image.new("L", (bx1 - bx0, by1 - by0), 0)
                 md = ImageDraw.Draw(mask)
-                md.polygon(ring, fill=fill_alpha)
+                md.polygon([(x - bx0, y - by0) for x, y in ring], fill=fill_alpha)
                 for hole in poly.interiors:  # holes stay clear
-                    md.polygon([view.lonlat(lon, lat) for lon, lat in hole.coords], fill=0)
-                layer = Image.new("RGBA", size, _rgb(color, 0))
+                    md.polygon([(x - bx0, y - by0) for x, y in
+                                (view.lonlat(lon, lat) for lon, lat in hole.coords)], fill=0)
+                layer = Image.new("RGBA", mask.size, _rgb(color, 0))
                 layer.putalpha(mask)
-                overlay = Image.alpha_composite(overlay, layer)
+                overlay.alpha_composite(layer, (bx0, by0))
         od = ImageDraw.Draw(overlay, "RGBA")
         for (w, so, e, n), color in cells:
             x0, y0 = view.lonlat(w, n)

@@ -22,6 +22,7 @@ Rules that every output follows:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections import Counter, defaultdict
@@ -142,8 +143,16 @@ def _naive(d: Any) -> Any:
     return d
 
 
-def _norm(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _naive(v) for k, v in row.items()}
+_TIME_KEYS = ("created_at", "updated_at", "retired_at", "decided_at", "at")
+
+
+def _norm(row: Any) -> dict[str, Any]:
+    d = dict(row)
+    for k in _TIME_KEYS:
+        v = d.get(k)
+        if v is not None and v.tzinfo is not None:
+            d[k] = v.astimezone(UTC).replace(tzinfo=None)
+    return d
 
 
 def _audit_tile(entry: Mapping[str, Any]) -> int | None:
@@ -200,6 +209,7 @@ class TileOut:
         return p
 
 
+@functools.lru_cache(maxsize=4096)
 def _snake(name: str) -> str:
     from consensus.export import snake
 
