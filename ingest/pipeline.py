@@ -120,6 +120,12 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                 raise NoOverlapError(f"the area of interest does not overlap layer {name!r} "
                                      f"({_fmt_bounds(footprints[name])})")
         candidates[name] = cand
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            if not candidates[a] & candidates[b]:
+                raise NoOverlapError(f"layers {a!r} and {b!r} share no z{zoom} tile"
+                                     f"{' inside the area of interest' if aoi_geom else ''}; "
+                                     "check that the files show the same place")
 
     # 4. store, fingerprints, jobs -----------------------------------------------------
     ts = TileStore(store)

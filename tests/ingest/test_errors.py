@@ -171,3 +171,24 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, make_tif, pattern_fn, cas
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "store" / "p" / "manifest.json").exists() if case != "store" else True
+
+
+def test_pair_with_no_common_tile_inside_aoi(tmp_path, make_tif, pattern_fn):
+    from rasterio.warp import transform_bounds
+
+    left = make_tif(pattern_fn(512, 512, 3))
+    right = make_tif(pattern_fn(512, 512, 3), center_lonlat=(24.3015, 13.4))  # ~160 m east
+    with __import__("rasterio").open(left) as a, __import__("rasterio").open(right) as b:
+        lw, ls, le, ln = transform_bounds(a.crs, "EPSG:4326", *a.bounds)
+        rw, rs, re_, rn = transform_bounds(b.crs, "EPSG:4326", *b.bounds)
+    assert rw < le  # the footprints overlap...
+    d = 2e-5
+
+    def square(x, y):
+        return [[[x - d, y - d], [x + d, y - d], [x + d, y + d], [x - d, y + d], [x - d, y - d]]]
+
+    mid = (ls + ln) / 2
+    aoi = {"type": "MultiPolygon",   # ...but the AOI only keeps a bit of each that is not shared
+           "coordinates": [square(lw + 5 * d, mid), square(re_ - 5 * d, mid)]}
+    with pytest.raises(NoOverlapError, match="share no z19 tile inside the area of interest"):
+        ingest({"before": [left], "after": [right]}, tmp_path / "s", "p", jobs=1, aoi=aoi)
