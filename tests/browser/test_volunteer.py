@@ -465,3 +465,92 @@ def test_point_math_is_web_mercator(page: Page, live_server: str) -> None:
     b = mercantile.bounds(1, 1, 2)
     naive = b.north + 0.5 * (b.south - b.north)
     assert abs(got[1][0][1] - naive) > 1.0
+
+
+@sqlite_only
+def test_offline_answers_survive_a_reload(page: Page, live_server: str, labeler_settings: Any,
+                                          db_rows: Any) -> None:
+    """Offline: the answer waits in the outbox (shown to the volunteer); after a reload with the
+    connection back it is sent before anything else, and stored once."""
+    seed_project(labeler_settings, type="find", slug="offline", n_tiles=2)
+    v = Volunteer(page, live_server)
+    v.start("Offline")
+    page.route("**/api/projects/offline/labels", lambda route: route.abort("internetdisconnected"))
+    v.open("offline")
+    v.wait_task()
+    (tile,) = v.tile_ids()
+    page.keyboard.press("3")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#outbox")).to_be_visible()
+    expect(page.locator("#outbox")).to_contain_text("1 answer is waiting")
+    assert db_rows("SELECT id FROM labels") == []
+    page.unroute("**/api/projects/offline/labels")
+    page.reload()
+    v.task_id = ""
+    second = v.wait_task()
+    assert v.tile_ids() != [tile], "the answered task came back"
+    rows = labels_of(db_rows, "Offline")
+    assert [(r.tile_id, r.answer) for r in rows] == [(tile, "maybe")]
+    assert second
+
+
+CONTRAST_JS = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      if (e.classList.contains('tile')) return null;  // text over imagery has its own badge
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0.9)) return c;
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length || el.closest('[hidden], .visually-hidden, .statusbar')) continue;
+    const cs = getComputedStyle(el);
+    if (cs.visibility === 'hidden' || Number(cs.opacity) < 1 || el.closest('button:disabled')) continue;
+    const bg = background(el);
+    if (!bg) continue;
+    const [a, b] = [lum(rgb(cs.color)), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    const size = parseFloat(cs.fontSize), bold = Number(cs.fontWeight) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < need) out.push(`${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)} < ${need}`);
+  }
+  return out;
+}"""
+
+
+@sqlite_only
+def test_text_contrast_meets_wcag_aa(page: Page, live_server: str,
+                                     labeler_settings: Any) -> None:
+    seed_project(labeler_settings, type="compare", slug="contrast", n_tiles=2, tutorial=2)
+    v = Volunteer(page, live_server)
+    page.goto(live_server)
+    expect(page.locator("#screen-welcome")).to_be_visible()
+    assert page.evaluate(CONTRAST_JS) == []
+    page.click("#welcome-start")
+    expect(page.locator("#screen-projects")).to_be_visible()
+    assert page.evaluate(CONTRAST_JS) == []
+    v.open("contrast")
+    page.check("#tut-0-yes")
+    page.check("#tut-1-yes")
+    page.click("#tutorial-check")  # one wrong: error colours are on screen too
+    expect(page.locator("#tutorial-result")).to_be_visible()
+    assert page.evaluate(CONTRAST_JS) == []
+    page.check("#tut-1-no")
+    page.click("#tutorial-check")
+    page.click("#tutorial-continue")
+    v.wait_task()
+    page.keyboard.press("1")
+    assert page.evaluate(CONTRAST_JS) == []
+    # the check itself notices a low-contrast text (grey #999 on white is 2.8:1)
+    page.evaluate("""() => { const s = document.createElement('span'); s.textContent = 'faint';
+        s.className = 'probe'; document.querySelector('.panel').append(s);
+        s.style.color = '#999'; }""")
+    assert [x for x in page.evaluate(CONTRAST_JS) if "faint" in x]

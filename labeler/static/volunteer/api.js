@@ -183,6 +183,17 @@ export class Outbox {
 
   notify() {
     if (this.onChange) this.onChange(this.items.length, this.lastError);
+    if (!this.items.length) {
+      for (const resolve of this.idlers || []) resolve();
+      this.idlers = [];
+    }
+  }
+
+  /** Resolves once nothing is waiting to be sent. */
+  idle() {
+    if (!this.items.length) return Promise.resolve();
+    this.idlers = this.idlers || [];
+    return new Promise((resolve) => this.idlers.push(resolve));
   }
 
   settle(item, ok, value) {

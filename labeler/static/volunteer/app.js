@@ -690,7 +690,12 @@ async function start() {
     fatal(e, start);
     return;
   }
-  if (outbox.pending) outbox.run(); // labels left over from a previous visit
+  if (outbox.pending) {
+    // Labels left over from a previous visit go first, so `next` does not hand back their
+    // (still leased) task; offline, the page carries on after a few seconds and keeps retrying.
+    outbox.run();
+    await Promise.race([outbox.idle(), new Promise((r) => window.setTimeout(r, 4000))]);
+  }
   await route();
   document.body.dataset.ready = "1";
 }
