@@ -401,6 +401,35 @@
     if (state.layers.villages.getLayers().length) state.layers.villages.bringToFront();
   }
 
+  function renderToCheck(tiles) {
+    var ul = $("tocheck");
+    ul.textContent = "";
+    var list = tiles.features.map(function (f) { return f.properties; }).filter(function (p) {
+      return p.source !== "expert" && p.answer !== null && p.answer !== undefined;
+    });
+    list.sort(function (a, b) {
+      var ua = a.state === "unresolved" ? 0 : 1, ub = b.state === "unresolved" ? 0 : 1;
+      return ua - ub || (a.confidence || 0) - (b.confidence || 0) || a.tile_id - b.tile_id;
+    });
+    list.slice(0, 12).forEach(function (p) {
+      var b = el("button", { type: "button", class: "btn", "data-tile": String(p.tile_id) }, [
+        el("span", { class: "sw " + answerClass(p.answer), "aria-hidden": "true" }),
+        answerLabel(p.answer) + " · " + fmtPct(p.confidence) + (p.state === "unresolved" ? " · unresolved" : "")]);
+      b.setAttribute("aria-label", "Tile " + p.z + "/" + p.x + "/" + p.y + ": " + answerLabel(p.answer) + ", confidence " + fmtPct(p.confidence));
+      b.addEventListener("click", function () {
+        if (state.map) {
+          var layer = null;
+          state.layers.tiles.eachLayer(function (l) { if (l.feature.properties.tile_id === p.tile_id) layer = l; });
+          if (layer) state.map.fitBounds(layer.getBounds(), { maxZoom: state.map.getZoom() });
+        }
+        openTile(p.tile_id);
+        $("panel-close").focus();
+      });
+      ul.appendChild(el("li", null, [b]));
+    });
+    if (!list.length) ul.appendChild(el("li", { class: "hint", text: "Nothing to check yet." }));
+  }
+
   // ---------------------------------------------------------------- tile panel
   function openTile(id) {
     state.selected = id;
@@ -510,7 +539,7 @@
     var base = projectBase();
     var jobs = [
       Promise.all([api(withMethod(base + "/map/tiles")), api(withMethod(base + "/map/structures")), api(withMethod(base + "/map/villages"))])
-        .then(function (r) { drawResults(r[0], r[1], r[2]); if (state.selected) openTile(state.selected); }),
+        .then(function (r) { drawResults(r[0], r[1], r[2]); renderToCheck(r[0]); if (state.selected) openTile(state.selected); }),
       api(withMethod(base + "/volunteers")).then(renderVolunteers),
       loadChart("labelled"), loadChart("votes"), loadChart("volunteers"), loadChart("agreement")
     ];

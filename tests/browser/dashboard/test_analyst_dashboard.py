@@ -156,3 +156,19 @@ def test_project_list(page, sign_in, scene_project):
     link.click()
     page.wait_for_selector(READY, timeout=60_000)
     assert page.url.rstrip("/").endswith(f"/analyst/{scene_project.slug}")
+
+
+def test_tiles_to_check_open_from_the_keyboard(page, sign_in, scene_project):
+    sign_in(page, f"/analyst/{scene_project.slug}")
+    page.wait_for_selector(READY, timeout=60_000)
+    first = page.locator("#tocheck button").first
+    tile_id = int(first.get_attribute("data-tile"))
+    first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#panel-body h3:has-text('History')")
+    assert page.locator("#panel").is_visible()
+    # the panel's close button takes the focus; Enter closes the panel again
+    assert page.evaluate("document.activeElement.id") == "panel-close"
+    assert page.locator(f"path.cs-tile-{tile_id}").get_attribute("stroke") == "#ffbf47"
+    page.keyboard.press("Enter")
+    assert page.locator("#panel").is_hidden()
