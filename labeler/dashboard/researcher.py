@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -48,6 +49,8 @@ from labeler.projects import ProjectConfig, audit, config_from_row, get_row
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 T = TypeVar("T")
+#: uploads not used by an ingest job within this time are deleted
+UPLOAD_MAX_AGE_S = 24 * 3600
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 LAYER_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 JOB_OPTIONS = {"task_zoom": (12, 21), "min_zoom": (0, 21)}
@@ -201,6 +204,20 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _prune_stale_uploads(upload_dir: Path, max_age_s: float = UPLOAD_MAX_AGE_S) -> None:
+    """Uploads never turned into an ingest job (and ``.part`` files of dropped connections)
+    are removed after ``max_age_s``."""
+    if not upload_dir.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for p in upload_dir.iterdir():
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _pending_uploads(upload_dir: Path) -> list[dict[str, Any]]:
     out = []
     if upload_dir.is_dir():
@@ -228,6 +245,7 @@ async def put_upload(request: Request) -> Response:
     except ValueError:
         raise ValidationError("bad Content-Length header", field="file") from None
     upload_dir = _upload_dir(request, cfg.slug)
+    await run_in_threadpool(_prune_stale_uploads, upload_dir)
     stored: StoredUpload = await receive_upload(
         request.stream(), upload_dir, filename=request.query_params.get("filename"),
         max_bytes=settings.max_upload_bytes, max_pixels=settings.max_raster_pixels,

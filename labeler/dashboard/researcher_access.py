@@ -230,3 +230,13 @@ def volunteer_sees(request: Any, project_id: int) -> bool:
 def invalidate_private(request: Any) -> None:
     """Call after changing a project's ``private`` flag through this process."""
     _private_cache(request).invalidate()
+
+
+def may_be_private(request: Any, project_id: int) -> bool:
+    """Non-blocking pre-check for the volunteer API's cached fast path: ``False`` only when the
+    (fresh) cache says the project is public; otherwise call :func:`volunteer_sees` in a
+    worker thread."""
+    cache = _private_cache(request)
+    if time.monotonic() - cache._at >= cache.ttl:
+        return True
+    return project_id in cache._ids
