@@ -55,10 +55,11 @@ class _Progress:
 
 
 @click.command()
-@click.option("--before", "before", multiple=True, type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help="'Before' GeoTIFF(s); default: a generated synthetic scene.")
-@click.option("--after", "after", multiple=True, type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help="'After' GeoTIFF(s) (with --before).")
+@click.option("--before", "before", multiple=True, metavar="FILES",
+              help="'Before' GeoTIFF(s): repeat, comma-separate or quote a glob "
+                   "(as for crowdsight ingest). Default: a generated synthetic scene.")
+@click.option("--after", "after", multiple=True, metavar="FILES",
+              help="'After' GeoTIFF(s) (with --before).")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="GeoJSON points with properties.state intact|damaged|destroyed for gold "
                    "tiles and --simulate with your own imagery.")
@@ -73,23 +74,27 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where everything lives [CROWDSIGHT_DATA_DIR, default ./crowdsight-data].")
 @click.option("--no-serve", is_flag=True, help="Only set up; do not start the server.")
-def demo(before: tuple[Path, ...], after: tuple[Path, ...], truth: Path | None, size: int,
+def demo(before: tuple[str, ...], after: tuple[str, ...], truth: Path | None, size: int,
          seed: int, simulate_n: int, host: str, port: int, data_dir: Path | None,
          no_serve: bool) -> None:
     """Build a demo project and serve it: volunteer page, analyst dashboard, researcher pages.
 
     Offline and idempotent: re-running reuses the data directory.
     """
+    from crowdsight.cli.ingest_cmd import _files
     from crowdsight.settings import Settings
     from labeler.dashboard.researcher_demo import setup_demo
 
+    if bool(before) != bool(after):
+        raise click.UsageError("--before and --after go together")
+    before_files = _files(before, "--before") if before else None
+    after_files = _files(after, "--after") if after else None
     overrides = {"data_dir": data_dir} if data_dir else {}
     settings = Settings.from_env(**overrides)
     started = time.perf_counter()
     try:
         with _Progress() as progress:
-            result = setup_demo(settings, before=list(before) or None,
-                                after=list(after) or None, truth=truth, size=size, seed=seed,
+            result = setup_demo(settings, before=before_files, after=after_files, truth=truth, size=size, seed=seed,
                                 simulate_n=simulate_n, progress=progress)
     except Exception as exc:  # noqa: BLE001 - domain errors from ingest/labeler: one clear line
         from ingest.errors import IngestError
@@ -104,6 +109,10 @@ def demo(before: tuple[Path, ...], after: tuple[Path, ...], truth: Path | None, 
                f"{result.tiles} tiles, {result.gold} gold, {result.tutorial} tutorial"
                + (f", {result.simulated_volunteers} simulated volunteers added "
                   f"{result.labels} labels" if result.simulated_volunteers else ""), err=True)
+    if simulate_n and before_files and truth is None:
+        click.echo("[demo] --simulate needs ground truth for your imagery (--truth POINTS.geojson "
+                   "with properties.state intact|damaged|destroyed); no volunteers simulated",
+                   err=True)
     if no_serve:
         _print_urls(host, port, result.slug, result.token)
         return
