@@ -32,7 +32,7 @@ from tiles.grid import tile_xy_bounds
 from tiles.store import TileStore, atomic_write
 
 WORK_DIR = ".crowdsight"  # {store}/{project}/.crowdsight/{layer}: fingerprint, finished blocks
-GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": 1,
+GDAL_ENV = {"GDAL_CACHEMAX": 32, "GDAL_NUM_THREADS": 1,
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
