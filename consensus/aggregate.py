@@ -20,7 +20,7 @@ deterministic; the canonical CSR form (sorted indices) makes them independent of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -114,6 +114,8 @@ class SkillModel:
     log_confusion: np.ndarray
     log_population: np.ndarray
     log_prior: np.ndarray
+    worker_ids: np.ndarray | None = None
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def from_result(cls, result: TileResult, shrink: float = 2.0) -> "SkillModel":
@@ -131,7 +133,30 @@ class SkillModel:
         mixed = np.clip(mixed, 1e-6, 1.0)
         mixed /= mixed.sum(-1, keepdims=True)
         return cls(np.log(mixed), np.log(np.clip(pop, 1e-6, 1.0)),
-                   np.log(np.clip(result.class_prior, 1e-6, 1.0)))
+                   np.log(np.clip(result.class_prior, 1e-6, 1.0)), result.worker_ids,
+                   tuple(result.labels))
+
+    def worker_index(self, ids: Sequence[Any]) -> np.ndarray:
+        """Indices of volunteer ids in this model (-1 for volunteers it has not seen)."""
+        if self.worker_ids is None or len(self.worker_ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        known = self.worker_ids
+        q = np.asarray(list(ids), dtype=known.dtype if known.dtype.kind in "iu" else object)
+        if known.dtype.kind in "US" or q.dtype == object:
+            known = known.astype(str)
+            q = q.astype(str)
+        pos = np.searchsorted(known, q)
+        pos_c = np.minimum(pos, len(known) - 1)
+        return np.where((pos < len(known)) & (known[pos_c] == q), pos_c, -1)
+
+    def posterior_for(self, worker_ids: Sequence[Any], answers: Sequence[str]) -> np.ndarray:
+        """One tile's posterior from raw volunteer ids and answer names (the scheduler's view):
+        ``skills.posterior_for(["u17", "u4"], ["yes", "maybe"])``."""
+        try:
+            lab = np.array([self.labels.index(str(a)) for a in answers], dtype=np.int64)
+        except ValueError as exc:
+            raise VotesError(f"unknown answer: {exc}; known answers {list(self.labels)}") from None
+        return self.posterior(self.worker_index(worker_ids), lab)
 
     @classmethod
     def symmetric(cls, n_classes: int, accuracy: float = 0.8, n_labels: int | None = None,

@@ -136,8 +136,9 @@ class Votes:
 
     def gold_dict(self) -> dict:
         """Gold answers as ``{task_id: class name}``."""
-        return {self.task_ids[t].item() if hasattr(self.task_ids[t], "item") else self.task_ids[t]:
-                self.classes[c] for t, c in zip(self.gold_task.tolist(), self.gold_class.tolist())}
+        ids = self.task_ids.tolist()
+        return {ids[t]: self.classes[c]
+                for t, c in zip(self.gold_task.tolist(), self.gold_class.tolist())}
 
     def label_counts(self) -> np.ndarray:
         """(n_tasks, n_labels) int64 counts of each observed answer per task."""

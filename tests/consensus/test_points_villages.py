@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import shapely
 
 from consensus import VotesError, cluster_points, group_villages, tile_bounds
 from consensus.geo import LocalProjection

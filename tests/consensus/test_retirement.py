@@ -99,3 +99,15 @@ def test_replay_is_deterministic():
     a = replay(v, RetirementPolicy(0.95, 2, 6), truth, refit_every=200)
     b = replay(v, RetirementPolicy(0.95, 2, 6), truth, refit_every=200)
     assert a.summary() == b.summary() and np.array_equal(a.used, b.used)
+
+
+def test_posterior_for_raw_ids(adversary_votes):
+    v, _ = adversary_votes
+    sk = aggregate(v, "ds").skill_model()
+    assert sk.worker_index(["good2", "nobody", "liar"]).tolist() == [1, -1, 3]
+    p = sk.posterior_for(["liar"], ["no"])
+    assert p[1] > 0.8
+    assert np.allclose(sk.posterior_for(["nobody"], ["yes"]),
+                       sk.posterior(np.array([-1]), np.array([1])))
+    with pytest.raises(ConsensusError, match="unknown answer"):
+        sk.posterior_for(["liar"], ["perhaps"])

@@ -78,6 +78,7 @@ def test_gold_and_truth_alignment(tmp_path):
     v = Votes.from_arrays(["a", "b", "c"], ["x", "x", "y"], ["yes", "no", "no"],
                           gold={"b": "no", "zzz": "yes"})
     assert v.gold_task.tolist() == [1] and v.gold_class.tolist() == [0]
+    assert v.gold_dict() == {"b": "no"}
     with pytest.raises(VotesError, match="not a class"):
         v.with_gold({"a": "perhaps"})
     p = tmp_path / "truth.csv"
