@@ -162,7 +162,7 @@ def _geojson(body: dict[str, Any], status: int = 200) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The dashboard shell; it signs in with a bearer token and loads everything via the API."""
+    """The analyst dashboard page (HTML); it signs in with a bearer token, then uses the API."""
     if request.url.path == "/analyst":
         query = f"?{request.url.query}" if request.url.query else ""
         return RedirectResponse("/analyst/" + query, status_code=307)
@@ -174,6 +174,7 @@ async def page(request: Request) -> Response:
 
 
 async def list_projects(request: Request) -> Response:
+    """Projects with tile/retired/label counts. Role: analyst, researcher or admin."""
     await _auth(request)
 
     def run() -> list[dict[str, Any]]:
@@ -184,6 +185,9 @@ async def list_projects(request: Request) -> Response:
 
 
 async def project_summary(request: Request) -> Response:
+    """A project's summary: answers, imagery layers, bounds, totals, methods, exports.
+
+    Role: analyst, researcher or admin."""
     role = await _auth(request)
     slug = request.path_params["slug"]
     settings = _settings(request)
@@ -203,6 +207,9 @@ async def project_summary(request: Request) -> Response:
 
 
 async def map_layer(request: Request) -> Response:
+    """A result layer (tiles, structures, villages) as GeoJSON for the map (?method=).
+
+    Role: analyst, researcher or admin."""
     await _auth(request)
     layer = request.path_params["layer"]
     if layer not in ("tiles", "structures", "villages"):
@@ -212,6 +219,9 @@ async def map_layer(request: Request) -> Response:
 
 
 async def tile_detail(request: Request) -> Response:
+    """One tile: result, posteriors, pseudonymised votes, imagery URLs and history.
+
+    Role: analyst, researcher or admin."""
     await _auth(request)
     data, res = await _results(request)
     tile_id = request.path_params["tile_id"]
@@ -220,6 +230,9 @@ async def tile_detail(request: Request) -> Response:
 
 
 async def progress(request: Request) -> Response:
+    """Progress time series (?bucket=day|hour|auto) and the agreement histogram.
+
+    Role: analyst, researcher or admin."""
     await _auth(request)
     data, res = await _results(request)
     bucket = request.query_params.get("bucket", "auto")
@@ -248,6 +261,9 @@ def render_chart(name: str, stats: dict[str, Any]) -> str:
 
 
 async def chart(request: Request) -> Response:
+    """A progress chart as SVG: labelled, votes, volunteers or agreement.
+
+    Role: analyst, researcher or admin."""
     await _auth(request)
     name = request.path_params["name"]
     if name not in CHARTS:
@@ -259,6 +275,9 @@ async def chart(request: Request) -> Response:
 
 
 async def volunteers(request: Request) -> Response:
+    """Pseudonymised volunteer table with skill estimates and confusion matrices.
+
+    Role: analyst, researcher or admin."""
     await _auth(request)
     _, res = await _results(request)
     secret = _settings(request).resolved_secret_key()
@@ -266,6 +285,9 @@ async def volunteers(request: Request) -> Response:
 
 
 async def export(request: Request) -> Response:
+    """Download an export: {tiles,structures,villages}.{geojson,csv,gpkg}, villages.{png,pdf}
+    (map sheet), volunteers.csv. Role: analyst (unless the project restricts exports to
+    researchers), researcher or admin."""
     role = await _auth(request)
     slug = request.path_params["slug"]
     layer, fmt = request.path_params["layer"], request.path_params["fmt"]
