@@ -280,6 +280,7 @@ def test_block_of_tiles_one_answer_each(page: Page, live_server: str, labeler_se
     page.keyboard.press("1")                         # tile 0: yes, moves on to tile 1
     expect(page.locator("#grid .tile").nth(1)).to_have_class("tile selected")
     page.keyboard.press("ArrowRight")                # not complete: moves, does not send
+    expect(page.locator("#task-hint")).to_have_text("Answer every tile first: 4 tiles left.")
     page.keyboard.press("Shift+Digit2")              # the rest: no
     expect(page.locator("#grid .tile.answered")).to_have_count(6)
     page.keyboard.press("ArrowRight")

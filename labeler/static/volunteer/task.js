@@ -99,11 +99,7 @@ export class TaskView {
     this.dom.compareControls.hidden = !this.hasCompare;
     this.dom.markControls.hidden = !this.isMark;
     this.setSwipe(0); // start on the after image
-    this.dom.hint.textContent = this.isMark
-      ? this.i18n.t("mark.hint")
-      : this.items.length > 1
-        ? this.i18n.t("task.select_hint")
-        : "";
+    this.defaultHint();
     this.setLoading(false);
     this.refresh();
   }
@@ -356,6 +352,7 @@ export class TaskView {
     const item = this.items[this.selected];
     if (!item) return;
     item.answer = value;
+    if (this.dom.hint.classList.contains("warn")) this.defaultHint();
     const label = this.labelOf(value);
     const left = this.items.filter((it) => it.answer === null).length;
     if (this.items.length > 1) {
@@ -413,7 +410,10 @@ export class TaskView {
       this.select(next ?? 0);
     }
     const left = this.items.filter((it) => it.answer === null).length;
-    this.announce(this.i18n.t("task.answer_all_first", { count: left }));
+    const msg = this.i18n.t("task.answer_all_first", { count: left });
+    this.announce(msg);
+    this.dom.hint.textContent = msg; // visible too, not only for screen readers
+    this.dom.hint.classList.add("warn");
     return false;
   }
 
@@ -479,6 +479,15 @@ export class TaskView {
     this.showLayer(this.swipe >= 50 ? "after" : "before");
   }
 
+  defaultHint() {
+    this.dom.hint.classList.remove("warn");
+    this.dom.hint.textContent = this.isMark
+      ? this.i18n.t("mark.hint")
+      : this.items.length > 1
+        ? this.i18n.t("task.select_hint")
+        : "";
+  }
+
   /** Refresh selection, badges, pressed states and labels after any change. */
   refresh() {
     this.items.forEach((it, i) => {
@@ -527,11 +536,7 @@ export class TaskView {
     this.renderAnswers();
     for (const it of this.items) if (it.pointsLayer) this.renderPoints(it);
     this.setSwipe(this.swipe);
-    this.dom.hint.textContent = this.isMark
-      ? this.i18n.t("mark.hint")
-      : this.items.length > 1
-        ? this.i18n.t("task.select_hint")
-        : "";
+    this.defaultHint();
     this.refresh();
   }
 }
