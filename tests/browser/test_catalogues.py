@@ -33,8 +33,8 @@ _LAT2CYR = {
     "o": "о", "p": "п", "r": "р", "s": "с", "t": "т", "ć": "ћ", "u": "у", "f": "ф", "h": "х",
     "c": "ц", "č": "ч", "š": "ш",
 }
-# Left in Latin script: placeholders and key names printed on the keyboard.
-_KEEP = re.compile(r"\{\w+\}|\bEnter\b|\bShift\b")
+# Left in Latin script: placeholders, key names printed on the keyboard, the product name.
+_KEEP = re.compile(r"\{\w+\}|\bEnter\b|\bShift\b|\bcrowdsight\b")
 
 
 def to_cyrillic(text: str) -> str:
@@ -79,7 +79,7 @@ def placeholders(value) -> set[str]:
     return {p for t in texts for p in re.findall(r"\{(\w+)\}", t)}
 
 
-_PREFIXES = ("nav", "lang", "welcome", "projects", "project", "tutorial", "task", "compare",
+_PREFIXES = ("page", "nav", "lang", "welcome", "projects", "project", "tutorial", "task", "compare",
              "mark", "answer", "feedback", "flag", "keys", "done", "outbox", "error")
 
 

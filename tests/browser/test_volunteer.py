@@ -152,6 +152,18 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
     assert page.input_value("#swipe") == "90"
     clip = page.eval_on_selector("#grid img.layer-after", "img => img.style.clipPath")
     assert clip == "inset(0px 0px 0px 90%)"
+    # dragging across the image moves the divider too (mouse here; touch works the same way)
+    tile_box = page.locator("#grid .tile").bounding_box()
+    assert tile_box is not None
+    y = tile_box["y"] + tile_box["height"] / 2
+    page.mouse.move(tile_box["x"] + tile_box["width"] * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(tile_box["x"] + tile_box["width"] * 0.4, y, steps=4)
+    page.mouse.move(tile_box["x"] + tile_box["width"] * 0.3, y, steps=4)
+    page.mouse.up()
+    assert 25 <= int(page.input_value("#swipe")) <= 35
+    expect(grid).to_have_attribute("data-showing", "split")
+    page.focus("#swipe")
     page.keyboard.press("2")  # answers work while the slider has focus
     (compare_tile,) = v.tile_ids()
     page.click("#btn-next")

@@ -72,6 +72,7 @@ export class I18n {
     const root = document.documentElement;
     root.lang = this.tag();
     root.dir = "ltr";
+    document.title = this.t("page.title");
     this.apply(document);
     for (const fn of this.listeners) fn(code);
   }

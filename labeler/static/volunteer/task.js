@@ -125,9 +125,16 @@ export class TaskView {
           type: "button",
           class: "tile",
           "data-index": String(i),
-          onclick: () => this.select(i, { announce: true }),
+          onclick: () => {
+            if (this.dragged) {
+              this.dragged = false; // the end of a swipe drag, not a tap
+              return;
+            }
+            this.select(i, { announce: true });
+          },
         });
         target.append(...layers, el("span", { class: "badge", "aria-hidden": "true" }));
+        if (this.hasCompare) this.swipeByDrag(target);
       }
       target.dataset.tileId = String(item.tile.tile_id);
       item.el = target;
@@ -182,6 +189,35 @@ export class TaskView {
       });
     if (roles.single) return [make(roles.single in urls ? roles.single : Object.keys(urls)[0], "layer-single")];
     return [make(roles.before, "layer-before"), make(roles.after, "layer-after")];
+  }
+
+  /** Compare tiles: a horizontal drag across the image moves the swipe divider (touch too). */
+  swipeByDrag(tile) {
+    tile.classList.add("draggable");
+    let start = null;
+    tile.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      start = { x: e.clientX, id: e.pointerId, on: false };
+    });
+    tile.addEventListener("pointermove", (e) => {
+      if (!start || e.pointerId !== start.id) return;
+      if (!start.on && Math.abs(e.clientX - start.x) < 8) return;
+      if (!start.on) {
+        start.on = true;
+        tile.setPointerCapture(e.pointerId);
+      }
+      const r = tile.getBoundingClientRect();
+      this.setSwipe(((e.clientX - r.left) / r.width) * 100);
+    });
+    const end = (e) => {
+      if (start && start.on) {
+        this.dragged = e.type === "pointerup";
+        if (tile.hasPointerCapture(e.pointerId)) tile.releasePointerCapture(e.pointerId);
+      }
+      start = null;
+    };
+    tile.addEventListener("pointerup", end);
+    tile.addEventListener("pointercancel", end);
   }
 
   /** Upscaled imagery stays crisp (nearest neighbour) from 2x; smaller scales are smoothed. */
