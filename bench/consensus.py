@@ -331,7 +331,7 @@ def bench_replay(args) -> dict:
             n_vol, refit, methods = 60, 200, ("gold", "spatial")
         else:
             xyz, truth_fixed = None, None
-            n_vol, refit, methods = 300, 500, ("gold",)
+            n_vol, refit, methods = 300, 250, ("gold",)
 
         def crowd(seed):
             rng = np.random.default_rng(1000 + seed)

@@ -157,7 +157,7 @@ def _reopen(policy: Policy, status: np.ndarray, joint: np.ndarray, n_used: np.nd
 
 def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method: str = "ds",
            baseline: Policy | None = None, skills: SkillModel | None = None,
-           refit_every: int | None = 2000, shrink: float = 2.0,
+           refit_every: int | None = 500, shrink: float = 2.0,
            initial_accuracy: float = 0.75, reopen: bool = True,
            **method_params) -> ReplayReport:
     """Replay answers in time order (``votes.time``, else row order) under ``policy``.

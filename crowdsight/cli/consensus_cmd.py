@@ -146,7 +146,7 @@ def aggregate_cmd(votes: Path, out: Path | None, method: str | None, gold: Path 
 @click.option("--max-votes", default=7, show_default=True, type=int)
 @click.option("--fixed", default=5, show_default=True, type=int,
               help="Baseline: fixed number of answers per tile.")
-@click.option("--refit-every", default=2000, show_default=True, type=int,
+@click.option("--refit-every", default=500, show_default=True, type=int,
               help="Re-estimate skills every N accepted answers (0: never).")
 def replay_cmd(votes: Path, truth: Path, method: str, threshold: float, min_votes: int,
                max_votes: int, fixed: int, refit_every: int) -> None:
