@@ -25,10 +25,10 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -334,6 +334,7 @@ def compute_results(
 ) -> ProjectResults:
     """Run consensus on the project's votes and build every result layer."""
     from consensus.aggregate import METHODS, aggregate
+    from consensus.errors import ConsensusError
     from consensus.votes import Votes
 
     from crowdsight import __version__
@@ -347,28 +348,32 @@ def compute_results(
     allowed = set(classes) | set(response_only)
     tiles_by_id = {t["id"]: t for t in data.tiles}
 
-    task, worker, label, when = [], [], [], []
+    task, worker, label = [], [], []
     for lab in data.labels:
         a = _vote_answer(ptype, lab)
         if a is None or a not in allowed or lab["tile_id"] not in tiles_by_id:
-            continue
+            continue  # skips, answers no longer offered, tiles gone
         task.append(int(lab["tile_id"]))
         worker.append(str(lab["volunteer"]))
         label.append(a)
-        when.append(lab["created_at"].timestamp() if lab["created_at"] else 0.0)
 
     result = None
     if task:
         ids = np.unique(np.asarray(task, dtype=np.int64))
         xyz = np.asarray([[tiles_by_id[i]["z"], tiles_by_id[i]["x"], tiles_by_id[i]["y"]]
                           for i in ids.tolist()], dtype=np.int64)
+        voted = set(ids.tolist())
         gold = {t["id"]: t["gold_answer"] for t in data.tiles
-                if t["gold_answer"] in classes and t["id"] in set(ids.tolist())}
-        votes = Votes.from_arrays(np.asarray(task, dtype=np.int64), np.asarray(worker),
-                                  np.asarray(label), classes=classes,
-                                  response_only=response_only, tile_xyz=xyz,
-                                  gold=gold or None)
-        result = aggregate(votes, method, progress=progress, **dict(params or {}))
+                if t["gold_answer"] in classes and t["id"] in voted}
+        try:
+            votes = Votes.from_arrays(np.asarray(task, dtype=np.int64), np.asarray(worker),
+                                      np.asarray(label), classes=classes,
+                                      response_only=response_only, tile_xyz=xyz,
+                                      gold=gold or None)
+            result = aggregate(votes, method, progress=progress, **dict(params or {}))
+        except ConsensusError as exc:
+            raise ResultsError(f"consensus failed on this project's votes: {exc}",
+                               field="method") from exc
 
     per_tile: dict[int, int] = {}
     if result is not None:
@@ -390,8 +395,6 @@ def compute_results(
             post, crowd_answer, crowd_conf, n_votes, agreement = {}, None, None, 0, None
             counts = {lab_: 0 for lab_ in (classes + response_only)}
         answer, conf, source = crowd_answer, crowd_conf, ("crowd" if crowd_answer else None)
-        if t["state"] == "unresolved" and crowd_answer is not None:
-            source = "crowd"
         if review is not None:
             answer, conf, source = review["answer"], 1.0, "expert"
         tiles_out.append(TileOut(
