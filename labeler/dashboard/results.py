@@ -801,6 +801,26 @@ def feature_collection(res: ProjectResults, name: str) -> dict[str, Any]:
     return fc
 
 
+_AUDIT_TEXT = {
+    "review.decide": "expert decision: {answer}",
+    "review.withdraw": "expert decision withdrawn",
+    "gold.set": "made a gold tile: {answer}",
+    "gold.unset": "gold answer removed",
+}
+
+
+def _audit_text(entry: Mapping[str, Any]) -> str:
+    d = entry.get("details")
+    d = d if isinstance(d, dict) else {}
+    template = _AUDIT_TEXT.get(str(entry["action"]))
+    if template is None:
+        return str(entry["action"]) + (f" {d['answer']}" if d.get("answer") else "")
+    text = template.format(answer=d.get("answer", "?"))
+    if entry["action"] == "review.decide" and d.get("note"):
+        text += f" — {d['note']}"
+    return text
+
+
 def tile_detail(data: ProjectData, res: ProjectResults, tile_id: int, *,
                 secret: str) -> dict[str, Any]:
     """A tile's result, its votes (pseudonymised), imagery URLs and history."""
@@ -827,9 +847,7 @@ def tile_detail(data: ProjectData, res: ProjectResults, tile_id: int, *,
                         else "retired"))
     for a in data.audit:
         if _audit_tile(a) == tile_id and a["at"] is not None:
-            d = a.get("details") or {}
-            extra = f" {d.get('answer')}" if isinstance(d, dict) and d.get("answer") else ""
-            history.append((a["at"], f"{a['action']}{extra}"))
+            history.append((a["at"], _audit_text(a)))
     if out.review and not any(str(a["action"]).startswith("review.") for a in data.audit
                               if _audit_tile(a) == tile_id):
         rv = out.review

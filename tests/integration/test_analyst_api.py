@@ -190,7 +190,7 @@ def test_tile_detail_votes_imagery_and_history(client, seeded):
     assert set(d["image_urls"]) == {"image"}
     assert client.get(d["image_urls"]["image"]).status_code == 200
     texts = [h["text"] for h in d["history"]]
-    assert any("review.decide" in t and "yes" in t for t in texts)
+    assert "expert decision: yes — rubble visible on the after image" in texts
     assert sum("answered" in t for t in texts) == 5
     assert [h["at"] for h in d["history"]] == sorted(h["at"] for h in d["history"])
     skipped = client.get(_base(seeded) + f"/tiles/{seeded.tiles[5]}", headers=seeded.auth())

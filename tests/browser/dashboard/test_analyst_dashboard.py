@@ -96,7 +96,7 @@ def test_analyst_map_layers_tile_panel_and_export(page, sign_in, scene_project, 
     assert "sim-" not in page.content()  # raw volunteer ids never reach the page
     _until(page, """(() => { const imgs = [...document.querySelectorAll('#panel-body .imgs img')];
         return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0); })()""")
-    assert "review.decide" in page.locator("#panel-body .history").inner_text()
+    assert "expert decision: bad_imagery" in page.locator("#panel-body .history").inner_text()
     page.mouse.move(2, 2)  # no hover tooltip in the screenshot
     page.wait_for_timeout(200)
     shoot(page, "analyst-dashboard", full_page=True)
