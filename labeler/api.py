@@ -129,6 +129,12 @@ async def get_session(request: Request) -> Response:
     return JSONResponse({"volunteer": volunteer, "csrf_token": st.signer.csrf_token(session)})
 
 
+async def _maybe_principal(request: Request) -> Principal | None:
+    if "authorization" not in request.headers:
+        return None
+    return await run_in_threadpool(auth.bearer_principal, request)
+
+
 def _summary(st: Any, p: ProjectConfig) -> dict[str, Any]:
     return {"slug": p.slug, "name": p.name, "type": p.type, "question": p.question,
             "status": p.status, "progress": st.projects.progress(p.id)}
@@ -137,7 +143,7 @@ def _summary(st: Any, p: ProjectConfig) -> dict[str, Any]:
 async def projects_index(request: Request) -> Response:
     """Live projects (every project for researcher/analyst/admin tokens)."""
     st = _st(request)
-    principal = await run_in_threadpool(auth.bearer_principal, request)
+    principal = await _maybe_principal(request)
     projects = await run_in_threadpool(list_projects, st.engine, live_only=principal is None)
     if principal is None:  # issue 5: private projects only for invited volunteers
         from labeler.dashboard.researcher_access import volunteer_sees
@@ -145,6 +151,23 @@ async def projects_index(request: Request) -> Response:
             lambda: [p for p in projects if volunteer_sees(request, p.id)])
     body = await run_in_threadpool(lambda: [_summary(st, p) for p in projects])
     return JSONResponse({"projects": body})
+
+
+async def _project(request: Request, principal: Principal | None = None) -> ProjectConfig:
+    """The project named in the path (from the per-process cache when fresh: no thread hop)."""
+    slug = request.path_params["slug"]
+    project = _st(request).projects.peek(slug)
+    if project is None or (principal is None and _maybe_private(request, project.id)):
+        return await run_in_threadpool(_visible_project, request, slug, principal)
+    if project.status == "draft" and principal is None:
+        raise NotFound(f"no project '{slug}'", field="slug")
+    return project
+
+
+def _maybe_private(request: Request, project_id: int) -> bool:
+    """issue 5: private projects take the thread path, where invites are checked."""
+    from labeler.dashboard.researcher_access import may_be_private
+    return may_be_private(request, project_id)
 
 
 def _visible_project(request: Request, slug: str, principal: Principal | None) -> ProjectConfig:
@@ -192,8 +215,8 @@ def _project_detail(st: Any, project: ProjectConfig) -> dict[str, Any]:
 async def project_detail(request: Request) -> Response:
     """Everything the volunteer page needs to show a project (never gold answers)."""
     st = _st(request)
-    principal = await run_in_threadpool(auth.bearer_principal, request)
-    project = await run_in_threadpool(_visible_project, request, request.path_params["slug"], principal)
+    principal = await _maybe_principal(request)
+    project = await _project(request, principal)
     body = await run_in_threadpool(_project_detail, st, project)
     return JSONResponse(body)
 
@@ -226,7 +249,7 @@ async def tutorial(request: Request) -> Response:
     """Check the volunteer's tutorial answers; records the project as passed."""
     st = _st(request)
     session = auth.require_volunteer(request, write=True)
-    project = await run_in_threadpool(_visible_project, request, request.path_params["slug"], None)
+    project = await _project(request)
     data = await read_json(request)
     answers = data.get("answers")
     if not isinstance(answers, dict) or not all(isinstance(v, (str, type(None))) for v in answers.values()):
@@ -286,7 +309,7 @@ async def next_task(request: Request) -> Response:
     st = _st(request)
     session = auth.require_volunteer(request)
     near = _parse_near(request.query_params.get("near"))
-    project = await run_in_threadpool(_visible_project, request, request.path_params["slug"], None)
+    project = await _project(request)
     if project.status != "live":
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
     body = await run_in_threadpool(_next, st, project, session.id, near)
@@ -299,7 +322,7 @@ async def submit_labels(request: Request) -> Response:
     session = auth.require_volunteer(request, write=True)
     st.volunteer_limiter.hit(f"v:{session.id}")
     st.ip_limiter.hit("labels:" + _ip(request))
-    project = await run_in_threadpool(_visible_project, request, request.path_params["slug"], None)
+    project = await _project(request)
     if project.status == "draft":
         raise ProjectNotLive(f"project '{project.slug}' is a draft")
     data = await read_json(request)

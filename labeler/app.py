@@ -74,11 +74,12 @@ class State(TypedDict):
     projects: ProjectCache
 
 
-def build_state(settings: Settings, engine: Engine) -> LabelerState:
+def build_state(settings: Settings, engine: Engine, lease_engine: Engine | None = None) -> LabelerState:
     return LabelerState(
         settings=settings, engine=engine, tile_store=settings.tile_store_path.resolve(),
         signer=Signer(settings.resolved_secret_key()), projects=ProjectCache(engine),
-        assigner=Assigner(engine, settings.lease_seconds), tokens=TokenCache(),
+        assigner=Assigner(engine, settings.lease_seconds, lease_engine=lease_engine),
+        tokens=TokenCache(),
         volunteer_limiter=RateLimiter(settings.rate_limit_volunteer),
         ip_limiter=RateLimiter(settings.rate_limit_ip),
         trusted_proxies=frozenset(h.strip() for h in settings.forwarded_allow_ips.split(",")
@@ -155,12 +156,18 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = engine is None
         eng = engine if engine is not None else make_engine(settings.resolved_database_url)
+        # PostgreSQL: leases are written through a second, asynchronous-commit engine.
+        leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False,
+                              pool_size=5)
+                  if eng.dialect.name == "postgresql" else None)
         try:
             check_migrated(eng)
-            state = build_state(settings, eng)
+            state = build_state(settings, eng, leases)
             yield {"labeler": state, "engine": eng, "settings": settings,
                    "projects": state.projects}
         finally:
+            if leases is not None:
+                leases.dispose()
             if own:
                 eng.dispose()
 

@@ -153,8 +153,13 @@ _ELIGIBLE = """
 class Assigner:
     """Claims tasks for volunteers. One per app (holds a little per-process timing state)."""
 
-    def __init__(self, engine: Engine, lease_seconds: int) -> None:
+    def __init__(self, engine: Engine, lease_seconds: int, *,
+                 lease_engine: Engine | None = None) -> None:
+        """``lease_engine``: where claims are written; on PostgreSQL the app passes an engine
+        with asynchronous commit (see :func:`labeler.db.make_engine`), since a lease lost in
+        a crash only returns its tile to the queue. Defaults to ``engine``."""
         self.engine = engine
+        self.lease_engine = lease_engine or engine
         self.lease_seconds = lease_seconds
         self._last_reclaim: dict[int, float] = {}
 
@@ -166,7 +171,7 @@ class Assigner:
         if near is not None and project.task_zoom is not None:
             t = mercantile.tile(near[0], near[1], project.task_zoom)
             near_xy = (t.x, t.y)
-        with write_tx(self.engine) as conn:
+        with write_tx(self.lease_engine) as conn:
             state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
                                            "now": ts(conn, now)}).one()
             n_done, live_task, n_held = int(state[0]), state[1], int(state[2])

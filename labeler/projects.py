@@ -387,6 +387,13 @@ class ProjectCache:
         self._configs: dict[str, tuple[float, ProjectConfig]] = {}
         self._progress: dict[int, tuple[float, dict[str, int]]] = {}
 
+    def peek(self, slug: str) -> ProjectConfig | None:
+        """The cached config if still fresh (no database access), else ``None``."""
+        hit = self._configs.get(slug)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        return None
+
     def get(self, slug: str) -> ProjectConfig:
         now = time.monotonic()
         hit = self._configs.get(slug)
