@@ -567,3 +567,30 @@ def test_text_contrast_meets_wcag_aa(page: Page, live_server: str,
         s.className = 'probe'; document.querySelector('.panel').append(s);
         s.style.color = '#999'; }""")
     assert [x for x in page.evaluate(CONTRAST_JS) if "faint" in x]
+
+
+@sqlite_only
+def test_lease_is_renewed_while_the_task_is_on_screen(
+        page: Page, serve: Any, labeler_settings: Any, db_rows: Any) -> None:
+    from labeler.app import create_app
+
+    settings = labeler_settings.with_(lease_seconds=4)
+    base = serve(create_app(settings))
+    seed_project(settings, type="find", slug="slow", n_tiles=2)
+    nexts: list[str] = []
+    page.on("request", lambda r: nexts.append(r.url) if "/next" in r.url else None)
+    v = Volunteer(page, base)
+    v.start("Slow")
+    v.open("slow")
+    task = v.wait_task()
+    (tile,) = v.tile_ids()
+    first = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=task)[0].expires_at
+    page.wait_for_timeout(5000)  # longer than the lease: renewed at about half of it
+    assert len(nexts) >= 2, nexts
+    later = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=task)[0].expires_at
+    assert str(later) > str(first)
+    assert page.evaluate("() => document.body.dataset.taskId") == task  # same task kept
+    page.keyboard.press("1")
+    page.keyboard.press("ArrowRight")
+    v.wait_task()
+    assert [(r.tile_id, r.answer) for r in labels_of(db_rows, "Slow")] == [(tile, "yes")]

@@ -448,6 +448,39 @@ async function loadNext() {
   document.body.dataset.taskId = task.task_id;
   state.busy = false;
   updateTaskButtons();
+  scheduleLeaseRenewal(task);
+}
+
+// Keep the lease of the task on screen alive: `next` renews a task that is still leased, so a
+// volunteer who takes long (many marks, a coffee) does not lose the task to its expiry.
+let leaseTimer = null;
+
+function scheduleLeaseRenewal(task) {
+  window.clearTimeout(leaseTimer);
+  if (!task || !task.lease_expires_at) return;
+  let left = Date.parse(task.lease_expires_at) - Date.now();
+  if (!(left > 0 && left < 86400000)) left = 600000; // clock skew: assume the default lease
+  const wait = Math.max(Math.min(30000, left / 2), Math.min(left - 60000, left * 0.75));
+  leaseTimer = window.setTimeout(() => renewLease(task), wait);
+}
+
+async function renewLease(task) {
+  if (state.task !== task || state.busy || state.screen !== "task") return;
+  let fresh;
+  try {
+    fresh = await api.next(state.project.slug, state.near);
+  } catch {
+    scheduleLeaseRenewal(task); // try again later; a submit may still succeed
+    return;
+  }
+  if (state.task !== task) return; // moved on meanwhile
+  if (fresh.task_id === task.task_id) {
+    task.lease_expires_at = fresh.lease_expires_at;
+    scheduleLeaseRenewal(task);
+  } else {
+    alertUser(i18n.t("error.not_leased"));
+    await loadNext();
+  }
 }
 
 async function submit({ skipped = false } = {}) {
