@@ -555,6 +555,16 @@
       $("version").textContent = "crowdsight " + (s.software_version || "");
       $("dashboard").hidden = false;
       renderStats(s);
+      if (s.role === "researcher" || s.role === "admin") {
+        $("to-researcher").href = "/researcher/#p=" + encodeURIComponent(state.slug);
+        $("to-researcher").hidden = false;
+      }
+      $("refresh").hidden = false;
+      $("refresh").onclick = function () {
+        document.body.removeAttribute("data-ready");
+        api(projectBase()).then(function (fresh) { state.summary = fresh; renderStats(fresh); return refreshResults(); })
+          .catch(handleError);
+      };
       renderControls(s);
       renderExports(s);
       initMap(s);

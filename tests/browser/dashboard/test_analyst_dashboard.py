@@ -174,3 +174,26 @@ def test_tiles_to_check_open_from_the_keyboard(page, sign_in, scene_project):
     assert page.locator(f"path.cs-tile-{tile_id}").get_attribute("stroke") == "#ffbf47"
     page.keyboard.press("Enter")
     assert page.locator("#panel").is_hidden()
+
+
+def test_refresh_shows_new_votes_and_researcher_link(page, sign_in, scene_project,
+                                                     labeler_settings):
+    from labeler.dashboard.analyst_testing import Vote, insert_votes
+    from labeler.db import make_engine
+
+    sign_in(page, f"/analyst/{scene_project.slug}", role="researcher")
+    page.wait_for_selector(READY, timeout=60_000)
+    link = page.locator("#to-researcher")
+    assert link.is_visible() and link.get_attribute("href") == f"/researcher/#p={scene_project.slug}"
+    votes_before = int(page.locator("#stats .stat").nth(4).locator(".v").inner_text())
+    unvoted = [t["id"] for t in scene_project.tiles][-1]
+    engine = make_engine(labeler_settings.resolved_database_url, pool_size=1)
+    try:
+        insert_votes(engine, scene_project.slug,
+                     [Vote(unvoted, f"late-{i}", "yes") for i in range(3)])
+    finally:
+        engine.dispose()
+    page.locator("#refresh").click()
+    page.wait_for_selector(READY, timeout=60_000)
+    votes_after = int(page.locator("#stats .stat").nth(4).locator(".v").inner_text())
+    assert votes_after == votes_before + 3
