@@ -469,3 +469,37 @@ def test_mark_project_structures_and_villages(tmp_path):
             path.write_bytes(gpkg.content)
             assert pyogrio.read_info(path)["geometry_type"] == "Point"
             assert not any(v in st.text for v in VOLS)
+
+
+@pytest.mark.parametrize("n_tiles", [0, 3])
+def test_project_without_votes_still_serves_everything(tmp_path, n_tiles):
+    with migrated_database("sqlite", tmp_path) as url:
+        settings = make_settings(tmp_path, url)
+        if n_tiles:
+            slug = seed_project(settings, type="compare", n_tiles=n_tiles, status="draft").slug
+        else:
+            from labeler.projects import create_project
+
+            engine = make_engine(url, pool_size=1)
+            try:
+                slug = create_project(engine, {"slug": "empty", "type": "find"}, actor="t").slug
+            finally:
+                engine.dispose()
+        token = create_token(settings, "analyst")
+        h = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_app(settings)) as c:
+            base = f"/api/analyst/projects/{slug}"
+            s = c.get(base, headers=h).json()
+            assert s["stats"]["votes"] == 0 and (s["bounds"] is None) == (n_tiles == 0)
+            for suffix in ("/map/tiles", "/map/structures", "/map/villages", "/progress",
+                           "/volunteers", "/charts/votes.svg", "/charts/labelled.svg"):
+                r = c.get(base + suffix, headers=h)
+                assert r.status_code == 200, (suffix, r.text)
+            assert len(c.get(base + "/map/tiles", headers=h).json()["features"]) == n_tiles
+            for layer, fmt in (("tiles", "geojson"), ("tiles", "csv"), ("tiles", "gpkg"),
+                               ("villages", "geojson"), ("villages", "png"),
+                               ("volunteers", "csv")):
+                r = c.get(base + f"/export/{layer}.{fmt}", headers=h)
+                assert r.status_code == 200, (layer, fmt, r.text)
+            fc = c.get(base + "/export/tiles.geojson", headers=h).json()
+            assert geojson.loads(json.dumps(fc)).is_valid
