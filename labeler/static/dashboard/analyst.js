@@ -19,6 +19,7 @@
   };
   var OTHER_COLORS = ["#1f78b4", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"];
   var UNLABELLED = "#d0d7de";
+  var CANVAS_ABOVE = 4000;  // tiles
 
   var state = {
     slug: null, summary: null, method: null, minConf: 0, hidden: {},
@@ -376,8 +377,10 @@
     if (!state.map) return;
     ["tiles", "structures", "villages"].forEach(function (n) { if (state.layers[n]) state.map.removeLayer(state.layers[n]); });
     state.tiles = tiles;
+    // thousands of SVG paths get sluggish: draw big projects on a canvas instead
+    var renderer = tiles.features.length > CANVAS_ABOVE ? L.canvas({ padding: 0.3 }) : undefined;
     state.layers.tiles = L.geoJSON(tiles, {
-      style: tileStyle,
+      style: tileStyle, renderer: renderer,
       onEachFeature: function (f, layer) {
         layer.on("click", function () { openTile(f.properties.tile_id); });
         var p = f.properties;
