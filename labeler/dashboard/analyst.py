@@ -23,6 +23,7 @@ Routes (``{slug}`` = project slug, ``?method=`` = consensus method, default the 
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import threading
@@ -153,9 +154,18 @@ async def _results(request: Request) -> tuple[R.ProjectData, R.ProjectResults]:
                                    _cache(request), slug, method)
 
 
-def _geojson(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status,
-                    media_type="application/geo+json")
+GZIP_ABOVE = 8 * 1024  # bytes
+
+
+def _geojson(request: Request, body: dict[str, Any]) -> Response:
+    """GeoJSON for the map, gzip-compressed when the client accepts it (tile layers of large
+    projects run to megabytes; the app has no compression middleware)."""
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-store"}
+    if len(data) > GZIP_ABOVE and "gzip" in request.headers.get("accept-encoding", ""):
+        data = gzip.compress(data, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/geo+json", headers=headers)
 
 
 # ------------------------------------------------------------------------------------ page
@@ -215,7 +225,7 @@ async def map_layer(request: Request) -> Response:
     if layer not in ("tiles", "structures", "villages"):
         raise NotFound(f"no map layer {layer!r}; use tiles, structures or villages", field="layer")
     _, res = await _results(request)
-    return _geojson(R.feature_collection(res, layer))
+    return _geojson(request, R.feature_collection(res, layer))
 
 
 async def tile_detail(request: Request) -> Response:

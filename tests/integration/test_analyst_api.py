@@ -503,3 +503,21 @@ def test_project_without_votes_still_serves_everything(tmp_path, n_tiles):
                 assert r.status_code == 200, (layer, fmt, r.text)
             fc = c.get(base + "/export/tiles.geojson", headers=h).json()
             assert geojson.loads(json.dumps(fc)).is_valid
+
+
+def test_map_layers_are_gzipped_when_accepted(client, seeded, monkeypatch):
+    import gzip as _gzip
+
+    from labeler.dashboard import analyst
+
+    url = _base(seeded) + "/map/tiles"
+    plain = client.get(url, headers={**seeded.auth(), "Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    with client.stream("GET", url, headers={**seeded.auth(), "Accept-Encoding": "gzip"}) as r:
+        assert "content-encoding" not in r.headers  # small bodies are sent as they are
+    monkeypatch.setattr(analyst, "GZIP_ABOVE", 100)
+    with client.stream("GET", url, headers={**seeded.auth(), "Accept-Encoding": "gzip"}) as r:
+        wire = b"".join(r.iter_raw())
+        assert r.headers["content-encoding"] == "gzip" and r.headers["vary"] == "Accept-Encoding"
+    assert json.loads(_gzip.decompress(wire)) == plain.json()
+    assert len(wire) < len(plain.content)
