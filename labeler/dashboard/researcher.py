@@ -363,6 +363,13 @@ async def start_job(request: Request) -> Response:
                                                 data.get("uploads"))
 
     def create(conn: sa.Connection) -> Any:
+        # one job per project: SQLite's write_tx already holds the write lock; on PostgreSQL
+        # lock the project row so two requests cannot both see "no active job"
+        if conn.dialect.name == "postgresql":
+            from labeler.models import Project
+
+            pt = Project.__table__
+            conn.execute(sa.select(pt.c.id).where(pt.c.id == cfg.id).with_for_update())
         if jobs.active_job(conn, cfg.id) is not None:
             raise JobConflict("an ingest for this project is still running; wait for it to "
                               "finish before starting another")
