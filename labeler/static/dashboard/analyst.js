@@ -293,7 +293,9 @@
 
     var sw = $("imagery-switch");
     sw.textContent = "";
-    var first = true;
+    var names = s.layers.map(function (l) { return l.name; });
+    // damage shows on the "after" imagery: start there when the project has it
+    var initial = names.indexOf("after") >= 0 ? "after" : names[0];
     s.layers.forEach(function (layer) {
       var tl = L.tileLayer(layer.tiles, {
         minZoom: 0, maxZoom: 22, minNativeZoom: layer.minzoom, maxNativeZoom: layer.maxzoom,
@@ -305,12 +307,12 @@
       var label = el("label", { for: "imagery-" + layer.name }, [input, layer.name]);
       input.addEventListener("change", function () { if (input.checked) setImagery(layer.name); });
       sw.appendChild(label);
-      if (first) { input.checked = true; setImagery(layer.name); first = false; }
+      if (layer.name === initial) input.checked = true;
     });
     var none = el("input", { type: "radio", name: "imagery", value: "", id: "imagery-none" });
     none.addEventListener("change", function () { if (none.checked) setImagery(null); });
     sw.appendChild(el("label", { for: "imagery-none" }, [none, "none"]));
-    if (first) { none.checked = true; setImagery(null); }
+    if (initial) setImagery(initial); else { none.checked = true; setImagery(null); }
 
     // keyboard shortcut: "b" toggles before/after (any two layers)
     document.addEventListener("keydown", function (ev) {

@@ -59,17 +59,19 @@ def test_analyst_map_layers_tile_panel_and_export(page, sign_in, scene_project, 
     assert page.evaluate("sessionStorage.getItem('crowdsight.token')").startswith("cs_")
     assert page.locator("#project-title").inner_text() == f"{slug} (synthetic scene)"
 
-    # imagery pyramid: "before" tiles requested, served and rendered
-    page.wait_for_selector(".imagery-before img.leaflet-tile-loaded")
-    assert any(layer == "before" and status == 200 for layer, status in tile_requests)
+    # imagery pyramid: "after" (where damage shows) requested, served and rendered first
+    page.wait_for_selector(".imagery-after img.leaflet-tile-loaded")
+    assert any(layer == "after" and status == 200 for layer, status in tile_requests)
     natural = page.evaluate("""() => [...document.querySelectorAll(
-        '.imagery-before img.leaflet-tile-loaded')].map(i => i.naturalWidth)""")
+        '.imagery-after img.leaflet-tile-loaded')].map(i => i.naturalWidth)""")
     assert natural and all(w == 256 for w in natural)
-    # ... and the switch to "after"
+    # ... and the switch to "before"
+    page.locator("label[for='imagery-before']").click()
+    page.wait_for_selector(".imagery-before img.leaflet-tile-loaded")
+    assert page.locator(".imagery-after").count() == 0
+    assert any(layer == "before" and status == 200 for layer, status in tile_requests)
     page.locator("label[for='imagery-after']").click()
     page.wait_for_selector(".imagery-after img.leaflet-tile-loaded")
-    assert page.locator(".imagery-before").count() == 0
-    assert any(layer == "after" and status == 200 for layer, status in tile_requests)
 
     # GeoJSON layers: every task tile, at least one village outline
     tiles = page.locator("path.cs-tile")
