@@ -239,8 +239,16 @@ def test_gold_feedback_is_shown(page: Page, live_server: str, labeler_settings: 
     expect(page.locator("#status")).to_contain_text("This tile shows 'yes'.")
     page.click("#feedback-dismiss")
     expect(box).to_be_hidden()
+    v.wait_task()
+    page.keyboard.press("1")
+    page.keyboard.press("ArrowRight")
+    v.wait_task()
+    page.keyboard.press("1")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#done-stats")).to_contain_text("On 1 known tile you answered 0 right.")
     rows = labels_of(db_rows, "Gold")
-    assert [(r.tile_id, r.answer) for r in rows] == [(gold.gold_ids[0], "no")]
+    assert [(r.tile_id, r.answer) for r in rows][0] == (gold.gold_ids[0], "no")
+    assert sorted(r.tile_id for r in rows[1:]) == sorted(gold.tile_ids)
 
 
 @sqlite_only

@@ -534,6 +534,10 @@ async function showDone() {
   try {
     const s = await api.stats();
     tx($("done-stats"), "done.stats", { count: s.labels || 0 });
+    const gold = s.gold || {};
+    if (gold.seen) {
+      $("done-stats").append(" ", tx(el("span"), "done.gold", { correct: gold.correct || 0, count: gold.seen }));
+    }
   } catch {
     $("done-stats").textContent = "";
   }
