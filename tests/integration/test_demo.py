@@ -101,3 +101,48 @@ def test_demo_comes_up_and_serves_all_three_pages(tmp_path):
     assert again.returncode == 0, again.stderr
     assert token in again.stdout
     assert "simulated volunteers added" not in again.stderr
+
+
+def test_setup_demo_gold_follows_the_scene_truth_and_is_idempotent(tmp_path):
+    """In process: gold/tutorial answers agree with the truth points inside each tile's
+    bounds; simulated volunteers label through the labeler; a second run changes nothing."""
+    import json
+
+    import sqlalchemy as sa
+
+    from labeler.dashboard.researcher_demo import setup_demo
+    from labeler.db import make_engine
+    from labeler.testing import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'demo.db'}")
+    first = setup_demo(settings, size=384, seed=4, simulate_n=5)
+    assert first.created and first.tiles > 0 and first.gold + first.tutorial > 0
+    assert first.simulated_volunteers == 5 and first.labels > 0
+
+    huts = json.loads((first.scene_dir / "truth.geojson").read_text())["features"]
+    rank = {"intact": 1, "damaged": 2, "destroyed": 3}
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            gold = conn.execute(sa.text(
+                "SELECT west, south, east, north, gold_answer, gold_explanation FROM tiles "
+                "WHERE gold_answer IS NOT NULL")).all()
+            labels = conn.execute(sa.text(
+                "SELECT count(*), count(DISTINCT volunteer_id) FROM labels")).one()
+        assert gold
+        for w, s, e, n, answer, explanation in gold:
+            inside = [h["properties"]["state"] for h in huts
+                      if w <= h["geometry"]["coordinates"][0] < e
+                      and s < h["geometry"]["coordinates"][1] <= n]
+            expected = max(inside, key=rank.get) if inside else "none"
+            assert answer == expected, (answer, inside)
+            assert explanation
+        assert labels[0] == first.labels and labels[1] == 5
+
+        again = setup_demo(settings, size=384, seed=4, simulate_n=5)
+        assert not again.created and again.simulated_volunteers == 0 and again.labels == 0
+        assert again.token == first.token and again.tiles == first.tiles
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM labels")).scalar_one() == labels[0]
+    finally:
+        engine.dispose()
