@@ -199,3 +199,27 @@ def test_refresh_shows_new_votes_and_researcher_link(page, sign_in, scene_projec
     page.wait_for_selector(READY, timeout=60_000)
     votes_after = int(page.locator("#stats .stat").nth(4).locator(".v").inner_text())
     assert votes_after == votes_before + 3
+
+
+def test_mark_project_structures_on_the_map(page, sign_in, labeler_settings):
+    from labeler.dashboard.analyst_testing import Vote, insert_votes
+    from labeler.db import make_engine
+    from labeler.testing import seed_project
+
+    proj = seed_project(labeler_settings, type="mark", n_tiles=4, redundancy=3)
+    w, s, e, n = proj.tiles[proj.tile_ids[0]]["bounds"]
+    lon, lat = (w + e) / 2, (s + n) / 2
+    votes = [Vote(proj.tile_ids[0], f"m{k}", "marked",
+                  points=[(lon + k * 1e-5, lat), (lon + 3e-4, lat + k * 1e-5)]) for k in range(3)]
+    engine = make_engine(labeler_settings.resolved_database_url, pool_size=1)
+    try:
+        insert_votes(engine, proj.slug, votes)
+    finally:
+        engine.dispose()
+    sign_in(page, f"/analyst/{proj.slug}")
+    page.wait_for_selector(READY, timeout=60_000)
+    page.wait_for_selector(".imagery-image img.leaflet-tile-loaded")
+    assert page.locator("path.cs-structure").count() == 2
+    assert page.locator("path.cs-tile").count() == 4
+    page.locator("#show-structures").uncheck()
+    assert page.locator("path.cs-structure").count() == 0
