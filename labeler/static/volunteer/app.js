@@ -495,6 +495,7 @@ async function submit({ skipped = false } = {}) {
   $("feedback").hidden = true;
   try {
     const res = await outbox.send(p.slug, { task_id: task.task_id, labels });
+    alertUser(""); // an earlier problem is over once the server takes answers again
     state.sentSinceTask += labels.filter((l) => !l.skipped).length;
     renderProgress();
     if (res && res.feedback && res.feedback.length) showFeedback(res.feedback, thumbs);
