@@ -191,11 +191,11 @@ class Assigner:
                 tiles = self._claim_gold(conn, project, volunteer_id)
                 is_gold = bool(tiles)
             lease = {"task_id": task_id, "e": ts(conn, expires), "now": ts(conn, now)}
-            if not tiles and _pg(conn) and project.block_cols * project.block_rows == 1:
-                # PostgreSQL, single tile: claim + count + lease in one round trip.
-                tiles = self._claim_one_pg(conn, project, volunteer_id, near_xy, lease)
+            if not tiles and _pg(conn):
+                # PostgreSQL: claim + count + lease in one round trip.
+                tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
                 if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
-                    tiles = self._claim_one_pg(conn, project, volunteer_id, near_xy, lease)
+                    tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
                 if not tiles:
                     return None
             else:
@@ -241,23 +241,33 @@ class Assigner:
             {"p": project.id, "v": volunteer_id}).first()
         return [_task_tile(r)] if r else []
 
-    def _claim_one_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
-                      near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:
+    def _claim_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+                  near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:
+        cols, rows = project.block_cols, project.block_rows
         params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target,
-                                  **lease}
+                                  "cols": cols, "rows": rows, **lease}
         if near_xy is not None:
             params.update(nx=near_xy[0], ny=near_xy[1])
-        row = run(conn,
-            f"WITH c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
-            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), "
+        anchor = (f"SELECT t.id, t.z, t.x, t.y FROM tiles t WHERE {_ELIGIBLE} "
+                  f"ORDER BY {_order_by(project, near_xy)} LIMIT 1 FOR UPDATE OF t SKIP LOCKED")
+        if cols * rows == 1:
+            claim = f"c AS ({anchor})"
+        else:  # every eligible tile of the grid-aligned block around the anchor
+            claim = (f"a AS ({anchor}), c AS (SELECT t.id FROM tiles t, a WHERE {_ELIGIBLE} "
+                     "AND t.z = a.z AND t.x >= a.x - a.x % :cols AND t.x < a.x - a.x % :cols + :cols "
+                     "AND t.y >= a.y - a.y % :rows AND t.y < a.y - a.y % :rows + :rows "
+                     "FOR UPDATE OF t SKIP LOCKED)")
+        found = run(conn,
+            f"WITH {claim}, "
             "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
             "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
             "tiles.north, tiles.layers), "
             "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
             "block_row, block_col, expires_at, created_at) "
-            "SELECT :task_id, :p, u.id, :v, false, 0, 0, :e, :now FROM u) "
-            "SELECT * FROM u", params).first()
-        return [_task_tile(row)] if row else []
+            "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u) "
+            "SELECT * FROM u", params).all()
+        return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in found),
+                      key=lambda t: (t.row, t.col))
 
     def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                near_xy: tuple[int, int] | None) -> list[TaskTile]:

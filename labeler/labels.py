@@ -148,14 +148,42 @@ _INSERT_SQL = (
     ":answer, :points, :skipped, :flag_note, :key, :is_gold, :correct, :spent, :now) "
     "ON CONFLICT DO NOTHING RETURNING tile_id")
 
-_INSERT_CTE = (
-    "WITH ins AS (" + _INSERT_SQL + "), "
-    "del AS (DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN (SELECT tile_id FROM ins))")
+_ROW_KEYS = ("p", "tile_id", "v", "answer", "points", "skipped", "flag_note", "key", "is_gold",
+             "correct", "spent", "now")
+_ROW_CASTS = ("int", "int", "int", "text", "json", "boolean", "text", "text", "boolean",
+              "boolean", "int", "timestamptz")
+_UPD_KEYS = ("id", "lc", "rel", "ac", "ca", "cf", "st", "ra")
+_UPD_CASTS = ("int", "int", "int", "json", "text", "float8", "text", "timestamptz")
 
-_UPDATE_CTE = (
-    ", upd AS (UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, "
-    "answer_counts = :ac, consensus_answer = :ca, confidence = :cf, state = :st, "
-    "retired_at = COALESCE(retired_at, :ra) WHERE id = :id AND id IN (SELECT tile_id FROM ins))")
+
+def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]],
+                   volunteer_id: int) -> tuple[str, dict[str, Any]]:
+    """One statement for PostgreSQL: multi-row insert (ON CONFLICT DO NOTHING), then — only
+    for rows that went in — delete their leases and apply the precomputed tile updates."""
+    params: dict[str, Any] = {"v": volunteer_id}
+    values = []
+    for i, (_, row, _) in enumerate(plan):
+        values.append("(" + ", ".join(f":{k}{i}::{c}" for k, c in zip(_ROW_KEYS, _ROW_CASTS)) + ")")
+        params.update({f"{k}{i}": row[k] for k in _ROW_KEYS})
+    sql = ("WITH ins AS (INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, "
+           "skipped, flag_note, idempotency_key, is_gold, correct, time_spent_ms, created_at) "
+           f"VALUES {', '.join(values)} ON CONFLICT DO NOTHING RETURNING tile_id), "
+           "del AS (DELETE FROM leases WHERE volunteer_id = :v "
+           "AND tile_id IN (SELECT tile_id FROM ins))")
+    upds = []
+    for i, (_, _, upd) in enumerate(plan):
+        if upd is None:
+            continue
+        upds.append("(" + ", ".join(f":u{k}{i}::{c}" for k, c in zip(_UPD_KEYS, _UPD_CASTS)) + ")")
+        params.update({f"u{k}{i}": upd[k] for k in _UPD_KEYS})
+    if upds:
+        sql += (", upd AS (UPDATE tiles SET label_count = d.lc, lease_count = tiles.lease_count - d.rel, "
+                "answer_counts = d.ac, consensus_answer = d.ca, confidence = d.cf, state = d.st, "
+                "retired_at = COALESCE(tiles.retired_at, d.ra) "
+                f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra) "
+                "WHERE tiles.id = d.id AND d.id IN (SELECT tile_id FROM ins))")
+    return sql + " SELECT tile_id FROM ins", params
+
 
 _UPDATE_SQL = (
     "UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, answer_counts = :ac, "
@@ -254,12 +282,10 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
                        "ra": now_db if upd["st"] != "live" else None}
             plan.append((lb, row, upd))
         inserted: set[int] = set()
-        if pg and len(plan) == 1:
-            # One round trip: insert, and only if it went in, drop the lease and update the tile.
-            lb, row, upd = plan[0]
-            sql = _INSERT_CTE + (_UPDATE_CTE if upd else "") + " SELECT tile_id FROM ins"
-            if run(conn, sql, {**row, **(upd or {})}).first() is not None:
-                inserted.add(lb.tile_id)
+        if pg:
+            # One round trip: insert; for what went in, drop the leases and update the tiles.
+            sql, params = _pg_submit_sql(plan, volunteer_id)
+            inserted = {r[0] for r in run(conn, sql, params)}
         else:
             for lb, row, _ in plan:
                 if run(conn, _INSERT_SQL, row).first() is not None:
