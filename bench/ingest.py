@@ -210,7 +210,8 @@ def main() -> None:
                   f"{enc['tiles'] / enc['parallel']:8.1f} tiles/s")
             thr = (cs_tiles / cs["wall"]) / (g2t_tiles / g2t["wall"])
             print(f"  => throughput vs gdal2tiles: {thr:.2f}x (goal >= 3x); "
-                  f"wall time vs encode-only ({args.jobs} proc): CLI {cs['wall'] / enc['parallel']:.2f}x, "
+                  f"wall time vs encode-only ({args.jobs} proc): "
+                  f"CLI {cs['wall'] / enc['parallel']:.2f}x, "
                   f"in-process {inproc / enc['parallel']:.2f}x (goal <= 1.5x)")
         if args.large_size:
             n = args.large_size

@@ -56,3 +56,7 @@ class ReadError(IngestError, OSError):
 
 class StoreNotWritableError(IngestError, OSError):
     """The tile store cannot be written."""
+
+
+class BusyError(IngestError, RuntimeError):
+    """Another ingest of the same project is running."""

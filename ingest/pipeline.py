@@ -11,16 +11,17 @@ import shutil
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ingest.errors import (BandError, IngestError, NoOverlapError, OptionError,
+from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
-from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, downsample2,
-                           encode_tile, render_block, work_dir)
+from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
+                           downsample2, encode_tile, render_block, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -133,74 +134,98 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         ts.check_writable(project)
     except StoreError as exc:
         raise StoreNotWritableError(str(exc)) from None
-    B = block or max(1, min(2048 // tile_size, 1 << zoom))
-    B = 1 << int(math.log2(B))
-    specs: dict[str, LayerSpec] = {}
-    jobs_by_layer: dict[str, list[BlockJob]] = {}
-    stretches: dict[str, dict | None] = {}
-    for name, li in infos.items():
-        stretch = percentile_stretch(li, layer_bands[name])
-        stretches[name] = stretch
-        spec = LayerSpec(
-            name=name, sources=tuple(li), bands=layer_bands[name],
-            stretch_low=tuple(stretch["low"]) if stretch else None,
-            stretch_high=tuple(stretch["high"]) if stretch else None,
-            ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom, min_zoom=min_zoom,
-            resampling=resampling, store_root=str(Path(store).absolute()), project=project)
-        specs[name] = spec
-        resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
-        blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
-        for x, y in candidates[name]:
-            blocks[(x // B, y // B)].add((x, y))
-        ordered = sorted(blocks, key=lambda k: morton(*k))
-        jobs_by_layer[name] = [
-            BlockJob(layer=spec, bx=bx, by=by, size=B,
-                     allowed=None if aoi_geom is None and len(blocks[(bx, by)]) == B * B
-                     else frozenset(blocks[(bx, by)]),
-                     skip_existing=resume)
-            for bx, by in ordered]
+    with _project_lock(ts, project):
+        B = block or max(1, min(2048 // tile_size, 1 << zoom))
+        B = 1 << int(math.log2(B))
+        specs: dict[str, LayerSpec] = {}
+        jobs_by_layer: dict[str, list[BlockJob]] = {}
+        stretches: dict[str, dict | None] = {}
+        for name, li in infos.items():
+            stretch = percentile_stretch(li, layer_bands[name])
+            stretches[name] = stretch
+            spec = LayerSpec(
+                name=name, sources=tuple(li), bands=layer_bands[name],
+                stretch_low=tuple(stretch["low"]) if stretch else None,
+                stretch_high=tuple(stretch["high"]) if stretch else None,
+                ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom, min_zoom=min_zoom,
+                resampling=resampling, store_root=str(Path(store).absolute()), project=project)
+            specs[name] = spec
+            resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
+            blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
+            for x, y in candidates[name]:
+                blocks[(x // B, y // B)].add((x, y))
+            ordered = sorted(blocks, key=lambda k: morton(*k))
+            jobs_by_layer[name] = [
+                BlockJob(layer=spec, bx=bx, by=by, size=B,
+                         allowed=None if aoi_geom is None and len(blocks[(bx, by)]) == B * B
+                         else frozenset(blocks[(bx, by)]),
+                         skip_existing=resume)
+                for bx, by in ordered]
 
-    # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks ---------
-    total = sum(len(c) for c in candidates.values())
-    done = 0
-    written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set) for n in specs}
-    stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
-    all_jobs = [j for n in names for j in jobs_by_layer[n]]
-    pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n], resume=jobs_by_layer[n][0].skip_existing
-                            if jobs_by_layer[n] else False) for n in names}
-    report(0, total, "render")
-    for res in _run(all_jobs, jobs, scheduler):
-        for z, xy in res.tiles.items():
-            written[res.layer][z].update(xy)
-        stats["written"] += res.written
-        stats["skipped"] += res.skipped
-        stats["resumed_blocks"] += int(res.resumed)
-        pyramids[res.layer].add(res)
-        done += res.candidates
-        report(done, total, res.layer)
-    for name, pyr in pyramids.items():
-        for z, xy in pyr.finish().items():
-            written[name][z].update(xy)
-        stats["written"] += pyr.written
-        stats["skipped"] += pyr.skipped
+        # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks ---------
+        total = sum(len(c) for c in candidates.values())
+        done = 0
+        written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set) for n in specs}
+        stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
+        all_jobs = [j for n in names for j in jobs_by_layer[n]]
+        pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n],
+                                resume=bool(jobs_by_layer[n]) and jobs_by_layer[n][0].skip_existing)
+                    for n in names}
+        report(0, total, "render")
+        for res in _run(all_jobs, jobs, scheduler):
+            for z, xy in res.tiles.items():
+                written[res.layer][z].update(xy)
+            stats["written"] += res.written
+            stats["skipped"] += res.skipped
+            stats["resumed_blocks"] += int(res.resumed)
+            pyramids[res.layer].add(res)
+            done += res.candidates
+            report(done, total, res.layer)
+        for name, pyr in pyramids.items():
+            for z, xy in pyr.finish().items():
+                written[name][z].update(xy)
+            stats["written"] += pyr.written
+            stats["skipped"] += pyr.skipped
 
-    # 6. prune stale tiles (other options / zooms), write the manifest --------------------
-    for name in names:
-        _prune(ts, project, name, written[name], ext)
-    manifest = _manifest(project, specs, infos, stretches, footprints, written, zoom, min_zoom,
-                         tile_size, aoi)
-    manifest["ingest_stats"] = {
-        "seconds": round(time.perf_counter() - started, 3), "tiles_written": stats["written"],
-        "tiles_skipped_existing": stats["skipped"], "blocks_resumed": stats["resumed_blocks"],
-        "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
-    try:
-        atomic_write_json(ts.manifest_path(project), manifest)
-    except OSError as exc:
-        raise StoreNotWritableError(f"cannot write {ts.manifest_path(project)}: {exc}") from exc
-    return manifest
+        # 6. prune stale tiles (other options / zooms), write the manifest --------------------
+        for name in names:
+            _prune(ts, project, name, written[name], ext)
+        manifest = _manifest(project, specs, infos, stretches, footprints, written, zoom, min_zoom,
+                             tile_size, aoi)
+        manifest["ingest_stats"] = {
+            "seconds": round(time.perf_counter() - started, 3), "tiles_written": stats["written"],
+            "tiles_skipped_existing": stats["skipped"], "blocks_resumed": stats["resumed_blocks"],
+            "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
+        try:
+            atomic_write_json(ts.manifest_path(project), manifest)
+        except OSError as exc:
+            raise StoreNotWritableError(f"cannot write {ts.manifest_path(project)}: {exc}") from exc
+        return manifest
 
 
 # ---------------------------------------------------------------------------------------
+@contextmanager
+def _project_lock(ts: TileStore, project: str) -> Iterator[None]:
+    """One ingest per project at a time (an advisory lock file; released on exit/crash)."""
+    import fcntl
+
+    path = ts.project_dir(project) / ".crowdsight" / "ingest.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreNotWritableError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"another ingest of project {project!r} is running in "
+                            f"{ts.root}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _layer_bands(name: str, infos: list[SourceInfo], bands: list[int] | None) -> tuple[int, ...]:
     chosen = {check_bands(i, bands) for i in infos}
     if len(chosen) > 1:
@@ -370,7 +395,7 @@ class _Pyramid:
         if not jobs:
             self.top_zoom = spec.task_zoom
             return
-        self.top_zoom = jobs[0].layer.task_zoom - _levels(jobs[0])
+        self.top_zoom = jobs[0].layer.task_zoom - block_levels(jobs[0])
         level = {(j.bx, j.by) for j in jobs}
         z = self.top_zoom
         while z > spec.min_zoom:
@@ -428,12 +453,6 @@ class _Pyramid:
             raise IngestError(f"layer {self.spec.name!r}: pyramid incomplete "
                               f"({len(self.pending)} parents waiting); re-run the ingest")
         return self.tiles
-
-
-def _levels(job: BlockJob) -> int:
-    from ingest.render import block_levels
-
-    return block_levels(job)
 
 
 # ---------------------------------------------------------------------------------------

@@ -238,7 +238,8 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
         stack[nb] = mask
     a, b, c, d, e, f = src.transform
     sa, se = w / out_w, h / out_h
-    win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c, d * sa, e * se, d * col0 + e * row0 + f)
+    win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c,
+                    d * sa, e * se, d * col0 + e * row0 + f)
     # where the window lands in the block: warp only that part of the destination grid
     uc = np.concatenate([np.linspace(col0, col1, n), np.full(n, col1),
                          np.linspace(col1, col0, n), np.full(n, col0)])

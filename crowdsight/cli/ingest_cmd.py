@@ -7,8 +7,6 @@ import glob
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterator
-
 import click
 
 GLOB_CHARS = set("*?[")

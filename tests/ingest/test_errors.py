@@ -192,3 +192,22 @@ def test_pair_with_no_common_tile_inside_aoi(tmp_path, make_tif, pattern_fn):
            "coordinates": [square(lw + 5 * d, mid), square(re_ - 5 * d, mid)]}
     with pytest.raises(NoOverlapError, match="share no z19 tile inside the area of interest"):
         ingest({"before": [left], "after": [right]}, tmp_path / "s", "p", jobs=1, aoi=aoi)
+
+
+def test_concurrent_ingest_of_same_project_is_refused(tmp_path, make_tif):
+    import fcntl
+    import os
+
+    from ingest.errors import BusyError
+
+    src = make_tif()
+    lock = tmp_path / "s" / "p" / ".crowdsight" / "ingest.lock"
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running ingest holds it
+        with pytest.raises(BusyError, match="another ingest of project 'p'"):
+            ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
+    finally:
+        os.close(fd)
+    assert ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)["task_count"] > 0
