@@ -435,6 +435,32 @@
     if (!list.length) ul.appendChild(el("li", { class: "hint", text: "Nothing to check yet." }));
   }
 
+  function renderVillages(villages) {
+    var tb = $("village-table").querySelector("tbody");
+    tb.textContent = "";
+    villages.features.forEach(function (f) {
+      var p = f.properties;
+      var show = el("button", { type: "button", class: "btn btn-quiet", text: "Show" });
+      show.setAttribute("aria-label", "Show " + (p.name || "village") + " on the map");
+      show.addEventListener("click", function () {
+        if (!state.map) return;
+        var b = L.geoJSON(f).getBounds();
+        state.map.fitBounds(b, { padding: [20, 20] });
+        $("map").scrollIntoView({ behavior: "smooth", block: "center" });
+      });
+      tb.appendChild(el("tr", null, [
+        el("th", { scope: "row", text: p.name || ("Village " + (p.village_id + 1)) }),
+        el("td", { class: "num", text: String(p.n_tiles) }),
+        el("td", { class: "num", text: String(p.n_damaged_tiles) }),
+        el("td", { class: "num", text: fmtPct(p.share_damaged) }),
+        el("td", { class: "num", text: String(p.n_structures) }),
+        el("td", { class: "num", text: fmtNum(p.confidence) }),
+        el("td", null, [show])
+      ]));
+    });
+    if (!villages.features.length) tb.appendChild(el("tr", null, [el("td", { colspan: "7", class: "hint", text: "No villages yet: they appear once tiles are answered as damaged." })]));
+  }
+
   // ---------------------------------------------------------------- tile panel
   function openTile(id) {
     state.selected = id;
@@ -544,7 +570,7 @@
     var base = projectBase();
     var jobs = [
       Promise.all([api(withMethod(base + "/map/tiles")), api(withMethod(base + "/map/structures")), api(withMethod(base + "/map/villages"))])
-        .then(function (r) { drawResults(r[0], r[1], r[2]); renderToCheck(r[0]); if (state.selected) openTile(state.selected); }),
+        .then(function (r) { drawResults(r[0], r[1], r[2]); renderToCheck(r[0]); renderVillages(r[2]); if (state.selected) openTile(state.selected); }),
       api(withMethod(base + "/volunteers")).then(renderVolunteers),
       loadChart("labelled"), loadChart("votes"), loadChart("volunteers"), loadChart("agreement")
     ];

@@ -76,7 +76,10 @@ def test_analyst_map_layers_tile_panel_and_export(page, sign_in, scene_project, 
     # GeoJSON layers: every task tile, at least one village outline
     tiles = page.locator("path.cs-tile")
     assert tiles.count() == len(scene_project.tiles)
-    assert page.locator("path.cs-village").count() >= 1
+    n_villages = page.locator("path.cs-village").count()
+    assert n_villages >= 1
+    assert page.locator("#village-table tbody tr").count() == n_villages
+    assert page.locator("#village-table tbody tr th").first.inner_text() == "Village 1"
     # progress charts and the volunteer table
     assert page.locator("figure.chart svg").count() == 4
     assert page.locator("#volunteer-table tbody tr").count() == 9
