@@ -179,13 +179,12 @@ def crs_name(crs) -> str:
 def describe(path: Path | str, max_pixels: int) -> SourceInfo:
     """Open, validate and describe one source file (also hashes it)."""
     from rasterio.errors import RasterioError
-    from rasterio.warp import transform_bounds
 
     ds = open_raster(path, max_pixels)
     p = Path(ds.name)
     with ds:
         try:
-            bounds = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+            bounds = _footprint_lonlat(ds)
             merc_res = _mercator_resolution(ds)
         except (RasterioError, ValueError) as exc:
             raise NoGeoreferenceError(
@@ -202,6 +201,24 @@ def describe(path: Path | str, max_pixels: int) -> SourceInfo:
             nodata=None if ds.nodata is None else float(ds.nodata),
             bounds_lonlat=tuple(float(v) for v in bounds),  # type: ignore[arg-type]
             default_bands=default_bands(ds), merc_res=merc_res)
+
+
+def _footprint_lonlat(ds, n: int = 21) -> tuple[float, float, float, float]:
+    """Lon/lat bounding box of the raster outline (densified; rotated transforms too)."""
+    from rasterio.warp import transform
+
+    a, b, c, d, e, f = tuple(ds.transform)[:6]
+    w, h = ds.width, ds.height
+    t = np.linspace(0.0, 1.0, n)
+    cols = np.concatenate([t * w, np.full(n, w), (1 - t) * w, np.zeros(n)])
+    rows = np.concatenate([np.zeros(n), t * h, np.full(n, h), (1 - t) * h])
+    lon, lat = transform(ds.crs, "EPSG:4326", a * cols + b * rows + c, d * cols + e * rows + f)
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    ok = np.isfinite(lon) & np.isfinite(lat)
+    if not ok.any():
+        raise ValueError("the raster outline does not project to lon/lat")
+    return (float(lon[ok].min()), float(lat[ok].min()), float(lon[ok].max()),
+            float(lat[ok].max()))
 
 
 def _mercator_resolution(ds) -> float:

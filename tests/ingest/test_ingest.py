@@ -309,3 +309,35 @@ def test_progress_callback(tmp_path, make_tif):
     rendering = [x for x in seen if x[1] > 0]
     assert rendering[-1][0] == rendering[-1][1]
     assert all(a[0] <= b[0] for a, b in zip(rendering, rendering[1:]))
+
+
+def test_low_zoom_override_uses_decimated_reads(tmp_path, make_tif, pattern_fn, tile_reader):
+    """--zoom far below native resolution reads decimated windows; the result matches the
+    pyramid built from the native-zoom tiles."""
+    rows, cols = np.mgrid[0:1024, 0:1024]
+    data = np.stack([20 + cols * 0.2, 20 + rows * 0.2, 200 - cols * 0.15]).astype(np.uint8)
+    src = make_tif(data)
+    native = ingest({"image": [src]}, tmp_path / "n", "p", fmt="png", jobs=1)
+    z = native["task_zoom"] - 3
+    low = ingest({"image": [src]}, tmp_path / "l", "p", fmt="png", jobs=1, zoom=z, min_zoom=z)
+    assert low["task_zoom"] == z and native["min_zoom"] <= z
+    assert {(t["x"], t["y"]) for t in low["tasks"]} == \
+        set(map(tuple, ((int(p.parent.name), int(p.stem))
+                        for p in (tmp_path / "n" / "p" / "image" / str(z)).glob("*/*.png"))))
+    for t in low["tasks"]:
+        a = tile_reader(tmp_path / "l", "p", "image", z, t["x"], t["y"]).astype(int)
+        b = tile_reader(tmp_path / "n", "p", "image", z, t["x"], t["y"]).astype(int)
+        inside = (a[..., 3] == 255) & (b[..., 3] == 255)
+        assert inside.sum() > 1000
+        assert np.abs(a - b)[inside][:, :3].mean() < 2.0
+
+
+def test_rotated_geotransform(tmp_path, make_tif, pattern_fn, tile_reader):
+    from affine import Affine
+
+    (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32635", [24.3], [13.4])
+    rot = Affine(0.5, 0, cx, 0, -0.5, cy) @ Affine.rotation(20)
+    src = make_tif(pattern_fn(256, 256, 3), transform=rot)
+    m = ingest({"image": [src]}, tmp_path, "p", fmt="png", resampling="nearest", jobs=1)
+    assert m["task_count"] > 0
+    _sample_check(tmp_path, m, "image", src, tile_reader, min_match=0.95)
