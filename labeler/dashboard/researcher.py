@@ -560,8 +560,10 @@ async def promote_gold(request: Request) -> Response:
         raise ValidationError("'explanation' must be text of at most 500 characters",
                               field="explanation")
 
+    slug = request.path_params["slug"]
+
     def run(conn: sa.Connection) -> list[int]:
-        cfg = _project(conn, request.path_params["slug"])
+        cfg = _project(conn, slug)
         return review.promote_to_gold(conn, cfg, actor=actor, tile_ids=data.get("tile_ids"),
                                       min_confidence=float(min_conf), limit=limit,
                                       explanation=explanation or None)

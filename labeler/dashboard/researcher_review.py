@@ -240,9 +240,13 @@ def promote_to_gold(conn: sa.Connection, cfg: ProjectConfig, *, actor: str,
                     limit: int = 10, explanation: str | None = None) -> list[int]:
     """Turn confident consensus tiles (or the given reviewed tiles) into gold.
 
-    Reviewed tiles take the expert's answer; others the crowd's consensus, and only when its
-    confidence reaches ``min_confidence``. The feedback sentence defaults to a plain summary
-    of the evidence ("7 of 8 volunteers answered Destroyed").
+    Reviewed tiles take the expert's answer (and come first); others the crowd's answer, and
+    only retired tiles whose confidence reaches ``min_confidence``. Confidence here is the one
+    that retired the tile (``tiles.confidence``: the agreeing share under fixed redundancy, the
+    posterior under the adaptive policy), so "3 of 3 volunteers agreed" promotes at 0.9 even
+    on a young project where the analyst map's skill-weighted model is still unsure. The
+    feedback sentence defaults to a plain summary of the evidence ("7 of 8 volunteers answered
+    Destroyed").
     """
     labels = {a["value"]: a.get("label", a["value"]) for a in cfg.answers}
     q = _with_decisions(cfg).where(TILES.c.gold_answer.is_(None))
@@ -254,16 +258,24 @@ def promote_to_gold(conn: sa.Connection, cfg: ProjectConfig, *, actor: str,
     else:
         if not 0.5 <= float(min_confidence) <= 1.0:
             raise ValidationError("'min_confidence' must be from 0.5 to 1", field="min_confidence")
-        q = q.where(sa.or_(
-            DECISIONS.c.id.is_not(None),
-            sa.and_(TILES.c.state == "retired", TILES.c.confidence >= float(min_confidence),
-                    TILES.c.consensus_answer.is_not(None)),
-        )).order_by(DECISIONS.c.id.is_(None), TILES.c.confidence.desc(), TILES.c.id)
-        q = q.limit(max(1, min(int(limit), 500)))
-    promoted = []
+        q = q.where(sa.or_(DECISIONS.c.id.is_not(None), TILES.c.state == "retired"))
+    candidates: list[tuple[int, float, int, Any, str]] = []
     for r in conn.execute(q).all():
-        answer = r.d_answer or r.consensus_answer
-        if answer is None or answer not in cfg.answer_values:
+        if r.d_answer is not None:
+            candidates.append((0, 0.0, int(r.id), r, r.d_answer))
+            continue
+        answer, conf = r.consensus_answer, r.confidence
+        if answer is None:
+            continue
+        if tile_ids is None and (conf is None or conf < float(min_confidence)):
+            continue
+        candidates.append((1, -float(conf or 0.0), int(r.id), r, answer))
+    candidates.sort(key=lambda c: c[:3])
+    if tile_ids is None:
+        candidates = candidates[:max(1, min(int(limit), 500))]
+    promoted = []
+    for _, _, tid, r, answer in candidates:
+        if answer not in cfg.answer_values:
             continue
         if explanation:
             text = explanation
@@ -276,9 +288,9 @@ def promote_to_gold(conn: sa.Connection, cfg: ProjectConfig, *, actor: str,
             total = sum(int(v) for v in counts.values()) or r.label_count
             text = (f"{int(counts.get(answer, 0))} of {total} volunteers answered "
                     f"{labels.get(answer, answer)}.")
-        set_gold(conn, cfg, r.id, answer, text[:MAX_EXPLANATION], actor=actor,
+        set_gold(conn, cfg, tid, answer, text[:MAX_EXPLANATION], actor=actor,
                  reason="review" if r.d_answer else "consensus")
-        promoted.append(int(r.id))
+        promoted.append(tid)
     return promoted
 
 

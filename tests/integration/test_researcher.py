@@ -560,3 +560,31 @@ def test_issue5_migration_matches_models(backend, tmp_path):
                 assert mine == [], mine
         finally:
             eng.dispose()
+
+
+def test_promotion_after_real_votes(client, settings, researcher):
+    """Tiles retired by volunteers voting through the API are promoted with the crowd's
+    answer and a sentence summarising the votes."""
+    seeded = seed_project(settings, type="find", n_tiles=4, redundancy=3)
+    slug = seeded.slug
+    for i in range(3):  # three volunteers answer "yes": the tile they share retires
+        csrf = start_volunteer(client, f"p{i}")
+        task = client.get(f"/api/projects/{slug}/next", headers=csrf).json()
+        r = client.post(f"/api/projects/{slug}/labels", headers=csrf, json={
+            "task_id": task["task_id"], "labels": [label_for(t, "yes") for t in task["tiles"]]})
+        assert r.status_code == 200, r.text
+        client.cookies.clear()
+    retired = [tid for (tid,) in _sql(settings, "SELECT t.id FROM tiles t JOIN projects p ON "
+                                      "p.id = t.project_id WHERE p.slug = :s AND "
+                                      "t.state = 'retired'", s=slug)]
+    assert retired
+    r = client.post(f"/api/projects/{slug}/gold/promote", headers=researcher,
+                    json={"min_confidence": 0.9, "limit": 10})
+    assert sorted(r.json()["promoted"]) == sorted(retired)
+    rows = _sql(settings, "SELECT gold_answer, gold_explanation FROM tiles WHERE id = :t",
+                t=retired[0])
+    assert rows[0][0] == "yes" and rows[0][1] == "3 of 3 volunteers answered Yes."
+    # nothing left to promote: live tiles never qualify
+    r = client.post(f"/api/projects/{slug}/gold/promote", headers=researcher,
+                    json={"min_confidence": 0.5, "limit": 10})
+    assert r.json()["promoted"] == []
