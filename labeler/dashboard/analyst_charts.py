@@ -113,7 +113,8 @@ class _Frame:
             out.append(
                 f'<text class="cs-axis-label" x="12" y="{self.top + self.plot_h / 2:.1f}" '
                 f'text-anchor="middle" font-size="11" fill="#57606a" '
-                f'transform="rotate(-90 12 {self.top + self.plot_h / 2:.1f})">{escape(y_label)}</text>'
+                f'transform="rotate(-90 12 {self.top + self.plot_h / 2:.1f})">'
+                f'{escape(y_label)}</text>'
             )
         return out
 
@@ -168,7 +169,8 @@ def line_chart(
         return _empty(width, height, title)
     for s in series:
         if len(s.values) != len(labels):
-            raise ValueError(f"series {s.name!r} has {len(s.values)} values for {len(labels)} labels")
+            raise ValueError(f"series {s.name!r} has {len(s.values)} values for "
+                             f"{len(labels)} labels")
     ymax = max((max(s.values) for s in series if s.values), default=0)
     fr = _Frame(width, height, float(ymax), len(labels), legend=len(series) > 1)
     n = len(labels)
@@ -193,7 +195,8 @@ def line_chart(
             for x, v, lab in zip(xs, s.values, labels):
                 parts.append(
                     f'<circle class="cs-dot cs-s{k}" cx="{x:.1f}" cy="{fr.y(v):.1f}" r="2.5" '
-                    f'fill="{color}"><title>{escape(f"{s.name}, {lab}: {_fmt(v)}")}</title></circle>'
+                    f'fill="{color}"><title>{escape(f"{s.name}, {lab}: {_fmt(v)}")}</title>'
+                    f'</circle>'
                 )
     if len(series) > 1:
         x = fr.left

@@ -232,7 +232,7 @@ def render_map_sheet(
         minx, maxx, miny, maxy = min(xs), max(xs), min(ys), max(ys)
         pad = max(maxx - minx, maxy - miny, 200.0) * 0.08
         view = _View((minx - pad, miny - pad, maxx + pad, maxy + pad), frame)
-        has_backdrop = bool(backdrop) and _draw_backdrop(map_img, view, backdrop)  # type: ignore[arg-type]
+        has_backdrop = backdrop is not None and _draw_backdrop(map_img, view, backdrop)
         img.paste(map_img.crop(frame), frame[:2])
         overlay = Image.new("RGBA", size, (0, 0, 0, 0))
         od = ImageDraw.Draw(overlay, "RGBA")  # blend what is drawn on top
@@ -304,7 +304,8 @@ def render_map_sheet(
     # side column: legend + numbered village table
     sx = W - margin - side_w
     y = fy0
-    draw.text((sx, y), "Damage (share of tiles / structures damaged)", fill=(20, 20, 20), font=f_bold)
+    draw.text((sx, y), "Damage (share of tiles / structures damaged)", fill=(20, 20, 20),
+              font=f_bold)
     y += int(30 * u)
     sw = int(26 * u)
     for _, color, label in DAMAGE_CLASSES:
@@ -317,8 +318,9 @@ def render_map_sheet(
     if cells:
         colors = list(dict.fromkeys(c for _, c in cells))
         for k, c in enumerate(colors[:3]):
-            draw.rectangle([sx + k * 6 * u, y + k * 3 * u, sx + sw - (len(colors[:3]) - 1 - k) * 6 * u,
-                            y + int(18 * u)], outline=c, width=max(1, int(2 * u)))
+            right = sx + sw - (len(colors[:3]) - 1 - k) * 6 * u
+            draw.rectangle([sx + k * 6 * u, y + k * 3 * u, right, y + int(18 * u)], outline=c,
+                           width=max(1, int(2 * u)))
         draw.text((sx + sw + int(10 * u), y), cells_label, fill=(40, 40, 40), font=f_small)
         y += int(24 * u)
     if points:

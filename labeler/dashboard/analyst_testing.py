@@ -22,8 +22,10 @@ from sqlalchemy.engine import Engine
 
 from labeler.models import Label, Project, Tile, Volunteer
 
-T_PROJECTS, T_TILES, T_LABELS, T_VOLUNTEERS = (Project.__table__, Tile.__table__,  # type: ignore[attr-defined]
-                                               Label.__table__, Volunteer.__table__)  # type: ignore[attr-defined]
+T_PROJECTS: sa.Table = Project.__table__  # type: ignore[attr-defined, assignment]
+T_TILES: sa.Table = Tile.__table__  # type: ignore[attr-defined, assignment]
+T_LABELS: sa.Table = Label.__table__  # type: ignore[attr-defined, assignment]
+T_VOLUNTEERS: sa.Table = Volunteer.__table__  # type: ignore[attr-defined, assignment]
 
 
 @dataclass(frozen=True)

@@ -476,7 +476,8 @@ def _skills(result: Any) -> dict[str, float]:
 
 
 def _structures(data: ProjectData, result: Any) -> Any:
-    """Mark projects: volunteers' points clustered into structures (``consensus.cluster_points``)."""
+    """Mark projects: volunteers' points clustered into structures
+    (``consensus.cluster_points``)."""
     if data.project["type"] != "mark":
         return None
     from consensus.points import cluster_points
@@ -960,7 +961,8 @@ def map_sheet(res: ProjectResults, *, layers: Sequence[Mapping[str, Any]] = (),
         subtitle=f"{res.project['type']} project · consensus method {res.method} · "
                  f"{sum(1 for t in res.tiles if t.answer is not None)} of {len(res.tiles)} "
                  f"tiles with an answer",
-        footer=f"Generated {meta['generated']} by crowdsight {meta['software_version']} · crowd consensus; "
+        footer=f"Generated {meta['generated']} by crowdsight {meta['software_version']} · "
+               f"crowd consensus; "
                f"expert decisions override the crowd · imagery: project layers",
         points=pts, cells=cells, backdrop=_backdrop(res, layers, tile_store), size=size)
 

@@ -189,7 +189,8 @@ def test_refresh_shows_new_votes_and_researcher_link(page, sign_in, scene_projec
     sign_in(page, f"/analyst/{scene_project.slug}", role="researcher")
     page.wait_for_selector(READY, timeout=60_000)
     link = page.locator("#to-researcher")
-    assert link.is_visible() and link.get_attribute("href") == f"/researcher/#p={scene_project.slug}"
+    assert link.is_visible()
+    assert link.get_attribute("href") == f"/researcher/#p={scene_project.slug}"
     votes_before = int(page.locator("#stats .stat").nth(4).locator(".v").inner_text())
     unvoted = [t["id"] for t in scene_project.tiles][-1]
     engine = make_engine(labeler_settings.resolved_database_url, pool_size=1)
