@@ -226,6 +226,7 @@
   // ---------------------------------------------------------------- tabs
   var TABS = ["imagery", "settings", "gold", "review", "access"];
   function selectTab(name) {
+    if (state.tab && state.tab !== name) alertBox(null);
     state.tab = name;
     TABS.forEach(function (t) {
       var on = t === name;
