@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -70,9 +70,6 @@ def _engine(request: Request) -> sa.Engine:
 
 def _settings(request: Request) -> Any:
     return _st(request).settings
-
-
-ROLES = ("researcher", "admin")
 
 
 def _researcher_sync(request: Request) -> str:
