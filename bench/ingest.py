@@ -77,14 +77,15 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
     info = json.loads(out.strip().splitlines()[-1])
-    return {"wall": wall, "peak_tree_mb": peak_tree / 1024,
+    return {"wall": wall, "peak_tree_mb": peak_tree / 1024, "cpu": info["cpu"],
             "peak_single_mb": info["maxrss_kb"] / 1024, "stdout": info["stdout"]}
 
 
 def _measure_main(cmd: list[str]) -> None:
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"maxrss_kb": ru.ru_maxrss, "stdout": res.stdout[-4000:]}))
+    print(json.dumps({"maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime,
+                      "stdout": res.stdout[-4000:]}))
     sys.exit(res.returncode)
 
 
@@ -108,17 +109,17 @@ def encode_only(tile_dir: Path, ext: str, quality: int | None, jobs: int) -> dic
         a = decode(p.read_bytes())
         arrays.append(a[..., :3] if int(a[..., 3].min()) == 255 else a)
     stack = arrays
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for a in stack:
         _encode_one((a, ext, quality))
-    single = time.perf_counter() - t0
+    single, cpu = time.perf_counter() - t0, time.process_time() - c0
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(jobs) as pool:
         pool.map(_encode_one, [(stack[0], ext, quality)] * jobs)  # warm up the workers
         t0 = time.perf_counter()
         pool.map(_encode_one, [(a, ext, quality) for a in stack], chunksize=8)
         parallel = time.perf_counter() - t0
-    return {"tiles": len(arrays), "single": single, "parallel": parallel}
+    return {"tiles": len(arrays), "single": single, "parallel": parallel, "cpu": cpu}
 
 
 def _encode_one(args) -> int:
@@ -151,8 +152,8 @@ def make_large(path: Path, size: int) -> None:
 
 def fmt_row(name: str, r: dict, tiles: int) -> str:
     return (f"  {name:<44} {r['wall']:7.2f} s  {tiles / r['wall']:8.1f} tiles/s  "
-            f"peak RSS: tree {r['peak_tree_mb']:6.0f} MB, largest process "
-            f"{r['peak_single_mb']:5.0f} MB")
+            f"cpu {r['cpu']:6.2f} s  peak RSS: tree {r['peak_tree_mb']:4.0f} MB, "
+            f"largest process {r['peak_single_mb']:4.0f} MB")
 
 
 # --- main ------------------------------------------------------------------------------
@@ -205,14 +206,19 @@ def main() -> None:
             print(f"  {'crowdsight ingest() in-process':<44} {inproc:7.2f} s  "
                   f"{cs_tiles / inproc:8.1f} tiles/s  (same run, without interpreter start-up)")
             print(f"  {'encode-only, 1 process':<44} {enc['single']:7.2f} s  "
-                  f"{enc['tiles'] / enc['single']:8.1f} tiles/s")
+                  f"{enc['tiles'] / enc['single']:8.1f} tiles/s  cpu {enc['cpu']:6.2f} s")
             print(f"  {f'encode-only, {args.jobs} processes':<44} {enc['parallel']:7.2f} s  "
                   f"{enc['tiles'] / enc['parallel']:8.1f} tiles/s")
             thr = (cs_tiles / cs["wall"]) / (g2t_tiles / g2t["wall"])
+            thr_cpu = (g2t["cpu"] / g2t_tiles) / (cs["cpu"] / cs_tiles)
             print(f"  => throughput vs gdal2tiles: {thr:.2f}x (goal >= 3x); "
                   f"wall time vs encode-only ({args.jobs} proc): "
                   f"CLI {cs['wall'] / enc['parallel']:.2f}x, "
                   f"in-process {inproc / enc['parallel']:.2f}x (goal <= 1.5x)")
+            print(f"     by CPU time (less sensitive to other load on the machine): "
+                  f"{thr_cpu:.2f}x less CPU per tile than gdal2tiles; "
+                  f"{(cs['cpu'] / cs_tiles) / (enc['cpu'] / enc['tiles']):.2f}x the encode-only "
+                  "CPU per tile (CLI, incl. interpreter start-up)")
         if args.large_size:
             n = args.large_size
             big = tmp / "large.tif"
