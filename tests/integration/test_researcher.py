@@ -588,3 +588,68 @@ def test_promotion_after_real_votes(client, settings, researcher):
     r = client.post(f"/api/projects/{slug}/gold/promote", headers=researcher,
                     json={"min_confidence": 0.5, "limit": 10})
     assert r.json()["promoted"] == []
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def test_stream_to_disk_is_atomic_and_checks_length(tmp_path):
+    import anyio
+
+    from labeler.dashboard.researcher_errors import NotAGeoTIFF, UploadIncomplete
+    from labeler.dashboard.researcher_uploads import display_name, stream_to_disk
+
+    async def chunks(*parts: bytes):
+        for p in parts:
+            yield p
+
+    dest = tmp_path / "u" / "a.tif"
+    size, sha = anyio.run(lambda: stream_to_disk(chunks(b"II*\x00", b"x" * 100), dest,
+                                                 max_bytes=1000, declared_length=104))
+    assert size == 104 and dest.read_bytes()[:4] == b"II*\x00" and len(sha) == 64
+    with pytest.raises(UploadIncomplete):  # the client promised more than it sent
+        anyio.run(lambda: stream_to_disk(chunks(b"MM\x00*", b"y" * 10), tmp_path / "b.tif",
+                                         max_bytes=1000, declared_length=500))
+    with pytest.raises(NotAGeoTIFF):  # refused on the first chunk
+        anyio.run(lambda: stream_to_disk(chunks(b"\x89PNG\r\n", b"z" * 10), tmp_path / "c.tif",
+                                         max_bytes=1000))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.tif"]
+    assert display_name("../../etc/passwd") == "passwd"
+    assert display_name("C:\\Users\\me\\my scene (1).tif") == "my_scene_1_.tif"
+    assert display_name(None) == "upload.tif"
+
+
+def test_silent_job_is_reported_interrupted_and_does_not_block(settings):
+    from datetime import timedelta
+
+    from labeler.dashboard import researcher_jobs as jobs
+    from labeler.db import write_tx
+    from labeler.models import utcnow
+
+    seeded = seed_project(settings, type="find", n_tiles=1)
+    eng = _engine(settings)
+    try:
+        pid = _sql(settings, "SELECT id FROM projects WHERE slug = :s", s=seeded.slug)[0][0]
+        with write_tx(eng) as conn:
+            job_id = jobs.create_job(conn, project_id=pid, request={}, created_by="t")
+            assert jobs.active_job(conn, pid).id == job_id
+            t = jobs.IngestJob.__table__
+            conn.execute(sa.update(t).where(t.c.id == job_id).values(
+                status="running", heartbeat_at=utcnow() - jobs.STALE_AFTER - timedelta(seconds=1)))
+        with eng.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == job_id)).one()
+            out = jobs.job_json(row)
+            assert out["status"] == "failed" and out["error"]["code"] == "interrupted"
+            assert jobs.active_job(conn, pid) is None
+        # a worker that died is recorded as failed right away
+        with write_tx(eng) as conn:
+            job2 = jobs.create_job(conn, project_id=pid, request={}, created_by="t")
+        spec = jobs.IngestJobSpec(job_id=job2, project_id=pid, slug=seeded.slug,
+                                  database_url=settings.resolved_database_url,
+                                  tile_store=str(settings.tile_store_path), layers={})
+        jobs._mark_worker_failure(spec, RuntimeError("killed"))
+        with eng.connect() as conn:
+            out = jobs.job_json(conn.execute(sa.select(t).where(t.c.id == job2)).one())
+        assert out["status"] == "failed" and out["error"]["code"] == "worker_died"
+    finally:
+        eng.dispose()
