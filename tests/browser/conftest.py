@@ -51,6 +51,14 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
             "args": CHROMIUM_ARGS}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _patient_expect() -> None:
+    """15 s for ``expect(...)`` assertions (default 5 s): the test machines are shared and slow."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)
+
+
 @pytest.fixture(scope="session")
 def base_url() -> None:
     """Shadows pytest-playwright's ``base_url`` (an instance-method session fixture that
