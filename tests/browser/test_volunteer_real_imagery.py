@@ -180,7 +180,12 @@ def test_real_imagery_pages(page: Page, live_server: str, labeler_settings: Any,
 
     # compare: a single tile with faded neighbours, real 256-px JPEGs shown large and crisp
     task = wait_task(page)
-    expect(page.locator("#grid .context .context-img")).to_have_count(8)
+    expect(page.locator("#grid .context .context-img:visible")).to_have_count(8)
+    after_src = page.locator("#grid .context img.context-img:visible").first.get_attribute("src")
+    page.keyboard.press("b")  # the neighbours follow the centre to the before date
+    before_src = page.locator("#grid .context img.context-img:visible").first.get_attribute("src")
+    assert "/after/" in after_src and "/before/" in before_src
+    page.keyboard.press("a")
     sizes = page.eval_on_selector_all(
         "#grid img.layer", "els => els.map(e => [e.naturalWidth, e.clientWidth, e.className])")
     assert all(nat == 256 for nat, _, _ in sizes), sizes

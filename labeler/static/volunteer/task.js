@@ -163,13 +163,19 @@ export class TaskView {
           inner.append(mid);
           continue;
         }
-        const urls = context[`${dx},${dy}`];
-        const url = urls && (urls[roles.single] || urls[roles.after] || Object.values(urls)[0]);
-        inner.append(
-          url
-            ? el("img", { src: url, alt: "", class: "context-img", draggable: "false", decoding: "async" })
-            : el("div", { class: "context-img empty" }),
-        );
+        const urls = context[`${dx},${dy}`] || {};
+        const cell = el("div", { class: "context-cell" });
+        // compare: both dates, the one shown follows the before/after state of the centre
+        const layers = roles.single ? [[roles.single, ""]] : [[roles.before, "context-before"], [roles.after, "context-after"]];
+        for (const [name, cls] of layers) {
+          const url = urls[name] || (roles.single ? Object.values(urls)[0] : null);
+          cell.append(
+            url
+              ? el("img", { src: url, alt: "", class: `context-img ${cls}`, draggable: "false", decoding: "async" })
+              : el("div", { class: `context-img empty ${cls}` }),
+          );
+        }
+        inner.append(cell);
       }
     }
     frame.append(inner);
