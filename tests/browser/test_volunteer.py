@@ -106,6 +106,10 @@ def test_new_volunteer_full_flow(page: Page, live_server: str, labeler_settings:
     expect(page.locator("#tutorial-result")).to_have_class("result bad")
     expect(page.locator(".practice-item[data-index='0'] .item-result")).to_contain_text("This tile shows")
     expect(page.locator("#tutorial-continue")).to_be_hidden()
+    page.select_option("#lang-select", "sr")  # the tutorial re-translates, answers kept
+    expect(page.locator("label[for='tut-1-yes']")).to_have_text("Da")
+    expect(page.locator(f"#tut-1-{expected[1]}")).to_be_checked()
+    page.select_option("#lang-select", "en")
     page.check(f"#tut-0-{expected[0]}")
     page.click("#tutorial-check")
     expect(page.locator("#tutorial-result")).to_have_class("result ok")

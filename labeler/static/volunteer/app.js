@@ -124,6 +124,14 @@ function answersOf(project) {
   return vals.map((v, i) => ({ value: v, label: v, shortcut: String(i + 1) }));
 }
 
+/** Tutorial/example wording: on mark projects "marked" means "the image can be marked". */
+function practiceLabel(project, answer) {
+  if (project.type === "mark" && answer.value === "marked" && answerLabel(i18n, answer) === i18n.t("answer.marked")) {
+    return i18n.t("tutorial.mark_marked");
+  }
+  return answerLabel(i18n, answer);
+}
+
 function labelFor(project, value) {
   const a = answersOf(project).find((x) => x.value === value);
   return a ? answerLabel(i18n, a) : String(value);
@@ -251,7 +259,7 @@ function showTutorial(p) {
   const ex = $("tutorial-examples");
   ex.replaceChildren();
   for (const e of p.examples || []) {
-    const chip = el("span", { class: `chip answer-${e.answer}` });
+    const chip = el("span", { class: `chip answer-${e.answer}`, "data-answer": e.answer });
     chip.textContent = labelFor(p, e.answer);
     const li = el("li", { class: "card example" }, [
       imageFigure(e.image_urls || {}, p),
@@ -276,7 +284,7 @@ function showTutorial(p) {
       const id = `tut-${index}-${a.value}`;
       const input = el("input", { type: "radio", name: `tut-${index}`, id, value: a.value });
       const label = el("label", { for: id, class: `choice answer-${a.value}` });
-      label.textContent = answerLabel(i18n, a);
+      label.textContent = practiceLabel(p, a);
       label.dataset.answer = a.value;
       fs.append(el("div", { class: "choice-row" }, [input, label]));
     }
@@ -288,6 +296,20 @@ function showTutorial(p) {
   $("tutorial-check").hidden = false;
   $("tutorial-continue").hidden = true;
   showScreen("tutorial");
+}
+
+/** Answer labels in the tutorial after a language switch (they come from project + catalogue). */
+function relabelTutorial() {
+  const p = state.project;
+  if (!p) return;
+  const byValue = new Map(answersOf(p).map((a) => [a.value, a]));
+  for (const label of $("tutorial-items").querySelectorAll("label.choice")) {
+    const a = byValue.get(label.dataset.answer);
+    if (a) label.textContent = practiceLabel(p, a);
+  }
+  for (const chip of $("tutorial-examples").querySelectorAll(".chip[data-answer]")) {
+    chip.textContent = labelFor(p, chip.dataset.answer);
+  }
 }
 
 async function checkTutorial() {
@@ -702,6 +724,7 @@ function wire() {
   i18n.onChange((code) => {
     $("lang-select").value = code;
     view.relabel();
+    relabelTutorial();
     renderProgress();
     updateTaskButtons();
   });
