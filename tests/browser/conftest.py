@@ -6,14 +6,15 @@ documented in docs/volunteer.md ("Browser tests"). What it gives a test:
 - ``browser_type_launch_args``: Debian's ``/usr/bin/chromium`` with sandbox/GPU/background
   networking off. Browser tests skip with a clear reason when it is missing.
 - ``serve(app) -> base_url``: runs any ASGI app on a free loopback port in a uvicorn thread
-  (lifespan on) and stops it after the test. ``live_server`` is the volunteer service built
-  from ``labeler_app``.
+  (lifespan on) and stops it after the test. ``live_server`` is the real service,
+  ``labeler.app.create_app(labeler_settings)``, served that way.
 - ``db_backend`` ("sqlite" / "postgresql", PostgreSQL skipped when unreachable) and
-  ``labeler_settings``: a fresh, migrated database per test through ``labeler.testing``.
+  ``labeler_settings``: a fresh, migrated database per test through ``labeler.testing``;
+  ``db_rows(sql, **params)`` queries it.
 - Offline guard (automatic for every test that uses ``page``/``context``): any request to a
   host other than 127.0.0.1/localhost is aborted and FAILS the test, as do uncaught page
   errors and Content-Security-Policy violations. Proves "no CDN, no runtime downloads".
-- ``screenshot(page, name)``: writes ``docs/screenshots/<name>.png`` when
+- ``shoot(page, name)``: writes ``docs/screenshots/<name>.png`` when
   ``CROWDSIGHT_SCREENSHOTS=1`` (keeps the committed ones current without churn on every run).
 """
 
