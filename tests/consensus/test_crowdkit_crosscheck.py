@@ -13,7 +13,7 @@ from consensus import aggregate, read_truth_csv, read_votes_csv, truth_array
 DATASETS = ["snow2008_rte", "snow2008_temp", "snow2008_wsd", "welinder2010_bluebirds",
             "zhang2014_web", "zheng2017_d_jn-product", "zheng2017_s4_Dog_data"]
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
 def _load(crowd_dir: Path, name: str):
