@@ -71,7 +71,9 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False,
         u = u.set(drivername="postgresql+psycopg")
     connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
     return sa.create_engine(
-        u, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True,
+        u, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size,
+        # No pre-ping (a round trip per checkout on the hot path); recycle instead.
+        pool_pre_ping=False, pool_recycle=1800,
         connect_args=connect_args,
     )
 
