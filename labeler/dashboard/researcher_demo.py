@@ -203,8 +203,42 @@ def _token(engine: sa.Engine, data_dir: Path) -> str:
     return token
 
 
-def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], str]) -> tuple[int, int]:
-    """Tutorial + gold tiles and help examples from the truth; returns (gold, tutorial)."""
+def nodata_share(store: Path, z: int, x: int, y: int, layers: list[str]) -> float:
+    """Largest share of black (no-data) pixels over a tile's layer images; 1.0 if one is
+    missing. Edge tiles of a scene are mostly no-data and make poor gold or tutorial tiles."""
+    from PIL import Image
+
+    worst = 0.0
+    for layer in layers:
+        base = store / SLUG / layer / str(z) / str(x)
+        path = next((base / f"{y}.{ext}" for ext in ("jpg", "png", "webp")
+                     if (base / f"{y}.{ext}").exists()), None)
+        if path is None:
+            return 1.0
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))  # JPEG: decode at 1/4 size, plenty for a share
+            a = np.asarray(img.convert("RGB"))
+        worst = max(worst, float(np.mean(a.max(axis=2) < 12)))
+    return worst
+
+
+def nodata_shares(engine: sa.Engine, store: Path) -> dict[int, float]:
+    """:func:`nodata_share` for every tile of the demo project."""
+    from labeler.models import Tile
+    from labeler.projects import get_row
+
+    t = Tile.__table__
+    with engine.connect() as conn:
+        project = get_row(conn, SLUG)
+        rows = conn.execute(sa.select(t.c.id, t.c.z, t.c.x, t.c.y, t.c.layers).where(
+            t.c.project_id == project.id)).all()
+    return {int(r.id): nodata_share(store, r.z, r.x, r.y, list(r.layers or [])) for r in rows}
+
+
+def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], str],
+                           shares: dict[int, float]) -> tuple[int, int]:
+    """Tutorial + gold tiles and help examples from the truth (only tiles with complete
+    imagery); returns (gold, tutorial)."""
     from labeler.db import write_tx
     from labeler.models import Tile
     from labeler.projects import audit, get_row, update_project
@@ -212,12 +246,12 @@ def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], 
     t = Tile.__table__
     with write_tx(engine) as conn:
         project = get_row(conn, SLUG)
-        rows = conn.execute(sa.select(t.c.id, t.c.z, t.c.x, t.c.y).where(
+        rows = conn.execute(sa.select(t.c.id, t.c.z, t.c.x, t.c.y, t.c.layers).where(
             t.c.project_id == project.id).order_by(t.c.id)).all()
         by_class: dict[str, list[int]] = {c: [] for c in CLASSES}
         for r in rows:
             answer = truth.get((r.z, r.x, r.y))
-            if answer:
+            if answer and shares.get(int(r.id), 1.0) < 0.02:
                 by_class[answer].append(r.id)
         tutorial = [ids[0] for c in ("destroyed", "intact", "none")
                     if (ids := by_class[c])]
@@ -240,11 +274,14 @@ def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], 
 
 
 def simulate(engine: sa.Engine, truth: dict[tuple[int, int, int], str], n: int, *,
-             seed: int = 0, coverage: float = 0.6, progress: Progress = _noop) -> tuple[int, int]:
+             seed: int = 0, coverage: float = 0.6, progress: Progress = _noop,
+             shares: dict[int, float] | None = None) -> tuple[int, int]:
     """Add simulated volunteers ``sim-01`` .. ``sim-NN`` that do not exist yet and let them
     label through the labeler's assignment and label code until about ``coverage`` of the
     tiles' redundancy is used. Returns ``(new volunteers, labels stored)``.
 
+    Tiles that are mostly no-data (``shares``: :func:`nodata_shares`) get "Bad imagery" from
+    most volunteers.
     Demo data only: afterwards the new labels' times are spread over the last five days (and
     retirement times moved with them) so the dashboard's time charts have a shape.
     """
@@ -267,6 +304,7 @@ def simulate(engine: sa.Engine, truth: dict[tuple[int, int, int], str], n: int, 
     people = [p for p in people if p["name"] not in existing]
     if not people:
         return 0, 0
+    blank = {tid for tid, share in (shares or {}).items() if share > 0.5}
     rng = np.random.default_rng(seed + 1)
     for p in people:
         p["vid"] = create_volunteer(engine, p["name"]).id
@@ -286,6 +324,8 @@ def simulate(engine: sa.Engine, truth: dict[tuple[int, int, int], str], n: int, 
         for i, tile in enumerate(task.tiles):
             true = truth.get(coords.get(tile.tile_id, (0, 0, 0)), "none")
             ans = options[int(rng.choice(len(options), p=p["confusion"][CLASSES.index(true)]))]
+            if tile.tile_id in blank and ans is not None and rng.random() < 0.7:
+                ans = "bad_imagery"
             note = None
             if ans is not None and true in ("destroyed", "damaged") and rng.random() < 0.03:
                 note = FLAG_NOTES[int(rng.integers(len(FLAG_NOTES)))]
@@ -377,8 +417,9 @@ def setup_demo(settings: Any, *, before: list[Path] | None = None,
         tasks = read_manifest(manifest_path)["tasks"]
         truth_map = tile_truth(tasks, truth) if truth else {}
         gold = tut = 0
+        shares = nodata_shares(engine, store) if truth_map and (created or simulate_n) else {}
         if created:
-            gold, tut = _configure_new_project(engine, truth_map)
+            gold, tut = _configure_new_project(engine, truth_map, shares)
         with engine.connect() as conn:
             row = get_row(conn, SLUG)
             n_tiles = conn.execute(sa.text("SELECT count(*) FROM tiles WHERE project_id = :p"),
@@ -399,7 +440,7 @@ def setup_demo(settings: Any, *, before: list[Path] | None = None,
         new_people = n_labels = 0
         if simulate_n > 0 and truth_map:
             new_people, n_labels = simulate(engine, truth_map, simulate_n, seed=seed,
-                                            progress=report)
+                                            progress=report, shares=shares)
         timings["simulate"] = time.perf_counter() - t0
     finally:
         engine.dispose()
