@@ -194,3 +194,37 @@ def test_posteriors_valid_and_row_order_free(rows, method, seed):
     assert np.allclose(r.posterior, r2.posterior, atol=1e-12, rtol=0)
     assert np.array_equal(r.answer, r2.answer)
     assert np.array_equal(r.counts, r2.counts)
+
+
+def test_spatial_weight_is_learned_not_forced():
+    # a checkerboard: neighbours disagree, so borrowing from them can only hurt -> weight ~ 0
+    rng = np.random.default_rng(3)
+    pattern = ["".join("y" if (r + c) % 2 else "n" for c in range(10)) for r in range(10)]
+    amb = {(r, c): ["yes", "no", "yes" if rng.random() < .5 else "no"]
+           for r in range(10) for c in range(10) if rng.random() < 0.2}
+    checker = aggregate(grid_votes(pattern, ambiguous=amb), "spatial")
+    blocks = aggregate(grid_votes(["yyyyynnnnn"] * 10, ambiguous=amb), "spatial")
+    assert checker.extra["spatial_weight"] <= 0.1
+    assert blocks.extra["spatial_weight"] >= 0.5
+
+
+grid_tables = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3),
+              st.sampled_from(["no", "yes", "maybe"])), min_size=1, max_size=40)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=grid_tables, seed=st.integers(0, 2**16))
+def test_spatial_valid_and_row_order_free_on_a_grid(rows, seed):
+    def build(rs):
+        return Votes.from_arrays([f"18-{100 + x}-{200 + y}" for x, y, _, _ in rs],
+                                 [f"w{w}" for _, _, w, _ in rs], [a for *_, a in rs],
+                                 classes=["no", "yes"])
+    v = build(rows)
+    assert v.tile_xyz is not None
+    r = aggregate(v, "spatial")
+    assert np.isfinite(r.posterior).all() and np.allclose(r.posterior.sum(1), 1.0)
+    assert 0.0 <= r.extra["spatial_weight"] <= 0.95
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    r2 = aggregate(build([rows[i] for i in perm]), "spatial")
+    assert np.allclose(r.posterior, r2.posterior, atol=1e-12, rtol=0)
