@@ -237,8 +237,8 @@ def nodata_shares(engine: sa.Engine, store: Path) -> dict[int, float]:
 
 def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], str],
                            shares: dict[int, float]) -> tuple[int, int]:
-    """Tutorial + gold tiles and help examples from the truth (only tiles with complete
-    imagery); returns (gold, tutorial)."""
+    """Tutorial + gold tiles and help examples from the truth, preferring tiles with complete
+    imagery; returns (gold, tutorial)."""
     from labeler.db import write_tx
     from labeler.models import Tile
     from labeler.projects import audit, get_row, update_project
@@ -249,9 +249,9 @@ def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], 
         rows = conn.execute(sa.select(t.c.id, t.c.z, t.c.x, t.c.y, t.c.layers).where(
             t.c.project_id == project.id).order_by(t.c.id)).all()
         by_class: dict[str, list[int]] = {c: [] for c in CLASSES}
-        for r in rows:
+        for r in sorted(rows, key=lambda r: (round(shares.get(int(r.id), 1.0), 2), r.id)):
             answer = truth.get((r.z, r.x, r.y))
-            if answer and shares.get(int(r.id), 1.0) < 0.02:
+            if answer and shares.get(int(r.id), 1.0) < 0.5:  # most complete imagery first
                 by_class[answer].append(r.id)
         tutorial = [ids[0] for c in ("destroyed", "intact", "none")
                     if (ids := by_class[c])]
@@ -266,7 +266,7 @@ def _configure_new_project(engine: sa.Engine, truth: dict[tuple[int, int, int], 
             conn.execute(sa.update(t).where(t.c.id == tid).values(
                 gold_answer=answer_of[tid], gold_explanation=FEEDBACK[answer_of[tid]]))
         audit(conn, "demo", "gold.set", SLUG, {"gold": gold, "tutorial": tutorial})
-        examples = [{"tile_id": ids[-1], "answer": c, "caption": FEEDBACK[c]}
+        examples = [{"tile_id": ids[2], "answer": c, "caption": FEEDBACK[c]}
                     for c in ("destroyed", "intact") if len(ids := by_class[c]) > 2]
     if examples:
         update_project(engine, SLUG, {"examples": examples}, actor="demo")
