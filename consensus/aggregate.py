@@ -387,16 +387,18 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float
 
     # Dirichlet prior on each confusion row: symmetric alpha plus (optionally) `hierarchical`
     # pseudo-answers distributed like the population (gold-seeded when gold is available).
+    # The gold-measured population confusion is fixed; without (enough) gold the pooled
+    # expected counts of the current iteration stand in for it.
+    g_counts = (_gold_confusion_counts(votes, d, gold_t, gold_onehot)
+                if hierarchical > 0 and len(gold_t) else None)
+    if g_counts is not None and g_counts.sum() < 2 * K:
+        g_counts = None
+
     def pseudo_counts(counts: np.ndarray) -> np.ndarray:
         base = np.full((K, L), alpha)
         if hierarchical > 0:
-            if len(gold_t):
-                g_counts = _gold_confusion_counts(votes, d, gold_t, gold_onehot)
-                src = g_counts if g_counts.sum() >= 2 * K else counts.sum(0)
-            else:
-                src = counts.sum(0)
-            pop = _normalise_rows(src + 0.5)
-            base = base + hierarchical * pop
+            src = g_counts if g_counts is not None else counts.sum(0)
+            base = base + hierarchical * _normalise_rows(src + 0.5)
         return base
 
     nbr = _neighbour_matrix(votes.tile_xyz) if (spatial and votes.tile_xyz is not None) else None
@@ -414,7 +416,7 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float
         if one_coin:
             n_w = counts.sum((1, 2))
             correct = counts[:, np.arange(K), np.arange(K)].sum(1)
-            acc = (correct + alpha + hierarchical * 0.7) / (n_w + 2 * alpha + hierarchical)
+            acc = (correct + alpha) / (n_w + 2 * alpha)            # Beta(alpha, alpha)
             conf = np.empty((W, K, L))
             conf[:] = ((1 - acc) / max(L - 1, 1))[:, None, None]
             conf[:, np.arange(K), np.arange(K)] = acc[:, None]
