@@ -252,9 +252,12 @@ def _fmt_bounds(b) -> str:
 
 def _default_min_zoom(bounds, zoom: int) -> int:
     """The zoom at which the whole extent spans about one tile (as gdal2tiles does)."""
-    xs = list(tiles_in_bounds(bounds, zoom))
-    span = max(max(x for x, _ in xs) - min(x for x, _ in xs),
-               max(y for _, y in xs) - min(y for _, y in xs)) + 1
+    import mercantile
+
+    w, s, e, n = bounds
+    nw = mercantile.tile(w, n, zoom)
+    se = mercantile.tile(e, s, zoom)
+    span = max(se.x - nw.x, se.y - nw.y) + 1
     return max(0, zoom - math.ceil(math.log2(span))) if span > 1 else zoom
 
 
