@@ -84,8 +84,10 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
 
     # 1. open, validate and describe every source (nothing written yet) ------------------
     infos: dict[str, list[SourceInfo]] = {}
+    hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
+    hash_cache = _read_json(hash_cache_path)
     for name, files in layers.items():
-        infos[name] = [describe(Path(f), max_pixels) for f in files]
+        infos[name] = [describe(Path(f), max_pixels, hash_cache) for f in files]
         report(0, 0, f"checked {name}")
     layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
 
@@ -197,6 +199,7 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
             "tiles_skipped_existing": stats["skipped"], "blocks_resumed": stats["resumed_blocks"],
             "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
         try:
+            atomic_write_json(hash_cache_path, dict(list(hash_cache.items())[-10_000:]))
             atomic_write_json(ts.manifest_path(project), manifest)
         except OSError as exc:
             raise StoreNotWritableError(f"cannot write {ts.manifest_path(project)}: {exc}") from exc
@@ -204,6 +207,14 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
 
 
 # ---------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 @contextmanager
 def _project_lock(ts: TileStore, project: str) -> Iterator[None]:
     """One ingest per project at a time (an advisory lock file; released on exit/crash)."""

@@ -153,6 +153,17 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return h.hexdigest()
 
 
+def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    if cache is not None and key in cache:
+        return cache[key]
+    digest = sha256_file(p)
+    if cache is not None:
+        cache[key] = digest
+    return digest
+
+
 def default_bands(ds) -> tuple[int, ...]:
     """RGB for 3+ band images (alpha bands excluded), band 1 for 1-2 band images."""
     from rasterio.enums import ColorInterp
@@ -176,8 +187,13 @@ def crs_name(crs) -> str:
     return ":".join(auth) if auth else crs.to_string()
 
 
-def describe(path: Path | str, max_pixels: int) -> SourceInfo:
-    """Open, validate and describe one source file (also hashes it)."""
+def describe(path: Path | str, max_pixels: int,
+             hash_cache: dict[str, str] | None = None) -> SourceInfo:
+    """Open, validate and describe one source file (also hashes it).
+
+    ``hash_cache`` maps ``"path|size|mtime_ns"`` to a sha256 so that re-runs do not re-read
+    big unchanged files; it is updated in place.
+    """
     from rasterio.errors import RasterioError
 
     ds = open_raster(path, max_pixels)
@@ -194,7 +210,7 @@ def describe(path: Path | str, max_pixels: int) -> SourceInfo:
             raise NoGeoreferenceError(f"{p}: lies outside Web Mercator's latitude range", str(p))
         t = ds.transform
         return SourceInfo(
-            path=str(p), sha256=sha256_file(p), size=p.stat().st_size,
+            path=str(p), sha256=_cached_sha256(p, hash_cache), size=p.stat().st_size,
             crs_wkt=ds.crs.to_wkt(), crs_name=crs_name(ds.crs),
             transform=(t.a, t.b, t.c, t.d, t.e, t.f), width=ds.width, height=ds.height,
             count=ds.count, dtype=ds.dtypes[0], res=(abs(ds.res[0]), abs(ds.res[1])),

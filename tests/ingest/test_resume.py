@@ -105,3 +105,21 @@ def test_stale_temp_files_are_cleaned(tmp_path, src):
     stale.write_bytes(b"half a tile")
     ingest({"image": [src]}, store, "p", jobs=1)
     assert not stale.exists()
+
+
+def test_unchanged_sources_are_not_rehashed(tmp_path, src, monkeypatch):
+    import ingest.sources as sources
+
+    calls = []
+    real = sources.sha256_file
+    monkeypatch.setattr(sources, "sha256_file", lambda p: calls.append(p) or real(p))
+    store = tmp_path / "s"
+    m1 = ingest({"image": [src]}, store, "p", jobs=1)
+    assert len(calls) == 1
+    m2 = ingest({"image": [src]}, store, "p", jobs=1)
+    assert len(calls) == 1  # served from {store}/p/.crowdsight/sha256-cache.json
+    assert m1["layers"]["image"]["sources"] == m2["layers"]["image"]["sources"]
+    import os
+    os.utime(src, ns=(1, 1))  # touched: hashed again
+    ingest({"image": [src]}, store, "p", jobs=1)
+    assert len(calls) == 2
