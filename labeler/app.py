@@ -157,8 +157,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         own = engine is None
         eng = engine if engine is not None else make_engine(settings.resolved_database_url)
         # PostgreSQL: leases are written through a second, asynchronous-commit engine.
-        leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False,
-                              pool_size=5)
+        leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False)
                   if eng.dialect.name == "postgresql" else None)
         try:
             check_migrated(eng)

@@ -171,40 +171,36 @@ class Assigner:
         if near is not None and project.task_zoom is not None:
             t = mercantile.tile(near[0], near[1], project.task_zoom)
             near_xy = (t.x, t.y)
-        with write_tx(self.lease_engine) as conn:
-            state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
-                                           "now": ts(conn, now)}).one()
-            n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
-            if live_task is not None:
-                return self._renew(conn, live_task, volunteer_id, expires, n_done)
-            if n_held:
-                reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
-            mono = time.monotonic()
-            reclaimed = mono - self._last_reclaim.get(project.id, 0.0) > RECLAIM_EVERY_S
-            if reclaimed:
-                self._last_reclaim[project.id] = mono
-                reclaim_expired(conn, project.id, now)
-            task_id = uuid.uuid4().hex
-            tiles: list[TaskTile] = []
-            is_gold = False
-            if gold_turn(n_done, project.gold_rate):
-                tiles = self._claim_gold(conn, project, volunteer_id)
-                is_gold = bool(tiles)
-            lease = {"task_id": task_id, "e": ts(conn, expires), "now": ts(conn, now)}
-            if not tiles and _pg(conn):
-                # PostgreSQL: claim + count + lease in one round trip.
-                tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
-                if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
-                    tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
-                if not tiles:
-                    return None
-            else:
+        if self.lease_engine.dialect.name == "postgresql":
+            found = self._next_pg(project, volunteer_id, near_xy, now, expires)
+            if found is None or isinstance(found, Task):
+                return found
+            task_id, tiles, is_gold, n_done = found
+        else:
+            with write_tx(self.lease_engine) as conn:
+                state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
+                                               "now": ts(conn, now)}).one()
+                n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
+                if live_task is not None:
+                    return self._renew(conn, live_task, volunteer_id, expires, n_done)
+                if n_held:
+                    reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
+                reclaimed = self._reclaim_due(project.id)
+                if reclaimed:
+                    reclaim_expired(conn, project.id, now)
+                task_id = uuid.uuid4().hex
+                tiles: list[TaskTile] = []
+                is_gold = False
+                if gold_turn(n_done, project.gold_rate):
+                    tiles = self._claim_gold(conn, project, volunteer_id)
+                    is_gold = bool(tiles)
                 if not tiles:
                     tiles = self._claim(conn, project, volunteer_id, near_xy)
                 if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
                     tiles = self._claim(conn, project, volunteer_id, near_xy)
                 if not tiles:
                     return None
+                lease = {"task_id": task_id, "e": ts(conn, expires), "now": ts(conn, now)}
                 run(conn, _LEASE_SQL, [dict(
                     lease, p=project.id, tile_id=t.tile_id, v=volunteer_id, g=is_gold,
                     r=t.row, c=t.col) for t in tiles])
@@ -216,6 +212,58 @@ class Assigner:
         if project.context and len(tiles) == 1:
             task.context = self._context(project, tiles[0])
         return task
+
+    def _reclaim_due(self, project_id: int) -> bool:
+        mono = time.monotonic()
+        if mono - self._last_reclaim.get(project_id, 0.0) > RECLAIM_EVERY_S:
+            self._last_reclaim[project_id] = mono
+            return True
+        return False
+
+    def _reclaim(self, project_id: int, now: datetime, volunteer_id: int | None = None) -> int:
+        with write_tx(self.engine) as tx:
+            return reclaim_expired(tx, project_id, now, volunteer_id=volunteer_id)
+
+    def _next_pg(self, project: ProjectConfig, volunteer_id: int,
+                 near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
+                 retry: bool = True) -> Task | None | tuple[str, list[TaskTile], bool, int]:
+        """PostgreSQL: each step is one self-contained statement in autocommit mode, so the
+        common case costs two round trips (state, claim) and no BEGIN/COMMIT. The claim
+        statement locks, bumps the counter and inserts the lease atomically; what is read
+        before it (the volunteer's own state) can only be stale through that same volunteer's
+        parallel requests, which the unique (tile, volunteer) lease constraint still guards."""
+        with self.lease_engine.connect() as c:
+            conn = c.execution_options(isolation_level="AUTOCOMMIT")
+            state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id, "now": now}).one()
+            n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
+            if live_task is not None:
+                return self._renew(conn, live_task, volunteer_id, expires, n_done)
+            if n_held:
+                self._reclaim(project.id, now, volunteer_id)
+            reclaimed = self._reclaim_due(project.id)
+            if reclaimed:
+                self._reclaim(project.id, now)
+            task_id = uuid.uuid4().hex
+            lease = {"task_id": task_id, "e": expires, "now": now}
+            try:
+                if gold_turn(n_done, project.gold_rate):
+                    tiles = self._claim_gold(conn, project, volunteer_id)
+                    if tiles:
+                        run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=tiles[0].tile_id,
+                                                    v=volunteer_id, g=True, r=0, c=0)])
+                        return task_id, tiles, True, n_done
+                tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
+                if not tiles and not reclaimed and self._reclaim(project.id, now):
+                    tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
+            except sa.exc.IntegrityError:
+                # The same volunteer's parallel request leased this tile a moment ago:
+                # answer with that task instead.
+                if not retry:
+                    raise
+                return self._next_pg(project, volunteer_id, near_xy, now, expires, retry=False)
+            if not tiles:
+                return None
+            return task_id, tiles, False, n_done
 
     # -- pieces --------------------------------------------------------------------------
     def _renew(self, conn: Connection, task_id: str, volunteer_id: int, expires: datetime,
