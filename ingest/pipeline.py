@@ -149,8 +149,9 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                 name=name, sources=tuple(li), bands=layer_bands[name],
                 stretch_low=tuple(stretch["low"]) if stretch else None,
                 stretch_high=tuple(stretch["high"]) if stretch else None,
-                ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom, min_zoom=min_zoom,
-                resampling=resampling, store_root=str(Path(store).absolute()), project=project)
+                ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom,
+                min_zoom=min_zoom, resampling=resampling,
+                store_root=str(Path(store).absolute()), project=project)
             specs[name] = spec
             resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
             blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
@@ -164,45 +165,53 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                          skip_existing=resume)
                 for bx, by in ordered]
 
-        # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks ---------
+        # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks -----
         total = sum(len(c) for c in candidates.values())
         done = 0
-        written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set) for n in specs}
+        written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set)
+                                                               for n in specs}
         stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
         all_jobs = [j for n in names for j in jobs_by_layer[n]]
         pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n],
-                                resume=bool(jobs_by_layer[n]) and jobs_by_layer[n][0].skip_existing)
+                                resume=bool(jobs_by_layer[n])
+                                and jobs_by_layer[n][0].skip_existing)
                     for n in names}
         report(0, total, "render")
-        for res in _run(all_jobs, jobs, scheduler):
-            for z, xy in res.tiles.items():
-                written[res.layer][z].update(xy)
-            stats["written"] += res.written
-            stats["skipped"] += res.skipped
-            stats["resumed_blocks"] += int(res.resumed)
-            pyramids[res.layer].add(res)
-            done += res.candidates
-            report(done, total, res.layer)
+        results = _run(all_jobs, jobs, scheduler)
+        try:
+            for res in results:
+                for z, xy in res.tiles.items():
+                    written[res.layer][z].update(xy)
+                stats["written"] += res.written
+                stats["skipped"] += res.skipped
+                stats["resumed_blocks"] += int(res.resumed)
+                pyramids[res.layer].add(res)
+                done += res.candidates
+                report(done, total, res.layer)
+        finally:
+            results.close()  # stops the pool / dask client at once, also on errors
         for name, pyr in pyramids.items():
             for z, xy in pyr.finish().items():
                 written[name][z].update(xy)
             stats["written"] += pyr.written
             stats["skipped"] += pyr.skipped
 
-        # 6. prune stale tiles (other options / zooms), write the manifest --------------------
+        # 6. prune stale tiles (other options / zooms), write the manifest ----------------
         for name in names:
             _prune(ts, project, name, written[name], ext)
-        manifest = _manifest(project, specs, infos, stretches, footprints, written, zoom, min_zoom,
-                             tile_size, aoi)
+        manifest = _manifest(project, specs, infos, stretches, footprints, written, zoom,
+                             min_zoom, tile_size, aoi)
         manifest["ingest_stats"] = {
-            "seconds": round(time.perf_counter() - started, 3), "tiles_written": stats["written"],
-            "tiles_skipped_existing": stats["skipped"], "blocks_resumed": stats["resumed_blocks"],
+            "seconds": round(time.perf_counter() - started, 3),
+            "tiles_written": stats["written"], "tiles_skipped_existing": stats["skipped"],
+            "blocks_resumed": stats["resumed_blocks"],
             "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
         try:
             atomic_write_json(hash_cache_path, dict(list(hash_cache.items())[-10_000:]))
             atomic_write_json(ts.manifest_path(project), manifest)
         except OSError as exc:
-            raise StoreNotWritableError(f"cannot write {ts.manifest_path(project)}: {exc}") from exc
+            raise StoreNotWritableError(
+                f"cannot write {ts.manifest_path(project)}: {exc}") from exc
         return manifest
 
 
