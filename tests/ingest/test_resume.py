@@ -123,3 +123,19 @@ def test_unchanged_sources_are_not_rehashed(tmp_path, src, monkeypatch):
     os.utime(src, ns=(1, 1))  # touched: hashed again
     ingest({"image": [src]}, store, "p", jobs=1)
     assert len(calls) == 2
+
+
+def test_interrupt_with_a_pool_leaves_no_workers_and_resumes(tmp_path, src):
+    import multiprocessing
+
+    def stop(done, total, stage):
+        if total and done:
+            raise KeyboardInterrupt
+
+    store = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        ingest({"image": [src]}, store, "p", jobs=2, block=2, progress=stop)
+    assert multiprocessing.active_children() == []
+    done = ingest({"image": [src]}, store, "p", jobs=2, block=2)
+    assert done["ingest_stats"]["blocks_resumed"] >= 1
+    assert done["layers"]["image"]["tile_count"] == len(list(store.glob("p/image/*/*/*.jpg")))
