@@ -56,6 +56,8 @@ class Settings:
     debug: bool = False
     # Trust X-Forwarded-For from these proxies (comma separated), for rate limits behind a proxy.
     forwarded_allow_ips: str = ""
+    # Hot-path database transactions running at once per worker (more only queue in threads).
+    db_concurrency: int = 8
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from typing import Any
 
+import anyio.to_thread
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,6 +42,13 @@ from labeler.security import (
 
 def _st(request: Request) -> Any:
     return request.state.labeler
+
+
+async def _db(request: Request, fn: Any, *args: Any) -> Any:
+    """Run a hot-path database call in the thread pool, at most ``db_concurrency`` at a time
+    per worker: beyond that, extra requests wait cheaply in the event loop instead of piling
+    up threads and database sessions that only fight over the same cores and row locks."""
+    return await anyio.to_thread.run_sync(partial(fn, *args), limiter=_st(request).db_limiter)
 
 
 async def read_json(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -312,7 +321,7 @@ async def next_task(request: Request) -> Response:
     project = await _project(request)
     if project.status != "live":
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
-    body = await run_in_threadpool(_next, st, project, session.id, near)
+    body = await _db(request, _next, st, project, session.id, near)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -327,7 +336,7 @@ async def submit_labels(request: Request) -> Response:
         raise ProjectNotLive(f"project '{project.slug}' is a draft")
     data = await read_json(request)
     task_id, labels = parse_submission(project, data, st.settings.max_points_per_tile)
-    result = await run_in_threadpool(submit, st.engine, project, session.id, task_id, labels)
+    result = await _db(request, submit, st.engine, project, session.id, task_id, labels)
     return JSONResponse(result.to_json())
 
 

@@ -9,6 +9,8 @@ writers never interleave. PostgreSQL: psycopg 3, READ COMMITTED, row locks
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-_sqlite_locks: dict[int, threading.Lock] = {}
+_sqlite_locks: dict[str, "_WriterLock"] = {}
 
 
 def is_sqlite(engine_or_url: Engine | str | sa.URL) -> bool:
@@ -91,12 +93,51 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     # One writer per process at a time: threads queue on a lock instead of spinning in
     # SQLite's busy handler (which sleeps in growing steps and ruins tail latency);
     # BEGIN IMMEDIATE still serialises writers across processes.
-    lock = _sqlite_locks.setdefault(id(engine), threading.Lock())
+    key = engine.url.database or ""
+    lock = _sqlite_locks.get(key)
+    if lock is None:
+        lock = _sqlite_locks.setdefault(key, _WriterLock(engine.url.database))
     with lock:
         with engine.connect() as conn:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             with conn.begin():
                 yield conn
+
+
+class _WriterLock:
+    """Threads of this process queue on a lock; processes (uvicorn workers) queue on an
+    ``flock`` of ``{db}.writelock`` — both block in the kernel, in order, instead of polling
+    SQLite's busy handler (whose growing sleeps wreck tail latency)."""
+
+    def __init__(self, database: str | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = (database + ".writelock") if database and database != ":memory:" else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._path is None:
+            return
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:  # no flock here: SQLite's own locking still keeps writes correct
+            self._close()
+        except BaseException:
+            self._close()
+            self._thread_lock.release()
+            raise
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing also releases the flock
+            self._fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._close()
+        finally:
+            self._thread_lock.release()
 
 
 @contextmanager
