@@ -56,8 +56,9 @@ class Settings:
     debug: bool = False
     # Trust X-Forwarded-For from these proxies (comma separated), for rate limits behind a proxy.
     forwarded_allow_ips: str = ""
-    # Hot-path database transactions running at once per worker (more only queue in threads).
-    db_concurrency: int = 8
+    # Hot-path database transactions running at once per worker; 0 = auto (SQLite 1, since its
+    # writes are serialised anyway; PostgreSQL 8).
+    db_concurrency: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -336,8 +336,19 @@ async def submit_labels(request: Request) -> Response:
         raise ProjectNotLive(f"project '{project.slug}' is a draft")
     data = await read_json(request)
     task_id, labels = parse_submission(project, data, st.settings.max_points_per_tile)
-    result = await _db(request, submit, st.engine, project, session.id, task_id, labels)
-    return JSONResponse(result.to_json())
+    want_next = request.query_params.get("next") in ("1", "true")
+    near = _parse_near(request.query_params.get("near")) if want_next else None
+    if not want_next:
+        result = await _db(request, submit, st.engine, project, session.id, task_id, labels)
+        return JSONResponse(result.to_json())
+
+    def submit_then_next() -> dict[str, Any]:
+        body = submit(st.engine, project, session.id, task_id, labels).to_json()
+        body["next"] = _next(st, project, session.id, near) if project.status == "live" else None
+        return body
+    # ?next=1: the next task comes back with the answer — one request per label instead of two.
+    return JSONResponse(await _db(request, submit_then_next),
+                        headers={"Cache-Control": "no-store"})
 
 
 async def my_stats(request: Request) -> Response:

@@ -221,3 +221,26 @@ def test_paused_project_gives_no_tasks_but_keeps_leased_work(client: TestClient,
     assert ok.status_code == 200 and ok.json()["stored"] == 1
     assert client.post(f"/api/projects/{p.slug}/publish", headers=auth).json()["status"] == "live"
     assert client.get(f"/api/projects/{p.slug}/next").status_code == 200
+
+
+def test_submit_with_next_returns_the_following_task(client: TestClient, settings: Settings) -> None:
+    p = seed_project(settings, n_tiles=3, gold_rate=0)
+    h = start_volunteer(client)
+    task = client.get(f"/api/projects/{p.slug}/next").json()
+    seen = [task["tiles"][0]["tile_id"]]
+    for _ in range(3):
+        r = client.post(f"/api/projects/{p.slug}/labels?next=1", headers=h, json={
+            "task_id": task["task_id"], "labels": [label_for(task["tiles"][0])]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["stored"] == 1 and body["duplicates"] == 0
+        task = body["next"]
+        if task.get("done"):
+            break
+        assert task["progress"]["labelled_by_you"] == len(seen)
+        seen.append(task["tiles"][0]["tile_id"])
+    assert task["done"] is True and sorted(seen) == sorted(p.tile_ids)
+    assert len(_db_labels(settings, p.slug)) == 3
+    # The next task from ?next=1 is a real lease: GET /next returns nothing new.
+    assert client.get(f"/api/projects/{p.slug}/next").json()["done"] is True
+    _assert_counters_consistent(settings)
