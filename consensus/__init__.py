@@ -9,7 +9,7 @@ from .aggregate import (DEFAULT_METHOD, METHODS, Method, SkillModel, TileResult,
                         dawid_skene, gold_seeded, majority_vote, one_coin, spatial)
 from .errors import (ConsensusError, ExportError, MethodError, MissingDependencyError,
                      VotesError)
-from .export import (Layer, export_metadata, pseudonym, structure_layer, tile_layer,
+from .export import (Layer, export_metadata, num, pseudonym, structure_layer, tile_layer,
                      to_geojson, village_layer, volunteer_rows, write_csv, write_geojson,
                      write_gpkg, write_rows_csv)
 from .geo import LocalProjection, tile_bounds
@@ -26,7 +26,7 @@ __all__ = [
     "ReplayReport", "RetirementPolicy", "SkillModel", "TileResult", "Votes", "VotesError",
     "aggregate", "dawid_skene", "gold_seeded", "majority_vote", "one_coin", "read_truth_csv",
     "read_votes_csv", "replay", "spatial", "tile_posterior", "truth_array",
-    "Layer", "export_metadata", "pseudonym", "structure_layer", "tile_layer", "to_geojson",
+    "Layer", "export_metadata", "num", "pseudonym", "structure_layer", "tile_layer", "to_geojson",
     "village_layer", "volunteer_rows", "write_csv", "write_geojson", "write_gpkg",
     "write_rows_csv", "LocalProjection", "tile_bounds", "Structures", "cluster_points",
     "Villages", "group_villages",

@@ -33,6 +33,10 @@ Progress = Callable[[int, int], None]
 
 _TINY = 1e-300
 
+#: Pseudo-answers per row of the population confusion's diagonal-dominant Dirichlet prior.
+#: Negligible next to a real project's pooled answers; decisive when there are a handful.
+_POP_STRENGTH = 10.0
+
 
 @dataclass(eq=False)
 class TileResult:
@@ -241,12 +245,12 @@ def _agreement(counts: np.ndarray) -> np.ndarray:
 
 
 def _mv_posterior(counts: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vote shares over classes (response-only answers ignored), uniform where none."""
+    """Vote shares over classes (response-only answers ignored); the overall shares where none."""
     c = counts[:, :K].astype(np.float64)
     tot = c.sum(1, keepdims=True)
-    post = np.where(tot > 0, c / np.maximum(tot, 1), 1.0 / K)
     glob = c.sum(0)
     glob = glob / glob.sum() if glob.sum() > 0 else np.full(K, 1.0 / K)
+    post = np.where(tot > 0, c / np.maximum(tot, 1), glob[None, :])
     return post, glob
 
 
@@ -370,36 +374,54 @@ def _neighbour_matrix(xyz: np.ndarray) -> sp.csr_array:
     return M
 
 
-def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float,
-        hierarchical: float, use_gold: bool, spatial: bool, max_iter: int, tol: float,
-        progress: Progress | None) -> TileResult:
+def _population_mean(K: int, L: int, accuracy: float) -> np.ndarray:
+    """(K, L) diagonal-dominant prior mean confusion: P(correct) = ``accuracy``, the rest spread
+    evenly over the other answers (response-only answers included)."""
+    if L == 1:
+        return np.ones((K, L))
+    m = np.full((K, L), (1.0 - accuracy) / (L - 1))
+    m[np.arange(K), np.arange(K)] = accuracy
+    return m
+
+
+def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: float,
+        prior_accuracy: float, use_gold: bool, spatial: bool, spatial_shrink: float,
+        max_iter: int, tol: float, progress: Progress | None) -> TileResult:
+    """EM shared by every model-based method.
+
+    Priors (all conjugate, so the M-step stays closed-form and vectorised):
+
+    * population confusion ``pop`` (K, L) = pooled expected answer counts of every volunteer
+      + :data:`_POP_STRENGTH` pseudo-answers per row with mean ``prior_accuracy`` on the
+      diagonal: the crowd is assumed better than chance until the data says otherwise;
+    * each volunteer's confusion row: Dirichlet(``strength`` * pop row), i.e. shrunk towards the
+      population by ``strength`` pseudo-answers: a newcomer is neither trusted nor ignored, a
+      volunteer with hundreds of answers is judged on them;
+    * class prior: Dirichlet(1, ..., 1) over the tasks that have answers (tasks without answers
+      are not evidence about the class mix; their posterior is the prior).
+
+    Initialisation is the majority vote and the priors keep the diagonal dominant, so EM does
+    not wander into the label-switched solution on small data.
+    """
     d = _design(votes)
     T, W, K, L = d.T, d.W, d.K, d.L
     if T == 0:
         raise VotesError("no votes to aggregate")
+    if not 0.0 < prior_accuracy < 1.0:
+        raise MethodError(f"prior_accuracy must be in (0, 1), got {prior_accuracy}")
+    if strength < 0 or spatial_shrink < 0:
+        raise MethodError("strength and spatial_shrink must be >= 0")
     post, glob = _mv_posterior(d.counts, K)
+    voted = d.counts.sum(1) > 0
+    n_voted = int(voted.sum())
     gold_t = votes.gold_task if use_gold else np.empty(0, np.int32)
     gold_c = votes.gold_class if use_gold else np.empty(0, np.int16)
     gold_onehot = np.zeros((len(gold_t), K))
     gold_onehot[np.arange(len(gold_t)), gold_c] = 1.0
     if len(gold_t):
         post[gold_t] = gold_onehot
-
-    # Dirichlet prior on each confusion row: symmetric alpha plus (optionally) `hierarchical`
-    # pseudo-answers distributed like the population (gold-seeded when gold is available).
-    # The gold-measured population confusion is fixed; without (enough) gold the pooled
-    # expected counts of the current iteration stand in for it.
-    g_counts = (_gold_confusion_counts(votes, d, gold_t, gold_onehot)
-                if hierarchical > 0 and len(gold_t) else None)
-    if g_counts is not None and g_counts.sum() < 2 * K:
-        g_counts = None
-
-    def pseudo_counts(counts: np.ndarray) -> np.ndarray:
-        base = np.full((K, L), alpha)
-        if hierarchical > 0:
-            src = g_counts if g_counts is not None else counts.sum(0)
-            base = base + hierarchical * _normalise_rows(src + 0.5)
-        return base
+    pop_prior = _POP_STRENGTH * _population_mean(K, L, prior_accuracy)
+    diag = (np.arange(K), np.arange(K))
 
     nbr = _neighbour_matrix(votes.tile_xyz) if (spatial and votes.tile_xyz is not None) else None
     lam_grid = np.linspace(0.0, 0.95, 20)
@@ -412,21 +434,24 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float
     for it in range(1, max_iter + 1):
         # ---- M-step -------------------------------------------------------------------
         counts = _m_step_counts(d, post)                         # (W, K, L)
-        prior = (post.sum(0) + 1.0) / (T + K)
+        prior = (post[voted].sum(0) + 1.0) / (n_voted + K) if n_voted < T else \
+            (post.sum(0) + 1.0) / (T + K)
         if one_coin:
             n_w = counts.sum((1, 2))
-            correct = counts[:, np.arange(K), np.arange(K)].sum(1)
-            acc = (correct + alpha) / (n_w + 2 * alpha)            # Beta(alpha, alpha)
+            correct = counts[:, diag[0], diag[1]].sum(1)
+            acc_pop = (correct.sum() + _POP_STRENGTH * prior_accuracy) / (n_w.sum() + _POP_STRENGTH)
+            acc = (correct + strength * acc_pop) / (n_w + strength)   # Beta shrinkage
             conf = np.empty((W, K, L))
             conf[:] = ((1 - acc) / max(L - 1, 1))[:, None, None]
-            conf[:, np.arange(K), np.arange(K)] = acc[:, None]
+            conf[:, diag[0], diag[1]] = acc[:, None]
         else:
-            conf = _normalise_rows(counts + pseudo_counts(counts)[None])
+            pop = _normalise_rows(counts.sum(0) + pop_prior)
+            conf = _normalise_rows(counts + strength * pop[None])
         log_conf = np.log(np.maximum(conf, _TINY))
         # ---- E-step -------------------------------------------------------------------
         loglik = d.A @ _log_conf_to_design(log_conf)             # (T, K)
         if nbr is not None:
-            logp, lam = _spatial_log_prior(loglik, prior, nbr, lam_grid)
+            logp, lam = _spatial_log_prior(loglik, prior, nbr, lam_grid, spatial_shrink)
         else:
             logp = np.log(prior)[None, :]
         joint = loglik
@@ -448,11 +473,13 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, alpha: float
 
 
 def _spatial_log_prior(loglik: np.ndarray, prior: np.ndarray, nbr: sp.csr_array,
-                       lam_grid: np.ndarray) -> tuple[np.ndarray, float]:
+                       lam_grid: np.ndarray, shrink: float) -> tuple[np.ndarray, float]:
     """Per-task log prior (1 - lam) * global + lam * mean of neighbours' data posteriors.
 
     Neighbours' posteriors use only their own answers (global prior x likelihood), so a tile's
-    evidence never echoes back to itself. lam maximises the pseudo-likelihood of the answers.
+    evidence never echoes back to itself. lam maximises the pseudo-likelihood of the answers
+    plus a Beta(1, 1 + shrink) log prior on lam, which pulls it towards 0 when there are few
+    answers to learn it from (the data term grows with the number of tiles, the prior does not).
     """
     lg = np.log(prior)[None, :]
     j = loglik + lg
@@ -463,57 +490,63 @@ def _spatial_log_prior(loglik: np.ndarray, prior: np.ndarray, nbr: sp.csr_array,
     best, best_ll = 0.0, -np.inf
     for lam in lam_grid:
         lp = np.log((1 - lam) * prior[None, :] + lam * nb)
-        v = float(logsumexp(loglik + lp, axis=1).sum())
+        v = float(logsumexp(loglik + lp, axis=1).sum()) + shrink * float(np.log1p(-lam))
         if v > best_ll + 1e-9:
             best, best_ll = float(lam), v
     return np.log((1 - best) * prior[None, :] + best * nb), best
 
 
-def _gold_confusion_counts(votes: Votes, d: _Design, gold_t: np.ndarray,
-                           gold_onehot: np.ndarray) -> np.ndarray:
-    """Population (K, L) answer counts on gold tasks."""
-    g = np.zeros((d.T, d.K))
-    g[gold_t] = gold_onehot
-    return _m_step_counts(d, g).sum(0)
-
-
-def dawid_skene(votes: Votes, *, alpha: float = 0.001, max_iter: int = 100, tol: float = 1e-5,
-                progress: Progress | None = None) -> TileResult:
-    """Classic Dawid-Skene (full confusion per volunteer), symmetric Dirichlet ``alpha``."""
-    return _em(votes, method="ds", params={"alpha": alpha, "max_iter": max_iter, "tol": tol},
-               one_coin=False, alpha=alpha, hierarchical=0.0, use_gold=False, spatial=False,
-               max_iter=max_iter, tol=tol, progress=progress)
-
-
-def one_coin(votes: Votes, *, alpha: float = 1.0, max_iter: int = 100, tol: float = 1e-5,
-             progress: Progress | None = None) -> TileResult:
-    """One-coin Dawid-Skene: one accuracy per volunteer, errors spread evenly."""
-    return _em(votes, method="onecoin", params={"alpha": alpha, "max_iter": max_iter, "tol": tol},
-               one_coin=True, alpha=alpha, hierarchical=0.0, use_gold=False, spatial=False,
-               max_iter=max_iter, tol=tol, progress=progress)
-
-
-def gold_seeded(votes: Votes, *, alpha: float = 0.001, strength: float = 0.25,
+def dawid_skene(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
                 max_iter: int = 100, tol: float = 1e-5,
                 progress: Progress | None = None) -> TileResult:
-    """Dawid-Skene with gold tiles clamped to their known answer and each volunteer's confusion
-    rows shrunk towards the population confusion measured on gold answers (``strength``
-    pseudo-answers per row; falls back to the pooled estimate without gold), so a new
-    volunteer starts at the population skill: neither trusted nor ignored."""
-    params = {"alpha": alpha, "strength": strength, "max_iter": max_iter, "tol": tol}
-    return _em(votes, method="gold", params=params, one_coin=False, alpha=alpha,
-               hierarchical=strength, use_gold=True, spatial=False, max_iter=max_iter, tol=tol,
-               progress=progress)
+    """Dawid-Skene (full confusion per volunteer) with light Bayesian smoothing: each
+    volunteer's confusion rows get ``strength`` pseudo-answers distributed like the population
+    confusion, which itself has a diagonal-dominant prior (mean accuracy ``prior_accuracy``).
+    With many answers per volunteer this is classic Dawid-Skene; with few it stays sane."""
+    params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
+              "tol": tol}
+    return _em(votes, method="ds", params=params, one_coin=False, strength=strength,
+               prior_accuracy=prior_accuracy, use_gold=False, spatial=False, spatial_shrink=0.0,
+               max_iter=max_iter, tol=tol, progress=progress)
 
 
-def spatial(votes: Votes, *, alpha: float = 0.001, strength: float = 0.25, max_iter: int = 100,
-            tol: float = 1e-5, progress: Progress | None = None) -> TileResult:
-    """``gold`` with a spatial class prior from the 8 neighbouring tiles (docs/spatial-model.md).
+def one_coin(votes: Votes, *, strength: float = 2.0, prior_accuracy: float = 0.8,
+             max_iter: int = 100, tol: float = 1e-5,
+             progress: Progress | None = None) -> TileResult:
+    """One-coin Dawid-Skene: one accuracy per volunteer, errors spread evenly; each accuracy is
+    shrunk towards the population's by ``strength`` pseudo-answers (Beta prior)."""
+    params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
+              "tol": tol}
+    return _em(votes, method="onecoin", params=params, one_coin=True, strength=strength,
+               prior_accuracy=prior_accuracy, use_gold=False, spatial=False, spatial_shrink=0.0,
+               max_iter=max_iter, tol=tol, progress=progress)
+
+
+def gold_seeded(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
+                max_iter: int = 100, tol: float = 1e-5,
+                progress: Progress | None = None) -> TileResult:
+    """Dawid-Skene with gold tiles clamped to their known answer (so they seed the population
+    confusion and every volunteer's skill) and each volunteer's confusion rows shrunk towards
+    the population confusion by ``strength`` pseudo-answers: a new volunteer starts at the
+    population skill, neither trusted nor ignored."""
+    params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
+              "tol": tol}
+    return _em(votes, method="gold", params=params, one_coin=False, strength=strength,
+               prior_accuracy=prior_accuracy, use_gold=True, spatial=False, spatial_shrink=0.0,
+               max_iter=max_iter, tol=tol, progress=progress)
+
+
+def spatial(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
+            spatial_shrink: float = 4.0, max_iter: int = 100, tol: float = 1e-5,
+            progress: Progress | None = None) -> TileResult:
+    """``gold`` with a spatial class prior from the 8 neighbouring tiles (docs/spatial-model.md);
+    the neighbours' weight is learned with a Beta(1, 1 + ``spatial_shrink``) prior towards 0.
     Without a tile grid (no ``tile_xyz``) it is exactly ``gold``."""
-    params = {"alpha": alpha, "strength": strength, "max_iter": max_iter, "tol": tol}
-    return _em(votes, method="spatial", params=params, one_coin=False, alpha=alpha,
-               hierarchical=strength, use_gold=True, spatial=True, max_iter=max_iter, tol=tol,
-               progress=progress)
+    params = {"strength": strength, "prior_accuracy": prior_accuracy,
+              "spatial_shrink": spatial_shrink, "max_iter": max_iter, "tol": tol}
+    return _em(votes, method="spatial", params=params, one_coin=False, strength=strength,
+               prior_accuracy=prior_accuracy, use_gold=True, spatial=True,
+               spatial_shrink=spatial_shrink, max_iter=max_iter, tol=tol, progress=progress)
 
 
 def _defaults(func: Callable) -> dict[str, Any]:

@@ -154,10 +154,10 @@ def volunteer_rows(result: TileResult, secret: str | bytes) -> list[dict[str, An
     for w, wid in enumerate(result.worker_ids.tolist()):
         row: dict[str, Any] = {"volunteer": pseudonym(wid, secret),
                                "n_labels": int(result.worker_n_labels[w]),
-                               "accuracy": _num(result.accuracy[w])}
+                               "accuracy": num(result.accuracy[w])}
         for k, c in enumerate(result.classes):
             for j, lab in enumerate(result.labels):
-                row[snake(f"p_{c}_{lab}")] = _num(result.confusion[w, k, j])
+                row[snake(f"p_{c}_{lab}")] = num(result.confusion[w, k, j])
         rows.append(row)
     rows.sort(key=lambda r: r["volunteer"])
     return rows
@@ -192,7 +192,10 @@ def export_metadata(project: str, *, layer: str | None = None,
     return meta
 
 
-def _num(v: Any) -> Any:
+def num(v: Any) -> Any:
+    """A JSON-safe plain Python scalar: numpy ints/bools -> int/bool, floats -> float with NaN
+    and infinity -> ``None``; anything else unchanged. Use it on every property value that
+    leaves the package (GeoJSON, JSON APIs)."""
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (np.floating, float)):
@@ -208,7 +211,7 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
         return [_jsonable(v) for v in obj]
-    return _num(obj)
+    return num(obj)
 
 
 def _round_coords(c: Any) -> Any:
@@ -232,7 +235,7 @@ def to_geojson(layer: Layer, metadata: Mapping[str, Any] | None = None) -> dict[
     cols = [layer.properties[k] for k in names]
     feats = []
     for i, g in enumerate(layer.geometry):
-        props = {k: _num(col[i]) for k, col in zip(names, cols)}
+        props = {k: num(col[i]) for k, col in zip(names, cols)}
         feats.append({"type": "Feature", "geometry": _geojson_geometry(g), "properties": props})
     fc: dict[str, Any] = {"type": "FeatureCollection"}
     if metadata is not None:
@@ -273,7 +276,7 @@ def _write_text(target: str | Path | TextIO, text: str) -> None:
 
 
 def _csv_value(v: Any) -> Any:
-    v = _num(v)
+    v = num(v)
     return "" if v is None else v
 
 

@@ -538,7 +538,7 @@ def _villages(data: ProjectData, tiles: Sequence[TileOut], structures: Any,
 
 def _layer_features(layer: Any) -> list[dict[str, Any]]:
     """A consensus ``Layer`` as ``[{"geometry": shapely, "properties": {...}}]``."""
-    from consensus.export import _num
+    from consensus import num as _num
 
     names = list(layer.properties)
     return [{"geometry": g, "properties": {k: _num(layer.properties[k][i]) for k in names}}

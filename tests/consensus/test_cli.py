@@ -79,7 +79,7 @@ def test_bad_input_is_a_clean_error(tmp_path):
     r = CliRunner().invoke(main, ["consensus", "aggregate", str(good), "-m", "x"])
     assert r.exit_code == 2 and "choose one of" in r.output
     r = CliRunner().invoke(main, ["consensus", "aggregate", str(good), "-m", "ds",
-                                  "--param", "strength=2"])
+                                  "--param", "spatial_shrink=2"])
     assert r.exit_code == 1 and "no parameter" in r.output
 
 

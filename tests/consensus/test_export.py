@@ -173,3 +173,14 @@ def test_nan_agreement_becomes_null(tmp_path):
     fc = to_geojson(tile_layer(r))
     assert fc["features"][0]["properties"]["agreement"] is None
     write_geojson(tile_layer(r), tmp_path / "a.geojson")      # allow_nan=False must not trip
+
+
+def test_num_is_json_safe():
+    import json
+
+    from consensus import num
+    vals = [np.int64(3), np.float32(0.5), np.nan, float("inf"), np.bool_(True), "x", None]
+    out = [num(v) for v in vals]
+    assert out == [3, 0.5, None, None, True, "x", None]
+    assert [type(v) for v in out[:2]] == [int, float]
+    json.dumps(out, allow_nan=False)

@@ -44,7 +44,7 @@ def test_skill_model_from_result_shrinks_newcomers(adversary_votes):
     sk = r.skill_model(shrink=2.0)
     liar = list(v.worker_ids).index("liar")
     # the liar's "no" is strong evidence for "yes"
-    assert sk.posterior(np.array([liar]), np.array([0]))[1] > 0.8
+    assert sk.posterior(np.array([liar]), np.array([0]))[1] > 0.6
     # an unknown volunteer's answer is weaker evidence than a proven one's
     good = list(v.worker_ids).index("good1")
     p_good = sk.posterior(np.array([good]), np.array([1]))[1]
@@ -106,7 +106,7 @@ def test_posterior_for_raw_ids(adversary_votes):
     sk = aggregate(v, "ds").skill_model()
     assert sk.worker_index(["good2", "nobody", "liar"]).tolist() == [1, -1, 3]
     p = sk.posterior_for(["liar"], ["no"])
-    assert p[1] > 0.8
+    assert p[1] > 0.6
     assert np.allclose(sk.posterior_for(["nobody"], ["yes"]),
                        sk.posterior(np.array([-1]), np.array([1])))
     with pytest.raises(ConsensusError, match="unknown answer"):
