@@ -59,6 +59,8 @@ class Settings:
     # Hot-path database transactions running at once per worker; 0 = auto (SQLite 1, since its
     # writes are serialised anyway; PostgreSQL 8).
     db_concurrency: int = 0
+    # Manifest tasks whose valid-pixel coverage is below this (0..1) are not loaded as tiles.
+    min_task_coverage: float = 0.5
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +80,8 @@ class Settings:
                     values[f.name] = _as_bool(f.name, raw)
                 elif isinstance(default, int):
                     values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
                 elif isinstance(default, Path):
                     values[f.name] = Path(raw)
                 else:
@@ -85,7 +89,7 @@ class Settings:
             except ValueError as exc:
                 if isinstance(exc, SettingsError):
                     raise
-                raise SettingsError(f"{key}={raw!r}: expected an integer") from exc
+                raise SettingsError(f"{key}={raw!r}: expected a number") from exc
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
