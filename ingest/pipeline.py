@@ -170,6 +170,7 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         done = 0
         written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set)
                                                                for n in specs}
+        coverage: dict[str, dict[tuple[int, int], float]] = {n: {} for n in specs}
         stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
         all_jobs = [j for n in names for j in jobs_by_layer[n]]
         pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n],
@@ -182,6 +183,7 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
             for res in results:
                 for z, xy in res.tiles.items():
                     written[res.layer][z].update(xy)
+                coverage[res.layer].update(res.coverage)
                 stats["written"] += res.written
                 stats["skipped"] += res.skipped
                 stats["resumed_blocks"] += int(res.resumed)
@@ -199,8 +201,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         # 6. prune stale tiles (other options / zooms), write the manifest ----------------
         for name in names:
             _prune(ts, project, name, written[name], ext)
-        manifest = _manifest(project, specs, infos, stretches, footprints, written, zoom,
-                             min_zoom, tile_size, aoi)
+        manifest = _manifest(project, specs, infos, stretches, footprints, written, coverage,
+                             zoom, min_zoom, tile_size, aoi)
         manifest["ingest_stats"] = {
             "seconds": round(time.perf_counter() - started, 3),
             "tiles_written": stats["written"], "tiles_skipped_existing": stats["skipped"],
@@ -369,8 +371,8 @@ def _prune(ts: TileStore, project: str, layer: str, keep: dict[int, set[tuple[in
             os.rmdir(root)
 
 
-def _manifest(project, specs, infos, stretches, footprints, written, zoom, min_zoom,
-              tile_size, aoi) -> dict:
+def _manifest(project, specs, infos, stretches, footprints, written, coverage, zoom,
+              min_zoom, tile_size, aoi) -> dict:
     from crowdsight import __version__
 
     layers_out: dict[str, Any] = {}
@@ -390,7 +392,8 @@ def _manifest(project, specs, infos, stretches, footprints, written, zoom, min_z
         for xy in written[name].get(zoom, ()):
             tasks_layers[xy].append(name)
     tasks = [{"z": zoom, "x": x, "y": y, "bounds": rounded(tile_bounds(zoom, x, y)),
-              "layers": sorted(ls)}
+              "layers": sorted(ls),
+              "coverage": {name: coverage[name].get((x, y), 1.0) for name in sorted(ls)}}
              for (x, y), ls in sorted(tasks_layers.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
     return {
         "format": MANIFEST_FORMAT, "project": project,

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,8 @@ class BlockResult:
     top_zoom: int = 0
     candidates: int = 0  # task tiles considered (for progress)
     resumed: bool = False
+    # task-zoom tile (x, y) -> fraction of its pixels with data (alpha-weighted, 3 decimals)
+    coverage: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,6 +146,16 @@ def downsample2(a: np.ndarray) -> np.ndarray:
 def tile_array(level: np.ndarray, i: int, j: int, ts: int) -> np.ndarray:
     """Tile (column i, row j) of an ``(H, W, C+1)`` level (a view)."""
     return level[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
+
+
+def tile_coverage(alpha: np.ndarray) -> float:
+    """Fraction of a tile's pixels with data: mean alpha / 255, rounded to 3 decimals.
+
+    With a binary mask this is the valid-pixel fraction; warped edge pixels count partly.
+    A tile with any data never rounds to 0 (it reports at least 0.001).
+    """
+    frac = float(alpha.mean(dtype=np.float64)) / 255.0
+    return max(0.001, round(frac, 3)) if frac > 0 else 0.0
 
 
 def encode_tile(arr: np.ndarray, spec: LayerSpec) -> bytes:
@@ -266,7 +279,7 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.errors import RasterioError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.warp import reproject
 
     from tiles.grid import tile_bounds
@@ -300,10 +313,14 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
             out = np.zeros((nb + 1, r1 - r0, c1 - c0), np.uint8)
             sub_tf = Affine(px, 0.0, left + c0 * px, 0.0, -py, top - r0 * py)
             try:
-                reproject(stack, out, src_transform=src_tf, src_crs=src.crs_wkt,
-                          dst_transform=sub_tf, dst_crs="EPSG:3857", resampling=resampling,
-                          src_alpha=nb + 1 if len(stack) > nb else 0, dst_alpha=nb + 1,
-                          num_threads=1, init_dest_nodata=False)
+                # rasterio may warn NotGeoreferencedWarning while wrapping the arrays in MEM
+                # datasets (seen in dask worker threads) although both transforms are given
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    reproject(stack, out, src_transform=src_tf, src_crs=src.crs_wkt,
+                              dst_transform=sub_tf, dst_crs="EPSG:3857", resampling=resampling,
+                              src_alpha=nb + 1 if len(stack) > nb else 0, dst_alpha=nb + 1,
+                              num_threads=1, init_dest_nodata=False)
             except RasterioError as exc:
                 raise ReadError(f"{src.path}: cannot warp to Web Mercator ({_short(exc)})",
                                 src.path) from exc
@@ -342,7 +359,7 @@ def render_block(job: BlockJob) -> BlockResult:
     if job.skip_existing and record.is_file():
         done = _load_record(record, store, spec)
         if done is not None:
-            res.tiles, res.top = done
+            res.tiles, res.top, res.coverage = done
             res.skipped = sum(len(v) for v in res.tiles.values())
             res.resumed = True
             return res
@@ -364,10 +381,13 @@ def render_block(job: BlockJob) -> BlockResult:
             alpha = level[..., -1]
             for j in range(n):
                 for i in range(n):
-                    if int(alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts].max()) == 0:
+                    tile_alpha = alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
+                    if int(tile_alpha.max()) == 0:
                         continue
                     x, y = (x0 >> lv) + i, (y0 >> lv) + j
                     res.tiles.setdefault(zz, []).append((x, y))
+                    if lv == 0:
+                        res.coverage[(x, y)] = tile_coverage(tile_alpha)
                     if job.skip_existing and store.exists(spec.project, spec.name, zz, x, y,
                                                           spec.ext):
                         res.skipped += 1
@@ -395,25 +415,29 @@ def _save_record(record: Path, res: BlockResult) -> None:
         Image.fromarray(res.top).save(buf, "PNG", compress_level=1)
         atomic_write(record.with_suffix(".png"), buf.getvalue())
     body = {"tiles": {str(z): [list(t) for t in v] for z, v in res.tiles.items()},
-            "top": top_name, "top_zoom": res.top_zoom}
+            "top": top_name, "top_zoom": res.top_zoom,
+            "coverage": [[x, y, c] for (x, y), c in res.coverage.items()]}
     atomic_write(record, json.dumps(body).encode())
 
 
 def _load_record(record: Path, store: TileStore, spec: LayerSpec):
-    """The finished block's (tiles, top) if every listed tile is still on disk, else None."""
+    """The finished block's (tiles, top, coverage) if every listed tile is still on disk, else
+    None (also for records written before coverage existed: the block is then re-rendered,
+    existing tiles are kept)."""
     from PIL import Image
 
     try:
         body = json.loads(record.read_text())
         tiles = {int(z): [tuple(t) for t in v] for z, v in body["tiles"].items()}
+        coverage = {(int(x), int(y)): float(c) for x, y, c in body["coverage"]}
         top = None
         if body.get("top"):
             with Image.open(record.with_name(body["top"])) as im:
                 top = np.asarray(im).copy()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     for z, xy in tiles.items():
         for x, y in xy:
             if not os.path.exists(store.path_for(spec.project, spec.name, z, x, y, spec.ext)):
                 return None
-    return tiles, top
+    return tiles, top, coverage

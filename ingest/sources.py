@@ -113,13 +113,22 @@ def open_raster(path: Path | str, max_pixels: int):
 
     p = check_path(path)
     sniff(p)
-    try:
-        with warnings.catch_warnings():  # we check georeferencing ourselves, below
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    # rasterio warns (NotGeoreferencedWarning) on open and on reading ``transform``/``gcps`` of
+    # an ungeoreferenced file; with warnings as errors that would escape as an exception
+    # instead of the NoGeoreferenceError below, so the whole check runs with it silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
             ds = rasterio.open(p, driver="GTiff")
-    except RasterioError as exc:
-        raise ReadError(f"{p}: looks like a TIFF but GDAL cannot open it (truncated or "
-                        f"corrupt?): {_short(exc)}", str(p)) from exc
+        except RasterioError as exc:
+            raise ReadError(f"{p}: looks like a TIFF but GDAL cannot open it (truncated or "
+                            f"corrupt?): {_short(exc)}", str(p)) from exc
+        _check_opened(p, ds, max_pixels)
+    return ds
+
+
+def _check_opened(p: Path, ds, max_pixels: int) -> None:  # type: ignore[no-untyped-def]
+    """Size, georeferencing and dtype checks on a just-opened dataset (closed on failure)."""
     try:
         if ds.width * ds.height * ds.count > max_pixels:
             raise RasterTooLargeError(
@@ -138,7 +147,6 @@ def open_raster(path: Path | str, max_pixels: int):
     except BaseException:
         ds.close()
         raise
-    return ds
 
 
 def _short(exc: BaseException) -> str:

@@ -211,3 +211,37 @@ def test_concurrent_ingest_of_same_project_is_refused(tmp_path, make_tif):
     finally:
         os.close(fd)
     assert ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)["task_count"] > 0
+
+
+@pytest.mark.parametrize("case", ["nothing", "crs_only", "gcps_only"])
+def test_no_georeference_is_clean_under_warnings_as_errors(tmp_path, make_tif, pattern_fn, case):
+    """rasterio's NotGeoreferencedWarning must never escape open_raster (the project runs with
+    warnings as errors): the user gets NoGeoreferenceError with its advice instead."""
+    import warnings
+
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from ingest.sources import open_raster
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    src = make_tif(pattern_fn(64, 64, 3), georef=False)
+    with warnings.catch_warnings():  # making the fixture warns too
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(src, "r+") as ds:
+            if case == "crs_only":  # a CRS but the identity geotransform
+                ds.crs = CRS.from_epsg(32635)
+            elif case == "gcps_only":
+                gcps = [GroundControlPoint(row=r, col=c, x=24.3 + c * 1e-5, y=13.4 - r * 1e-5)
+                        for r, c in ((0, 0), (0, 63), (63, 0), (63, 63))]
+                ds.gcps = (gcps, CRS.from_epsg(4326))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as pyproject's filterwarnings, made explicit
+        with pytest.raises(NoGeoreferenceError, match="no georeferencing") as ei:
+            open_raster(src, 10**9)
+        if case == "gcps_only":
+            assert "gdalwarp" in str(ei.value)
+        with pytest.raises(NoGeoreferenceError):
+            ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
