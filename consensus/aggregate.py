@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import logsumexp
+from scipy.special import gammaln, logsumexp
 
 from .errors import MethodError, VotesError
 from .votes import Votes
@@ -292,6 +292,26 @@ def _m_step_counts(d: _Design, post: np.ndarray) -> np.ndarray:
     return c.reshape(d.W, d.L, d.K).transpose(0, 2, 1)
 
 
+#: Candidate strengths for ``strength="auto"`` (pseudo-answers per confusion row).
+_STRENGTH_GRID = np.geomspace(0.25, 20.0, 13)
+
+
+def _eb_strength(counts: np.ndarray, pop: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes Dirichlet concentration per true class: for each k the ``s_k`` in
+    ``grid`` maximising the Dirichlet-multinomial evidence of every volunteer's (expected)
+    answer counts in row k under the prior Dirichlet(s_k * pop[k]) (Minka 2000).
+    Volunteers who clearly differ -> small s (each judged on their own answers); too few
+    answers to tell them apart -> large s (everyone near the population). Returns (K,)."""
+    n = counts.sum(-1)                                         # (W, K)
+    p = np.maximum(pop, 1e-12)                                 # (K, L)
+    score = np.empty((len(grid), pop.shape[0]))
+    for i, g in enumerate(grid):
+        a = g * p
+        score[i] = (gammaln(g) - gammaln(g + n)).sum(0) + \
+            (gammaln(a[None] + counts) - gammaln(a)[None]).sum((0, 2))
+    return grid[score.argmax(0)]
+
+
 def _normalise_rows(c: np.ndarray) -> np.ndarray:
     s = c.sum(-1, keepdims=True)
     return np.where(s > 0, c / np.where(s > 0, s, 1), 1.0 / c.shape[-1])
@@ -384,7 +404,7 @@ def _population_mean(K: int, L: int, accuracy: float) -> np.ndarray:
     return m
 
 
-def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: float,
+def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: float | str,
         prior_accuracy: float, use_gold: bool, spatial: bool, spatial_shrink: float,
         max_iter: int, tol: float, progress: Progress | None) -> TileResult:
     """EM shared by every model-based method.
@@ -409,7 +429,12 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
         raise VotesError("no votes to aggregate")
     if not 0.0 < prior_accuracy < 1.0:
         raise MethodError(f"prior_accuracy must be in (0, 1), got {prior_accuracy}")
-    if strength < 0 or spatial_shrink < 0:
+    auto = isinstance(strength, str)
+    if auto and strength != "auto":
+        raise MethodError(f"strength must be a number >= 0 or 'auto', got {strength!r}")
+    if one_coin and auto:
+        raise MethodError("onecoin needs a numeric strength")
+    if (not auto and float(strength) < 0) or spatial_shrink < 0:
         raise MethodError("strength and spatial_shrink must be >= 0")
     post, glob = _mv_posterior(d.counts, K)
     voted = d.counts.sum(1) > 0
@@ -431,9 +456,16 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
     converged = False
     it = 0
     ll = float("nan")
+    # Only corroborated answers grade a volunteer: a tile answered once carries no information
+    # about its volunteer's skill beyond the prior, and counting it would let a lone
+    # volunteer's answers confirm themselves (EM then drifts to whatever the class prior likes).
+    graded = (d.counts.sum(1) >= 2).astype(np.float64)[:, None]
+    if len(gold_t):
+        graded[gold_t] = 1.0
+    all_graded = bool(graded.all())
     for it in range(1, max_iter + 1):
         # ---- M-step -------------------------------------------------------------------
-        counts = _m_step_counts(d, post)                         # (W, K, L)
+        counts = _m_step_counts(d, post if all_graded else post * graded)   # (W, K, L)
         prior = (post[voted].sum(0) + 1.0) / (n_voted + K) if n_voted < T else \
             (post.sum(0) + 1.0) / (T + K)
         if one_coin:
@@ -446,7 +478,9 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
             conf[:, diag[0], diag[1]] = acc[:, None]
         else:
             pop = _normalise_rows(counts.sum(0) + pop_prior)
-            conf = _normalise_rows(counts + strength * pop[None])
+            s_k = (_eb_strength(counts, pop, _STRENGTH_GRID) if auto
+                   else np.full(K, float(strength)))
+            conf = _normalise_rows(counts + (s_k[:, None] * pop)[None])
         log_conf = np.log(np.maximum(conf, _TINY))
         # ---- E-step -------------------------------------------------------------------
         loglik = d.A @ _log_conf_to_design(log_conf)             # (T, K)
@@ -466,9 +500,9 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
             converged = True
             break
         ll_prev = ll
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {} if one_coin else {"strength": s_k.tolist()}
     if nbr is not None:
-        extra = {"spatial_weight": float(lam), "task_log_prior": np.broadcast_to(logp, (T, K))}
+        extra.update(spatial_weight=float(lam), task_log_prior=np.broadcast_to(logp, (T, K)))
     return _finish(votes, d, method, params, post, conf, prior, it, converged, ll, extra)
 
 
@@ -496,13 +530,15 @@ def _spatial_log_prior(loglik: np.ndarray, prior: np.ndarray, nbr: sp.csr_array,
     return np.log((1 - best) * prior[None, :] + best * nb), best
 
 
-def dawid_skene(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
+def dawid_skene(votes: Votes, *, strength: float | str = 0.3, prior_accuracy: float = 0.8,
                 max_iter: int = 100, tol: float = 1e-5,
                 progress: Progress | None = None) -> TileResult:
-    """Dawid-Skene (full confusion per volunteer) with light Bayesian smoothing: each
-    volunteer's confusion rows get ``strength`` pseudo-answers distributed like the population
-    confusion, which itself has a diagonal-dominant prior (mean accuracy ``prior_accuracy``).
-    With many answers per volunteer this is classic Dawid-Skene; with few it stays sane."""
+    """Dawid-Skene (full confusion per volunteer), close to the textbook estimator: each
+    volunteer's confusion rows get only ``strength`` pseudo-answers distributed like the
+    population confusion (which has a diagonal-dominant prior, mean accuracy
+    ``prior_accuracy``), and only corroborated answers (tiles with >= 2 answers) grade a
+    volunteer. The reference for comparisons with the literature and crowd-kit; ``gold`` and
+    ``spatial`` are the methods for live projects (``strength="auto"``)."""
     params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
               "tol": tol}
     return _em(votes, method="ds", params=params, one_coin=False, strength=strength,
@@ -522,13 +558,14 @@ def one_coin(votes: Votes, *, strength: float = 2.0, prior_accuracy: float = 0.8
                max_iter=max_iter, tol=tol, progress=progress)
 
 
-def gold_seeded(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
+def gold_seeded(votes: Votes, *, strength: float | str = "auto", prior_accuracy: float = 0.8,
                 max_iter: int = 100, tol: float = 1e-5,
                 progress: Progress | None = None) -> TileResult:
     """Dawid-Skene with gold tiles clamped to their known answer (so they seed the population
     confusion and every volunteer's skill) and each volunteer's confusion rows shrunk towards
-    the population confusion by ``strength`` pseudo-answers: a new volunteer starts at the
-    population skill, neither trusted nor ignored."""
+    the population confusion: a new volunteer starts at the population skill, neither trusted
+    nor ignored. ``strength="auto"`` learns how far to shrink (pseudo-answers per row) from how
+    much the volunteers' records differ (empirical Bayes); a number fixes it."""
     params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
               "tol": tol}
     return _em(votes, method="gold", params=params, one_coin=False, strength=strength,
@@ -536,7 +573,7 @@ def gold_seeded(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 
                max_iter=max_iter, tol=tol, progress=progress)
 
 
-def spatial(votes: Votes, *, strength: float = 3.0, prior_accuracy: float = 0.8,
+def spatial(votes: Votes, *, strength: float | str = "auto", prior_accuracy: float = 0.8,
             spatial_shrink: float = 4.0, max_iter: int = 100, tol: float = 1e-5,
             progress: Progress | None = None) -> TileResult:
     """``gold`` with a spatial class prior from the 8 neighbouring tiles (docs/spatial-model.md);
