@@ -157,9 +157,16 @@ def _fields(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--redundancy", type=int)
 @click.option("--gold-rate", type=float)
 @click.option("--block", help="COLSxROWS, e.g. 3x2")
+@click.option("--min-coverage", type=click.FloatRange(0.0, 1.0), default=None,
+              help="skip tasks whose tiles hold less than this fraction of data (0-1; default "
+                   "CROWDSIGHT_MIN_TASK_COVERAGE, 0.5; 0 loads every task)")
 @click.argument("manifest", type=click.Path(path_type=Path))
-def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path, **opts: Any) -> None:
-    """Load an ingest MANIFEST (inside the tile store) into a project. Idempotent."""
+def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path,
+                          min_coverage: float | None, **opts: Any) -> None:
+    """Load an ingest MANIFEST (inside the tile store) into a project. Idempotent.
+
+    Nearly-empty tasks (mostly no-data, at the edges of the imagery) are skipped; re-loading
+    with a higher --min-coverage also removes such tiles if nobody has labelled them."""
     from rich.progress import Progress
 
     from labeler.errors import LabelerError
@@ -174,7 +181,14 @@ def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path, *
                 engine, manifest.resolve() if manifest.exists() else manifest, slug,
                 tile_store=s.tile_store_path, create=create,
                 project_fields={"type": ptype, **_fields(opts)}, actor="cli",
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                min_coverage=s.min_task_coverage if min_coverage is None else min_coverage)
+        if result.tiles_skipped or result.tiles_removed:
+            _stderr_console().print(
+                f"skipped {result.tiles_skipped} nearly-empty task(s) with coverage < "
+                f"{result.min_coverage:g}"
+                + (f"; removed {result.tiles_removed} unlabelled tile(s) loaded earlier"
+                   if result.tiles_removed else ""), highlight=False)
         _out(result.to_json())
     except LabelerError as exc:
         _fail(exc)
