@@ -16,7 +16,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from labeler import auth
-from labeler.errors import InvalidJSON, NotFound, ProjectNotLive, ValidationError
+from labeler.errors import (
+    InvalidJSON,
+    NotFound,
+    ProjectNotLive,
+    TutorialRequired,
+    ValidationError,
+)
 from labeler.labels import parse_submission, submit, volunteer_stats
 from labeler.manifest import load_manifest
 from labeler.models import Label, Tile, Volunteer
@@ -281,13 +287,7 @@ def _parse_near(raw: str | None) -> tuple[float, float] | None:
     return lon, lat
 
 
-def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None) -> dict[str, Any]:
-    task = st.assigner.next_task(project, vid, near=near)
-    prog = st.projects.progress(project.id)
-    if task is None:
-        n = _labelled_by(st.engine, project.id, vid)
-        return {"task_id": None, "done": True, "tiles": [],
-                "progress": {"labelled_by_you": n, "tiles": prog["tiles"], "retired": prog["retired"]}}
+def _task_json(project: ProjectConfig, task: Any, prog: dict[str, int]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task_id": task.task_id,
         "lease_expires_at": _iso(task.expires_at),
@@ -306,6 +306,37 @@ def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] |
     return body
 
 
+def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
+    if st.projects.has_tutorial(project.id) and not st.projects.tutorial_passed(vid, project.slug):
+        raise TutorialRequired(f"pass the tutorial of project '{project.slug}' first: "
+                               f"POST /api/projects/{project.slug}/tutorial")
+
+
+def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
+          ahead: bool = False) -> dict[str, Any]:
+    _require_tutorial(st, project, vid)
+    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0)
+    prog = st.projects.progress(project.id)
+    if not tasks:
+        n = _labelled_by(st.engine, project.id, vid)
+        body = {"task_id": None, "done": True, "tiles": [],
+                "progress": {"labelled_by_you": n, "tiles": prog["tiles"], "retired": prog["retired"]}}
+    else:
+        body = _task_json(project, tasks[0], prog)
+    if ahead:
+        body["ahead"] = _task_json(project, tasks[1], prog) if len(tasks) > 1 else None
+    return body
+
+
+def _parse_flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw in (None, "", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise ValidationError(f"'{name}' must be 0 or 1", field=name)
+
+
 def _labelled_by(engine: sa.Engine, project_id: int, vid: int) -> int:
     lt = Label.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
@@ -314,14 +345,16 @@ def _labelled_by(engine: sa.Engine, project_id: int, vid: int) -> int:
 
 
 async def next_task(request: Request) -> Response:
-    """Lease the next task (tile or block) for this volunteer; ?near=lon,lat optional."""
+    """Lease the next task (tile or block) for this volunteer; ?near=lon,lat optional;
+    ?ahead=1 also leases (or renews) the task after it, under "ahead", for prefetching."""
     st = _st(request)
     session = auth.require_volunteer(request)
     near = _parse_near(request.query_params.get("near"))
     project = await _project(request)
     if project.status != "live":
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
-    body = await _db(request, _next, st, project, session.id, near)
+    ahead = _parse_flag(request, "ahead")
+    body = await _db(request, _next, st, project, session.id, near, ahead)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -336,15 +369,23 @@ async def submit_labels(request: Request) -> Response:
         raise ProjectNotLive(f"project '{project.slug}' is a draft")
     data = await read_json(request)
     task_id, labels = parse_submission(project, data, st.settings.max_points_per_tile)
-    want_next = request.query_params.get("next") in ("1", "true")
+    want_next = _parse_flag(request, "next")
+    ahead = _parse_flag(request, "ahead") if want_next else False
     near = _parse_near(request.query_params.get("near")) if want_next else None
+    key = st.assigner.task_key
     if not want_next:
-        result = await _db(request, submit, st.engine, project, session.id, task_id, labels)
+        result = await _db(request, partial(submit, task_key=key), st.engine, project, session.id,
+                           task_id, labels)
         return JSONResponse(result.to_json())
 
     def submit_then_next() -> dict[str, Any]:
-        body = submit(st.engine, project, session.id, task_id, labels).to_json()
-        body["next"] = _next(st, project, session.id, near) if project.status == "live" else None
+        body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
+        body["next"] = None
+        if project.status == "live":
+            try:
+                body["next"] = _next(st, project, session.id, near, ahead)
+            except TutorialRequired:  # the labels are stored; GET /next explains
+                pass
         return body
     # ?next=1: the next task comes back with the answer — one request per label instead of two.
     return JSONResponse(await _db(request, submit_then_next),

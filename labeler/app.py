@@ -7,6 +7,8 @@ yields the typed state every request sees (``request.state.engine``, ``.settings
 
 from __future__ import annotations
 
+import hashlib
+
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -80,7 +82,9 @@ def build_state(settings: Settings, engine: Engine, lease_engine: Engine | None 
     return LabelerState(
         settings=settings, engine=engine, tile_store=settings.tile_store_path.resolve(),
         signer=Signer(settings.resolved_secret_key()), projects=ProjectCache(engine),
-        assigner=Assigner(engine, settings.lease_seconds, lease_engine=lease_engine),
+        assigner=Assigner(engine, settings.lease_seconds, lease_engine=lease_engine,
+                          task_key=hashlib.sha256(
+                              b"crowdsight.task:" + settings.resolved_secret_key().encode()).digest()),
         tokens=TokenCache(),
         volunteer_limiter=RateLimiter(settings.rate_limit_volunteer),
         ip_limiter=RateLimiter(settings.rate_limit_ip),

@@ -15,7 +15,10 @@ lock-order deadlocks. :func:`recount` recomputes them from scratch.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +58,35 @@ class Task:
     is_gold: bool = False
     labelled_by_you: int = 0
     context: dict[str, list[str]] = field(default_factory=dict)
+
+
+MAC_CHARS = 16  # hex characters of the task-id signature
+
+
+def task_cell(tile_x: int, tile_y: int, z: int, cols: int, rows: int) -> tuple[int, int, int]:
+    """The grid-aligned block cell a tile belongs to (the tile itself for 1x1 projects)."""
+    return z, tile_x - tile_x % cols, tile_y - tile_y % rows
+
+
+def sign_task(key: bytes, lease_id: str, volunteer_id: int, project_id: int,
+              cell: tuple[int, int, int]) -> str:
+    """The task id the volunteer sees: the id stored on the leases plus a signature binding it
+    to this volunteer, project and block cell. It lets a label arrive after its lease was
+    reclaimed and still be proven to belong to a task we handed out (see ``labels.submit``)."""
+    msg = f"{lease_id}:{volunteer_id}:{project_id}:{cell[0]}/{cell[1]}/{cell[2]}".encode()
+    return lease_id + hmac.new(key, msg, hashlib.sha256).hexdigest()[:MAC_CHARS]
+
+
+def split_task_id(task_id: str) -> str:
+    """The id stored on the leases, from a task id the volunteer sent back."""
+    return task_id[:-MAC_CHARS] if len(task_id) > MAC_CHARS else ""
+
+
+def verify_task(key: bytes, task_id: str, volunteer_id: int, project_id: int,
+                cell: tuple[int, int, int]) -> bool:
+    lease_id = split_task_id(task_id)
+    return bool(lease_id) and hmac.compare_digest(
+        sign_task(key, lease_id, volunteer_id, project_id, cell), task_id)
 
 
 def gold_turn(n_done: int, rate: float) -> bool:
@@ -136,7 +168,12 @@ _STATE_SQL = (
     "SELECT (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p), "
     "(SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
     "ORDER BY id LIMIT 1), "
-    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p)")
+    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at <= :now)")
+
+# The volunteer's live tasks, oldest first (only asked when a task ahead is wanted).
+_LIVE_SQL = (
+    "SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
+    "GROUP BY task_id ORDER BY min(id) LIMIT :n")
 
 _LEASE_SQL = (
     "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
@@ -154,64 +191,130 @@ class Assigner:
     """Claims tasks for volunteers. One per app (holds a little per-process timing state)."""
 
     def __init__(self, engine: Engine, lease_seconds: int, *,
-                 lease_engine: Engine | None = None) -> None:
+                 lease_engine: Engine | None = None, task_key: bytes | None = None) -> None:
         """``lease_engine``: where claims are written; on PostgreSQL the app passes an engine
         with asynchronous commit (see :func:`labeler.db.make_engine`), since a lease lost in
-        a crash only returns its tile to the queue. Defaults to ``engine``."""
+        a crash only returns its tile to the queue. Defaults to ``engine``.
+
+        ``task_key``: secret signing task ids (:func:`sign_task`); the app derives it from the
+        service secret so every worker agrees. Without one, a random per-process key is used."""
         self.engine = engine
         self.lease_engine = lease_engine or engine
         self.lease_seconds = lease_seconds
+        self.task_key = task_key or os.urandom(32)
         self._last_reclaim: dict[int, float] = {}
 
     def next_task(self, project: ProjectConfig, volunteer_id: int, *,
                   near: tuple[float, float] | None = None, now: datetime | None = None) -> Task | None:
+        """The volunteer's current task (renewed) or a newly claimed one; ``None`` when done."""
+        tasks = self.next_tasks(project, volunteer_id, near=near, now=now)
+        return tasks[0] if tasks else None
+
+    def next_tasks(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
+                   near: tuple[float, float] | None = None,
+                   now: datetime | None = None) -> list[Task]:
+        """Up to ``1 + ahead`` tasks for the volunteer, oldest first: the live ones they hold
+        (leases renewed), then newly claimed ones. Every task is a separate lease counted
+        against the tiles' targets, and never repeats a tile the volunteer holds or did."""
         now = now or utcnow()
         expires = now + timedelta(seconds=self.lease_seconds)
         near_xy = None
         if near is not None and project.task_zoom is not None:
             t = mercantile.tile(near[0], near[1], project.task_zoom)
             near_xy = (t.x, t.y)
+        want = 1 + max(0, ahead)
         if self.lease_engine.dialect.name == "postgresql":
-            found = self._next_pg(project, volunteer_id, near_xy, now, expires)
-            if found is None or isinstance(found, Task):
-                return found
-            task_id, tiles, is_gold, n_done = found
+            try:
+                tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
+            except sa.exc.IntegrityError:
+                # The same volunteer's parallel request leased this tile a moment ago:
+                # answer with that task instead.
+                tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
         else:
             with write_tx(self.lease_engine) as conn:
-                state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
-                                               "now": ts(conn, now)}).one()
-                n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
-                if live_task is not None:
-                    return self._renew(conn, live_task, volunteer_id, expires, n_done)
-                if n_held:
-                    reclaim_expired(conn, project.id, now, volunteer_id=volunteer_id)
-                reclaimed = self._reclaim_due(project.id)
-                if reclaimed:
-                    reclaim_expired(conn, project.id, now)
-                task_id = uuid.uuid4().hex
-                tiles: list[TaskTile] = []
-                is_gold = False
-                if gold_turn(n_done, project.gold_rate):
-                    tiles = self._claim_gold(conn, project, volunteer_id)
-                    is_gold = bool(tiles)
-                if not tiles:
-                    tiles = self._claim(conn, project, volunteer_id, near_xy)
-                if not tiles and not reclaimed and reclaim_expired(conn, project.id, now):
-                    tiles = self._claim(conn, project, volunteer_id, near_xy)
-                if not tiles:
-                    return None
-                lease = {"task_id": task_id, "e": ts(conn, expires), "now": ts(conn, now)}
-                run(conn, _LEASE_SQL, [dict(
-                    lease, p=project.id, tile_id=t.tile_id, v=volunteer_id, g=is_gold,
-                    r=t.row, c=t.col) for t in tiles])
-                if not is_gold:
-                    run(conn, "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN "
-                        + id_list([t.tile_id for t in tiles]))
-        task = Task(task_id=task_id, expires_at=expires, tiles=tiles, is_gold=is_gold,
-                    labelled_by_you=n_done)
-        if project.context and len(tiles) == 1:
-            task.context = self._context(project, tiles[0])
-        return task
+                tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
+                                   reclaim=lambda vid=None: reclaim_expired(
+                                       conn, project.id, now, volunteer_id=vid))
+        if project.context:
+            for task in tasks:
+                if len(task.tiles) == 1 and not task.context:
+                    task.context = self._context(project, task.tiles[0])
+        return tasks
+
+    def _fill_pg(self, project: ProjectConfig, volunteer_id: int, near_xy: tuple[int, int] | None,
+                 now: datetime, expires: datetime, want: int) -> list[Task]:
+        """PostgreSQL: each step is one self-contained statement in autocommit mode, so the
+        common case costs two round trips (state, claim) and no BEGIN/COMMIT. The claim
+        statement locks, bumps the counter and inserts the lease atomically; what is read
+        before it (the volunteer's own state) can only be stale through that same volunteer's
+        parallel requests, which the unique (tile, volunteer) lease constraint still guards."""
+        with self.lease_engine.connect() as c:
+            conn = c.execution_options(isolation_level="AUTOCOMMIT")
+            return self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
+                              reclaim=lambda vid=None: self._reclaim(project.id, now, vid))
+
+    def _fill(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+              near_xy: tuple[int, int] | None, now: datetime, expires: datetime, want: int,
+              reclaim: Any) -> list[Task]:
+        pg = _pg(conn)
+        state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
+                                       "now": ts(conn, now)}).one()
+        n_done, live_task, n_expired = int(state[0]), state[1], int(state[2])
+        live = [live_task] if live_task is not None else []
+        if live and want > 1:
+            live = [r[0] for r in run(conn, _LIVE_SQL, {"v": volunteer_id, "p": project.id,
+                                                        "now": ts(conn, now), "n": want})]
+        tasks = [t for t in (self._renew(conn, project, lid, volunteer_id, expires, n_done)
+                             for lid in live[:want]) if t.tiles]
+        if len(tasks) >= want:
+            return tasks
+        if n_expired:
+            reclaim(volunteer_id)
+        reclaimed = self._reclaim_due(project.id)
+        if reclaimed:
+            reclaim()
+        while len(tasks) < want:
+            lease_id = uuid.uuid4().hex[:16]
+            lease = {"task_id": lease_id, "e": ts(conn, expires), "now": ts(conn, now)}
+            # Gold interleaving counts the tiles already held as if they were done.
+            n_before = n_done + sum(len(t.tiles) for t in tasks)
+            tiles: list[TaskTile] = []
+            is_gold = False
+            if gold_turn(n_before, project.gold_rate):
+                tiles = self._claim_gold(conn, project, volunteer_id)
+                if tiles:
+                    is_gold = True
+                    run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=tiles[0].tile_id,
+                                                v=volunteer_id, g=True, r=0, c=0)])
+            if not tiles:
+                tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
+                if not tiles and not reclaimed and reclaim():
+                    reclaimed = True
+                    tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
+            if not tiles:
+                break
+            tasks.append(Task(task_id=self._public_id(project, lease_id, volunteer_id, tiles[0]),
+                              expires_at=expires, tiles=tiles, is_gold=is_gold,
+                              labelled_by_you=n_done))
+        return tasks
+
+    def _claim_any(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+                   near_xy: tuple[int, int] | None, lease: dict[str, Any], pg: bool) -> list[TaskTile]:
+        """Claim a normal (non-gold) task and write its leases."""
+        if pg:
+            return self._claim_pg(conn, project, volunteer_id, near_xy, lease)
+        tiles = self._claim(conn, project, volunteer_id, near_xy)
+        if tiles:
+            run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=t.tile_id, v=volunteer_id,
+                                        g=False, r=t.row, c=t.col) for t in tiles])
+            run(conn, "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN "
+                + id_list([t.tile_id for t in tiles]))
+        return tiles
+
+    def _public_id(self, project: ProjectConfig, lease_id: str, volunteer_id: int,
+                   tile: TaskTile) -> str:
+        cell = task_cell(tile.x, tile.y, tile.z, project.block_cols, project.block_rows)
+        return sign_task(self.task_key, lease_id, volunteer_id, project.id, cell)
 
     def _reclaim_due(self, project_id: int) -> bool:
         mono = time.monotonic()
@@ -224,58 +327,18 @@ class Assigner:
         with write_tx(self.engine) as tx:
             return reclaim_expired(tx, project_id, now, volunteer_id=volunteer_id)
 
-    def _next_pg(self, project: ProjectConfig, volunteer_id: int,
-                 near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
-                 retry: bool = True) -> Task | None | tuple[str, list[TaskTile], bool, int]:
-        """PostgreSQL: each step is one self-contained statement in autocommit mode, so the
-        common case costs two round trips (state, claim) and no BEGIN/COMMIT. The claim
-        statement locks, bumps the counter and inserts the lease atomically; what is read
-        before it (the volunteer's own state) can only be stale through that same volunteer's
-        parallel requests, which the unique (tile, volunteer) lease constraint still guards."""
-        with self.lease_engine.connect() as c:
-            conn = c.execution_options(isolation_level="AUTOCOMMIT")
-            state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id, "now": now}).one()
-            n_done, live_task, n_held = int(state[0]), state[1], int(state[2])
-            if live_task is not None:
-                return self._renew(conn, live_task, volunteer_id, expires, n_done)
-            if n_held:
-                self._reclaim(project.id, now, volunteer_id)
-            reclaimed = self._reclaim_due(project.id)
-            if reclaimed:
-                self._reclaim(project.id, now)
-            task_id = uuid.uuid4().hex
-            lease = {"task_id": task_id, "e": expires, "now": now}
-            try:
-                if gold_turn(n_done, project.gold_rate):
-                    tiles = self._claim_gold(conn, project, volunteer_id)
-                    if tiles:
-                        run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=tiles[0].tile_id,
-                                                    v=volunteer_id, g=True, r=0, c=0)])
-                        return task_id, tiles, True, n_done
-                tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
-                if not tiles and not reclaimed and self._reclaim(project.id, now):
-                    tiles = self._claim_pg(conn, project, volunteer_id, near_xy, lease)
-            except sa.exc.IntegrityError:
-                # The same volunteer's parallel request leased this tile a moment ago:
-                # answer with that task instead.
-                if not retry:
-                    raise
-                return self._next_pg(project, volunteer_id, near_xy, now, expires, retry=False)
-            if not tiles:
-                return None
-            return task_id, tiles, False, n_done
-
     # -- pieces --------------------------------------------------------------------------
-    def _renew(self, conn: Connection, task_id: str, volunteer_id: int, expires: datetime,
-               n_done: int) -> Task:
+    def _renew(self, conn: Connection, project: ProjectConfig, lease_id: str, volunteer_id: int,
+               expires: datetime, n_done: int) -> Task:
         run(conn, "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v",
-            {"e": ts(conn, expires), "t": task_id, "v": volunteer_id})
+            {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})
         rows = run(conn,
             f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
             "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
-            "ORDER BY s.block_row, s.block_col", {"t": task_id, "v": volunteer_id}).all()
-        return Task(task_id=task_id, expires_at=expires,
-                    tiles=[_task_tile(r, r.block_row, r.block_col) for r in rows],
+            "ORDER BY s.block_row, s.block_col", {"t": lease_id, "v": volunteer_id}).all()
+        tiles = [_task_tile(r, r.block_row, r.block_col) for r in rows]
+        task_id = self._public_id(project, lease_id, volunteer_id, tiles[0]) if tiles else ""
+        return Task(task_id=task_id, expires_at=expires, tiles=tiles,
                     is_gold=bool(rows and rows[0].is_gold), labelled_by_you=n_done)
 
     def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int) -> list[TaskTile]:

@@ -66,6 +66,18 @@ class NotLeased(Conflict):
     code = "not_leased"
 
 
+class LeaseExpired(Conflict):
+    """A late label that can no longer be used (tile finished or its places taken)."""
+
+    code = "lease_expired"
+
+
+class TutorialRequired(Forbidden):
+    """``next`` for a volunteer who has not passed the project's tutorial."""
+
+    code = "tutorial_required"
+
+
 class BodyTooLarge(LabelerError):
     code = "body_too_large"
 

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import write_tx
-from labeler.errors import NotLeased, ValidationError
+from labeler.assign import split_task_id, task_cell, verify_task
+from labeler.errors import LeaseExpired, NotLeased, ValidationError
 from labeler.models import utcnow
 from labeler.sql import id_list, js, run, ts, unjs
 from labeler.projects import ProjectConfig
@@ -216,27 +217,35 @@ def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[Label
 
 
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
-           labels: list[LabelIn]) -> SubmitResult:
+           labels: list[LabelIn], *, task_key: bytes | None = None) -> SubmitResult:
     """Store ``labels`` (already shape-checked by :func:`parse_submission`) all-or-nothing.
 
     Common path: four statements (lock tiles + read leases, insert, delete leases, update
-    tiles). Duplicates are classified only when something does not line up."""
+    tiles). Duplicates are classified only when something does not line up.
+
+    Late labels (the lease expired and was reclaimed): with ``task_key`` (the assigner's),
+    a label whose signed ``task_id`` proves the tile was handed to this volunteer is still
+    stored when that is safe — the tile is live and has room below its target (or it is a
+    skip, or a gold tile). Otherwise :class:`LeaseExpired`; never a silent drop."""
     result = SubmitResult()
     now = utcnow()
+    lease_id = split_task_id(task_id)
     with write_tx(engine) as conn:
         pg = conn.dialect.name == "postgresql"
         rows = run(conn,
-            "SELECT t.id, t.project_id, t.west, t.south, t.east, t.north, t.gold_answer, "
-            "t.gold_explanation, t.state, t.label_count, t.answer_counts, s.task_id, "
-            "s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s ON s.tile_id = t.id "
-            f"AND s.volunteer_id = :v WHERE t.id IN {id_list([lb.tile_id for lb in labels])} "
+            "SELECT t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, "
+            "t.gold_answer, t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, "
+            "t.answer_counts, s.task_id, s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s "
+            f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN "
+            f"{id_list([lb.tile_id for lb in labels])} "
             "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), {"v": volunteer_id}).all()
         tiles = {r.id: r for r in rows}
         unleased = [lb for lb in labels if lb.tile_id not in tiles
-                    or tiles[lb.tile_id].task_id != task_id]
+                    or tiles[lb.tile_id].task_id != lease_id]
         dup = _classify_duplicates(conn, volunteer_id, unleased) if unleased else set()
         result.duplicates = len(dup)
         fresh: list[LabelIn] = []
+        late: set[int] = set()  # tile ids stored without a lease under this task
         for lb in labels:
             if lb.index in dup:
                 continue
@@ -245,10 +254,9 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
             if tile is None or tile.project_id != project.id:
                 raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
                                       field=f"{f}.tile_id")
-            if tile.task_id != task_id:
-                raise NotLeased(f"tile {lb.tile_id} is not leased to you under task {task_id} "
-                                "(the lease may have expired): ask /next for a new task",
-                                field=f"{f}.tile_id")
+            if tile.task_id != lease_id or not lease_id:
+                _check_late(project, volunteer_id, task_id, tile, lb, task_key, f)
+                late.add(lb.tile_id)
             if lb.points:
                 for j, (lon, lat) in enumerate(lb.points):
                     if not (tile.west - EPS <= lon <= tile.east + EPS
@@ -271,12 +279,15 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
                 flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
                 correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
                 spent=lb.time_spent_ms, now=now_db)
+            # The lease this label consumes: none for a gold lease (gold is not counted) or
+            # when the lease is gone (a late label); a live normal lease of this volunteer on
+            # the tile (even under another task) is released.
+            release = 0 if tile.task_id is None or tile.lease_gold else 1
             if is_gold:  # gold answers feed skill, not the tile's counts
-                upd = None if tile.lease_gold else _tile_update(tile, None, release=1,
-                                                                project=project)
+                upd = _tile_update(tile, None, release=1, project=project) if release else None
             else:
                 upd = _tile_update(tile, None if lb.skipped else lb.answer,
-                                   release=0 if tile.lease_gold else 1, project=project)
+                                   release=release, project=project)
             if upd is not None:
                 upd = {**upd, "ac": js(conn, upd["ac"]),
                        "ra": now_db if upd["st"] != "live" else None}
@@ -309,6 +320,28 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
                     "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
                     "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
     return result
+
+
+def _check_late(project: ProjectConfig, volunteer_id: int, task_id: str, tile: Any, lb: LabelIn,
+                key: bytes | None, f: str) -> None:
+    """Raise unless a label for a tile not (or no longer) leased under ``task_id`` is safe."""
+    cell = task_cell(tile.x, tile.y, tile.z, project.block_cols, project.block_rows)
+    if key is None or tile.tutorial or not verify_task(key, task_id, volunteer_id, project.id, cell):
+        raise NotLeased(f"tile {lb.tile_id} was never part of task {task_id} for you: "
+                        "ask /next for a task", field=f"{f}.tile_id")
+    if lb.skipped or tile.gold_answer is not None:
+        return  # changes no tile's counts
+    if tile.state != "live":
+        raise LeaseExpired(f"your lease on tile {lb.tile_id} expired and the tile has meanwhile "
+                           f"been {tile.state}: this answer is no longer needed, thank you",
+                           field=f"{f}.tile_id")
+    # A live lease of this volunteer on the tile (under another task) is already counted.
+    room = tile.label_count + tile.lease_count - (1 if tile.task_id is not None
+                                                  and not tile.lease_gold else 0)
+    if room >= project.target:
+        raise LeaseExpired(f"your lease on tile {lb.tile_id} expired and other volunteers have "
+                           "taken its places: this answer is no longer needed, thank you",
+                           field=f"{f}.tile_id")
 
 
 def _tile_update(tile: Any, answer: str | None, *, release: int, project: ProjectConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ per-process cache of project configuration for the volunteer hot path.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ from labeler.models import (
     AuditLog,
     Project,
     Tile,
+    Volunteer,
     utcnow,
 )
 
@@ -386,6 +388,8 @@ class ProjectCache:
         self._lock = threading.Lock()
         self._configs: dict[str, tuple[float, ProjectConfig]] = {}
         self._progress: dict[int, tuple[float, dict[str, int]]] = {}
+        self._tutorial: dict[int, tuple[float, bool]] = {}
+        self._passed: set[tuple[int, str]] = set()
 
     def peek(self, slug: str) -> ProjectConfig | None:
         """The cached config if still fresh (no database access), else ``None``."""
@@ -416,8 +420,42 @@ class ProjectCache:
             self._progress[project_id] = (now, p)
         return p
 
+    def has_tutorial(self, project_id: int) -> bool:
+        """Whether the project has tutorial tiles (cached like the configs)."""
+        now = time.monotonic()
+        hit = self._tutorial.get(project_id)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        t = Tile.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(t.c.id).where(
+                t.c.project_id == project_id, t.c.tutorial.is_(True)).limit(1)).first() is not None
+        with self._lock:
+            self._tutorial[project_id] = (now, found)
+        return found
+
+    def tutorial_passed(self, volunteer_id: int, slug: str) -> bool:
+        """Whether the volunteer passed this project's tutorial. Passing is permanent, so
+        positive answers are remembered (bounded) and cost no query afterwards."""
+        if (volunteer_id, slug) in self._passed:
+            return True
+        v = Volunteer.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            done = conn.execute(sa.select(v.c.tutorials_passed).where(
+                v.c.id == volunteer_id)).scalar_one_or_none()
+        if isinstance(done, str):
+            done = json.loads(done)
+        ok = slug in (done or [])
+        if ok:
+            with self._lock:
+                if len(self._passed) > 100_000:
+                    self._passed.clear()
+                self._passed.add((volunteer_id, slug))
+        return ok
+
     def invalidate(self, slug: str | None = None) -> None:
         with self._lock:
+            self._tutorial.clear()
             if slug is None:
                 self._configs.clear()
             else:

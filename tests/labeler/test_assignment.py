@@ -78,7 +78,7 @@ def test_expired_lease_returns_tile(settings: Settings) -> None:
         engine.dispose()
 
 
-def test_expired_lease_label_is_refused_not_lost_silently(make_client, settings: Settings) -> None:
+def test_late_label_is_refused_when_its_place_was_taken(make_client, settings: Settings) -> None:
     short = settings.with_(lease_seconds=0)
     p = seed_project(short, n_tiles=1, redundancy=1, gold_rate=0)
     a, b = make_client(short), make_client(short)
@@ -89,8 +89,14 @@ def test_expired_lease_label_is_refused_not_lost_silently(make_client, settings:
     assert tb["tiles"][0]["tile_id"] == ta["tiles"][0]["tile_id"]
     r = a.post(f"/api/projects/{p.slug}/labels", headers=ha, json={
         "task_id": ta["task_id"], "labels": [label_for(ta["tiles"][0])]})
-    assert r.status_code == 409 and r.json()["error"]["code"] == "not_leased"
+    # the tile's only place is now b's lease: a's late answer would push it over target
+    assert r.status_code == 409 and r.json()["error"]["code"] == "lease_expired"
     assert r.json()["error"]["field"] == "labels.0.tile_id"
+    engine = make_engine(short.resolved_database_url, pool_size=1)
+    try:
+        assert recount(engine) == []
+    finally:
+        engine.dispose()
 
 
 def test_near_starts_at_the_place(client: TestClient, settings: Settings) -> None:
