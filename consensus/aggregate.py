@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import gammaln, logsumexp
+from scipy.special import gammaln
 
 from .errors import MethodError, VotesError
 from .votes import Votes
@@ -515,16 +515,19 @@ def _spatial_log_prior(loglik: np.ndarray, prior: np.ndarray, nbr: sp.csr_array,
     plus a Beta(1, 1 + shrink) log prior on lam, which pulls it towards 0 when there are few
     answers to learn it from (the data term grows with the number of tiles, the prior does not).
     """
-    lg = np.log(prior)[None, :]
-    j = loglik + lg
-    q = np.exp(j - logsumexp(j, axis=1, keepdims=True))      # data-only posteriors
+    q, _ = _log_normalise(loglik + np.log(prior)[None, :])  # data-only posteriors
     nb = nbr @ q                                              # (T, K); zero rows if isolated
     has = nb.sum(1) > 0.5
     nb[~has] = prior
+    # the mixture is linear in lam: sum_k prior_t(lam)[k] L_t[k] = (1 - lam) a_t + lam b_t,
+    # so each grid point costs one log over T (likelihoods scaled by their row maximum, a
+    # constant that does not move the argmax)
+    lr = np.exp(loglik - loglik.max(1, keepdims=True))
+    a = lr @ prior
+    b = np.einsum("tk,tk->t", nb, lr)
     best, best_ll = 0.0, -np.inf
     for lam in lam_grid:
-        lp = np.log((1 - lam) * prior[None, :] + lam * nb)
-        v = float(logsumexp(loglik + lp, axis=1).sum()) + shrink * float(np.log1p(-lam))
+        v = float(np.log((1 - lam) * a + lam * b).sum()) + shrink * float(np.log1p(-lam))
         if v > best_ll + 1e-9:
             best, best_ll = float(lam), v
     return np.log((1 - best) * prior[None, :] + best * nb), best
