@@ -17,41 +17,29 @@ STAGES = {"scene": "scene", "ingest": "tiles", "database": "database",
 
 
 class _Progress:
-    """rich progress bars on stderr (plain lines when stderr is not a terminal)."""
+    """The demo's ``progress(stage, done, total)`` as rich bars on stderr, one per stage."""
 
     def __init__(self) -> None:
-        self.bar = None
-        self.tasks: dict[str, int] = {}
-        self.last: dict[str, float] = {}
+        from crowdsight.cli._progress import Bars
+
+        self.bars = Bars(label_width=11)
 
     def __enter__(self) -> "_Progress":
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
-
-        console = Console(stderr=True)
-        if console.is_terminal:
-            self.bar = Progress(TextColumn("{task.description:<11}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-            self.bar.__enter__()
+        self.bars.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)  # type: ignore[arg-type]
+        if exc[0] is None:  # the setup finished: every stage is done
+            for key in self.bars.keys():
+                self.bars.finish(key)
+        self.bars.__exit__(*exc)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         name = STAGES.get(stage, stage)
-        if self.bar is None:
-            now = time.monotonic()
-            if name not in self.last or (done >= total > 0) or now - self.last[name] > 5:
-                if name not in self.last or done >= total > 0:
-                    click.echo(f"[demo] {name}: {done}/{total}", err=True)
-                self.last[name] = now
-            return
-        if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(name, total=max(total, 1))
-        self.bar.update(self.tasks[name], completed=done, total=max(total, 1))
+        for key in self.bars.keys():  # stages run one after another
+            if key != name:
+                self.bars.finish(key)
+        self.bars.update(name, done, total)
 
 
 @click.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import time
 from pathlib import Path
 import click
 
@@ -66,43 +65,23 @@ def _bands(value: str | None) -> list[int] | None:
 
 
 class _Progress:
-    """Rich progress bar on stderr with tiles/s; silent when quiet."""
+    """The ingest's ``progress(done, total, stage)`` as one rich bar on stderr with tiles/s."""
 
     def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar = None
-        self.task = None
+        from crowdsight.cli._progress import Bars
+
+        self.bars = Bars(quiet=quiet, unit="tiles", rate=True)
 
     def __enter__(self) -> "_Progress":
-        if not self.quiet:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self.bar = Progress(TextColumn("{task.description:<12}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("tiles"),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("checking", total=None, rate="")
-            self.t0 = time.perf_counter()
+        self.bars.__enter__()
+        self.bars.update("ingest", 0, None, "checking")
         return self
 
     def __call__(self, done: int, total: int, stage: str) -> None:
-        if self.bar is None:
-            return
-        if total <= 0:
-            self.bar.update(self.task, description=stage[:12])
-            return
-        if not hasattr(self, "render_t0"):
-            self.render_t0 = time.perf_counter()
-        dt = max(1e-6, time.perf_counter() - self.render_t0)
-        self.bar.update(self.task, completed=done, total=total, description=stage[:12],
-                        rate=f"{done / dt:,.0f} tiles/s" if done else "")
+        self.bars.update("ingest", done, total, stage)
 
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)
 
 
 def _fail(exc: Exception) -> click.ClickException:

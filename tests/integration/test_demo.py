@@ -17,10 +17,12 @@ import pytest
 START_TIMEOUT_S = 240  # a bound so a hang fails the test; not a performance threshold
 
 
+# 512 px (256 m): a 256 px scene is almost all edge tiles, which the manifest loader now skips
+# as nearly empty (min coverage 0.5), leaving only the gold/tutorial tiles and nothing to label.
 def _run_demo(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, list[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSIGHT_")}
     cmd = [sys.executable, "-m", "crowdsight", "demo", "--data-dir", str(data_dir),
-           "--size", "256", "--simulate", "4", "--port", "0", *extra]
+           "--size", "512", "--simulate", "4", "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     out: list[str] = []
@@ -89,13 +91,16 @@ def test_demo_comes_up_and_serves_all_three_pages(tmp_path):
             summary = c.get(f"{base}/api/analyst/projects/demo", headers=auth)
             assert summary.status_code == 200
         assert any("setup took" in line for line in err)
+        # rich bars on stderr (their final state, as stderr is a pipe), no plain counter lines
+        assert any(re.match(r"tiles\s.*\b(\d+)/\1\b", line) for line in err), err
+        assert not any(line.startswith("[demo] scene:") for line in err)
     finally:
         _stop(proc)
 
     # idempotent: a second run reuses the data directory (no new volunteers, same tiles)
     again = subprocess.run(
         [sys.executable, "-m", "crowdsight", "demo", "--data-dir", str(tmp_path / "data"),
-         "--size", "256", "--simulate", "4", "--no-serve"],
+         "--size", "512", "--simulate", "4", "--no-serve"],
         capture_output=True, text=True, timeout=START_TIMEOUT_S,
         env={k: v for k, v in os.environ.items() if not k.startswith("CROWDSIGHT_")})
     assert again.returncode == 0, again.stderr
