@@ -297,11 +297,12 @@ _STRENGTH_GRID = np.geomspace(0.25, 20.0, 13)
 
 
 def _eb_strength(counts: np.ndarray, pop: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Empirical-Bayes Dirichlet concentration per true class: for each k the ``s_k`` in
-    ``grid`` maximising the Dirichlet-multinomial evidence of every volunteer's (expected)
-    answer counts in row k under the prior Dirichlet(s_k * pop[k]) (Minka 2000).
+    """Empirical-Bayes Dirichlet concentration: the ``s`` in ``grid`` maximising the
+    Dirichlet-multinomial evidence of every volunteer's (expected) answer counts, summed over
+    the rows of their confusion, under the prior Dirichlet(s * pop[k]) (Minka 2000).
     Volunteers who clearly differ -> small s (each judged on their own answers); too few
-    answers to tell them apart -> large s (everyone near the population). Returns (K,)."""
+    answers to tell them apart -> large s (everyone near the population). One s for all rows:
+    rare-class rows have too few answers to choose their own. Returns it repeated (K,)."""
     n = counts.sum(-1)                                         # (W, K)
     p = np.maximum(pop, 1e-12)                                 # (K, L)
     score = np.empty((len(grid), pop.shape[0]))
@@ -309,7 +310,7 @@ def _eb_strength(counts: np.ndarray, pop: np.ndarray, grid: np.ndarray) -> np.nd
         a = g * p
         score[i] = (gammaln(g) - gammaln(g + n)).sum(0) + \
             (gammaln(a[None] + counts) - gammaln(a)[None]).sum((0, 2))
-    return grid[score.argmax(0)]
+    return np.full(pop.shape[0], grid[score.sum(1).argmax()])
 
 
 def _normalise_rows(c: np.ndarray) -> np.ndarray:
