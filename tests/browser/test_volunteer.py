@@ -273,13 +273,14 @@ def test_retry_after_network_failure_does_not_duplicate(
         else:
             route.continue_()
 
-    page.route("**/api/projects/flaky/labels", drop_first_response)
+    page.route("**/api/projects/flaky/labels*", drop_first_response)
     v.open("flaky")
     v.wait_task()
     (tile,) = v.tile_ids()
     page.keyboard.press("1")
     page.keyboard.press("ArrowRight")
-    v.wait_task()  # the next task appears only once the retry was acknowledged
+    v.wait_task()  # the prefetched next task appears at once; the outbox retries meanwhile
+    page.wait_for_function("() => localStorage.getItem('crowdsight.outbox') === '[]'")
     assert len(posts) == 2 and posts[0] == posts[1]
     rows = labels_of(db_rows, "Flaky")
     assert [(r.tile_id, r.answer) for r in rows] == [(tile, "yes")]
@@ -499,7 +500,7 @@ def test_offline_answers_survive_a_reload(page: Page, live_server: str, labeler_
     seed_project(labeler_settings, type="find", slug="offline", n_tiles=2)
     v = Volunteer(page, live_server)
     v.start("Offline")
-    page.route("**/api/projects/offline/labels", lambda route: route.abort("internetdisconnected"))
+    page.route("**/api/projects/offline/labels*", lambda route: route.abort("internetdisconnected"))
     v.open("offline")
     v.wait_task()
     (tile,) = v.tile_ids()
@@ -508,7 +509,7 @@ def test_offline_answers_survive_a_reload(page: Page, live_server: str, labeler_
     expect(page.locator("#outbox")).to_be_visible()
     expect(page.locator("#outbox")).to_contain_text("1 answer is waiting")
     assert db_rows("SELECT id FROM labels") == []
-    page.unroute("**/api/projects/offline/labels")
+    page.unroute("**/api/projects/offline/labels*")
     page.reload()
     v.task_id = ""
     second = v.wait_task()
@@ -595,13 +596,53 @@ def test_lease_is_renewed_while_the_task_is_on_screen(
     v.open("slow")
     task = v.wait_task()
     (tile,) = v.tile_ids()
-    first = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=task)[0].expires_at
+    lease_id = task[:-16]  # the page's task id is the lease id plus a signature
+    first = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=lease_id)[0].expires_at
     page.wait_for_timeout(5000)  # longer than the lease: renewed at about half of it
     assert len(nexts) >= 2, nexts
-    later = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=task)[0].expires_at
+    later = db_rows("SELECT expires_at FROM leases WHERE task_id = :t", t=lease_id)[0].expires_at
     assert str(later) > str(first)
     assert page.evaluate("() => document.body.dataset.taskId") == task  # same task kept
     page.keyboard.press("1")
     page.keyboard.press("ArrowRight")
     v.wait_task()
     assert [(r.tile_id, r.answer) for r in labels_of(db_rows, "Slow")] == [(tile, "yes")]
+
+
+@sqlite_only
+def test_next_task_is_prefetched_and_shown_before_the_answer_is_acknowledged(
+        page: Page, live_server: str, labeler_settings: Any, db_rows: Any) -> None:
+    """While the volunteer looks at task N, task N+1 is already leased and its image requested;
+    "Next" shows it even while the answer to N is still on its way (held here), and the
+    answer is stored once it gets through."""
+    seed_project(labeler_settings, type="find", slug="prefetch", n_tiles=3, gold_rate=0)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/labels" in r.url
+            else None)
+    held: list[Any] = []
+    page.route("**/api/projects/prefetch/labels*", lambda route: held.append(route))
+    v = Volunteer(page, live_server)
+    v.start("Prefetch")
+    v.open("prefetch")
+    v.wait_task()
+    (tile,) = v.tile_ids()
+    leases = db_rows("SELECT tile_id FROM leases")
+    assert len(leases) == 2  # the task on screen and the one ahead
+    ahead = next(r.tile_id for r in leases if r.tile_id != tile)
+    z, x, y = db_rows("SELECT z, x, y FROM tiles WHERE id = :t", t=ahead)[0]
+    url = f"/tiles/prefetch/image/{z}/{x}/{y}.jpg"
+    page.wait_for_function(
+        "u => performance.getEntriesByType('resource').some(e => e.name.endsWith(u))", arg=url)
+    assert posts == []  # requested before anything was submitted
+    page.keyboard.press("1")
+    page.keyboard.press("ArrowRight")
+    v.wait_task()
+    assert v.tile_ids() == [ahead]
+    assert held and db_rows("SELECT id FROM labels") == []  # the answer is still held
+    assert "next=1" in held[0].request.url and "ahead=1" in held[0].request.url
+    held.pop(0).continue_()
+    page.wait_for_function("() => localStorage.getItem('crowdsight.outbox') === '[]'")
+    assert [(r.tile_id, r.answer) for r in labels_of(db_rows, "Prefetch")] == [(tile, "yes")]
+    # the answer brought the task after that: again two leases, the third tile ahead
+    assert sorted(r.tile_id for r in db_rows("SELECT tile_id FROM leases")) == sorted(
+        t for t in [r.id for r in db_rows("SELECT id FROM tiles")] if t != tile)

@@ -108,13 +108,19 @@ export class Api {
     return this.request("POST", `api/projects/${encodeURIComponent(slug)}/tutorial`, { answers });
   }
 
-  next(slug, near) {
-    const q = near ? `?near=${encodeURIComponent(near)}` : "";
-    return this.request("GET", `api/projects/${encodeURIComponent(slug)}/next${q}`);
+  /** The current task; with `ahead`, also the one after it (leased too) under `ahead`. */
+  next(slug, near, { ahead = false } = {}) {
+    const q = new URLSearchParams();
+    if (near) q.set("near", near);
+    if (ahead) q.set("ahead", "1");
+    const qs = q.toString();
+    return this.request("GET", `api/projects/${encodeURIComponent(slug)}/next${qs ? `?${qs}` : ""}`);
   }
 
-  submit(slug, body) {
-    return this.request("POST", `api/projects/${encodeURIComponent(slug)}/labels`, body);
+  /** `query` e.g. "next=1&ahead=1": the answer then also carries the next task(s). */
+  submit(slug, body, query) {
+    const qs = query ? `?${query}` : "";
+    return this.request("POST", `api/projects/${encodeURIComponent(slug)}/labels${qs}`, body);
   }
 
   stats() {
@@ -165,8 +171,8 @@ export class Outbox {
   }
 
   /** Queue a submission; resolves with the server's answer once it is stored. */
-  send(slug, body) {
-    const item = { id: uuid4(), slug, body };
+  send(slug, body, query = "") {
+    const item = { id: uuid4(), slug, body, query };
     this.items.push(item);
     this.persist();
     const p = new Promise((resolve, reject) => this.waiters.set(item.id, { resolve, reject }));
@@ -212,7 +218,7 @@ export class Outbox {
       while (this.items.length) {
         const item = this.items[0];
         try {
-          const res = await this.api.submit(item.slug, item.body);
+          const res = await this.api.submit(item.slug, item.body, item.query || "");
           this.lastError = null;
           delay = 1000;
           this.settle(item, true, res);

@@ -13,6 +13,7 @@ const state = {
   session: null,
   project: null,
   task: null,
+  ahead: null, // the next task, already leased and its images preloaded
   busy: false,
   screen: "loading",
   progressBase: null, // {labelled_by_you, tiles, retired} from the last task
@@ -426,9 +427,46 @@ async function startTasks() {
   $("feedback").hidden = true;
   state.progressBase = p.progress ? { labelled_by_you: 0, ...p.progress } : null;
   state.sentSinceTask = 0;
+  state.ahead = null;
   renderProgress();
   showScreen("task");
   await loadNext();
+}
+
+// Prefetch: while the volunteer works on one task the server already holds the next one for
+// them (`ahead`, a second lease), and its images are fetched into the browser cache, so "Next"
+// shows it at once. The answers go out through the outbox with `?next=1&ahead=1`: one request
+// per task, whose answer brings the task after that.
+const preloaded = new Set();
+
+function preloadTask(task) {
+  if (!task || !task.tiles) return;
+  const urls = [];
+  for (const t of task.tiles) urls.push(...Object.values(t.image_urls || {}));
+  for (const ctx of Object.values(task.context_urls || {})) urls.push(...Object.values(ctx));
+  if (preloaded.size > 2000) preloaded.clear();
+  for (const url of urls) {
+    if (preloaded.has(url)) continue;
+    preloaded.add(url);
+    const img = new Image();
+    img.decoding = "async";
+    img.src = url; // cached (tiles are immutable), so the task view paints from the cache
+  }
+}
+
+function setAhead(task) {
+  state.ahead = task && task.task_id ? task : null;
+  preloadTask(state.ahead);
+}
+
+function tutorialRequired(e) {
+  const p = state.project;
+  if (!(e instanceof ApiError && e.code === "tutorial_required" && p && (p.tutorial || []).length)) return false;
+  const v = state.session.volunteer;
+  v.tutorials_passed = (v.tutorials_passed || []).filter((s) => s !== p.slug);
+  alertUser(i18n.t("error.tutorial_required"));
+  showTutorial(p);
+  return true;
 }
 
 async function loadNext() {
@@ -439,7 +477,7 @@ async function loadNext() {
   updateTaskButtons();
   let task;
   try {
-    task = await api.next(p.slug, state.near);
+    task = await api.next(p.slug, state.near, { ahead: true });
   } catch (e) {
     state.busy = false;
     if (e instanceof ApiError && e.code === "project_not_live") {
@@ -447,17 +485,30 @@ async function loadNext() {
       window.location.hash = "#/";
       return;
     }
+    if (tutorialRequired(e)) return;
     handle(e, loadNext);
     return;
   }
-  if (!task.task_id || task.done) {
+  setAhead(task.ahead);
+  await showTask(task, { fresh: true });
+}
+
+/** Put `task` on screen (or the done screen). `fresh`: its progress figures are current. */
+async function showTask(task, { fresh = false } = {}) {
+  const p = state.project;
+  if (!task || !task.task_id || task.done) {
     state.busy = false;
-    if (task.progress) state.progressBase = task.progress;
+    state.task = null;
+    if (task && task.progress) {
+      state.progressBase = task.progress;
+      state.sentSinceTask = 0;
+    }
     showDone();
     return;
   }
+  state.busy = true;
   state.task = task;
-  if (task.progress) {
+  if (fresh && task.progress) {
     state.progressBase = task.progress;
     state.sentSinceTask = 0;
   }
@@ -465,6 +516,7 @@ async function loadNext() {
   view.show(p, task);
   view.setLoading(true);
   await waitForImages();
+  if (state.task !== task) return;
   view.setLoading(false);
   view.updateSharpness();
   document.body.dataset.taskId = task.task_id;
@@ -473,7 +525,7 @@ async function loadNext() {
   scheduleLeaseRenewal(task);
 }
 
-// Keep the lease of the task on screen alive: `next` renews a task that is still leased, so a
+// Keep the lease of the task on screen alive: `next` renews the tasks still leased, so a
 // volunteer who takes long (many marks, a coffee) does not lose the task to its expiry.
 let leaseTimer = null;
 
@@ -490,7 +542,7 @@ async function renewLease(task) {
   if (state.task !== task || state.busy || state.screen !== "task") return;
   let fresh;
   try {
-    fresh = await api.next(state.project.slug, state.near);
+    fresh = await api.next(state.project.slug, state.near, { ahead: true });
   } catch {
     scheduleLeaseRenewal(task); // try again later; a submit may still succeed
     return;
@@ -498,10 +550,42 @@ async function renewLease(task) {
   if (state.task !== task) return; // moved on meanwhile
   if (fresh.task_id === task.task_id) {
     task.lease_expires_at = fresh.lease_expires_at;
+    if (fresh.ahead && (!state.ahead || state.ahead.task_id === fresh.ahead.task_id)) setAhead(fresh.ahead);
+    scheduleLeaseRenewal(task);
+  } else if ((fresh.ahead && fresh.ahead.task_id === task.task_id) || outbox.pending) {
+    // An earlier task's answers are still on their way; its lease comes first.
+    if (fresh.ahead && fresh.ahead.task_id === task.task_id) task.lease_expires_at = fresh.ahead.lease_expires_at;
     scheduleLeaseRenewal(task);
   } else {
     alertUser(i18n.t("error.not_leased"));
     await loadNext();
+  }
+}
+
+/** The server's answer to a submission: feedback, progress, and the task held ahead. */
+function afterSubmit(res, { task, skipped, thumbs, counted, project }) {
+  if (state.project !== project) return;
+  alertUser(""); // an earlier problem is over once the server takes answers again
+  const next = res && res.next;
+  if (next && next.progress) {
+    state.progressBase = next.progress; // counts this submission already
+    state.sentSinceTask = 0;
+  } else {
+    state.sentSinceTask += counted;
+  }
+  renderProgress();
+  if (res && res.feedback && res.feedback.length) showFeedback(res.feedback, thumbs);
+  else announce(i18n.t(skipped ? "task.skipped" : "task.sent"));
+  // Shown meanwhile: the prefetched task. The server's `next` is that task (renewed) and
+  // `next.ahead` the one after it; if the server no longer holds the shown task, its own
+  // current task becomes the one ahead.
+  if (state.task && state.task !== task && next && next.task_id) {
+    if (next.task_id === state.task.task_id) {
+      state.task.lease_expires_at = next.lease_expires_at;
+      if (!state.ahead) setAhead(next.ahead);
+    } else if (!state.ahead && !(next.ahead && next.ahead.task_id === state.task.task_id)) {
+      setAhead(next);
+    }
   }
 }
 
@@ -511,21 +595,40 @@ async function submit({ skipped = false } = {}) {
   const task = state.task;
   const labels = view.labels({ skipped });
   const thumbs = new Map(view.items.map((it) => [it.tile.tile_id, it.tile.image_urls]));
+  const ctx = { task, skipped, thumbs, counted: labels.filter((l) => !l.skipped).length, project: p };
   state.busy = true;
   view.setLoading(true);
   updateTaskButtons();
   $("feedback").hidden = true;
+  const q = new URLSearchParams({ next: "1", ahead: "1" });
+  if (state.near) q.set("near", state.near);
+  const sent = outbox.send(p.slug, { task_id: task.task_id, labels }, q.toString());
+  const prefetched = state.ahead;
+  state.ahead = null;
+  if (prefetched) {
+    // The next task is already leased and its images cached: show it now; the answer to
+    // this submission arrives in the background (the outbox retries it until stored).
+    sent.then((res) => afterSubmit(res, ctx), (e) => {
+      if (state.project === p) alertUser(errorText(e));
+    });
+    await showTask(prefetched);
+    return;
+  }
+  let res = null;
   try {
-    const res = await outbox.send(p.slug, { task_id: task.task_id, labels });
-    alertUser(""); // an earlier problem is over once the server takes answers again
-    state.sentSinceTask += labels.filter((l) => !l.skipped).length;
-    renderProgress();
-    if (res && res.feedback && res.feedback.length) showFeedback(res.feedback, thumbs);
-    else announce(i18n.t(skipped ? "task.skipped" : "task.sent"));
+    res = await sent;
+    afterSubmit(res, ctx);
   } catch (e) {
     alertUser(errorText(e));
   }
-  await loadNext();
+  if (state.project !== p || state.screen !== "task" || state.task !== task) return;
+  const next = res && res.next;
+  if (next && (next.task_id || next.done)) {
+    setAhead(next.ahead);
+    await showTask(next, { fresh: true });
+  } else {
+    await loadNext();
+  }
 }
 
 function showFeedback(items, thumbs) {
