@@ -384,7 +384,8 @@ async def start_job(request: Request) -> Response:
         job_id=row.id, project_id=cfg.id, slug=cfg.slug,
         database_url=settings.resolved_database_url,
         tile_store=str(_st(request).tile_store), layers=layers,
-        options=options, max_raster_pixels=settings.max_raster_pixels, actor=actor,
+        options=options, max_raster_pixels=settings.max_raster_pixels,
+        min_coverage=settings.min_task_coverage, actor=actor,
     )
     _job_runner(request).submit(spec)
     return JSONResponse(jobs.job_json(row), status_code=202,

@@ -413,7 +413,8 @@ def setup_demo(settings: Any, *, before: list[Path] | None = None,
             "gold_rate": 0.1, "priority": "completion",
         }
         load_manifest(engine, manifest_path, SLUG, tile_store=store, create=created,
-                      project_fields=fields, actor="demo")
+                      project_fields=fields, actor="demo",
+                      min_coverage=settings.min_task_coverage)
         tasks = read_manifest(manifest_path)["tasks"]
         truth_map = tile_truth(tasks, truth) if truth else {}
         gold = tut = 0

@@ -60,6 +60,7 @@ class IngestJobSpec:
     layers: dict[str, list[str]]  # layer name -> absolute paths of uploaded GeoTIFFs
     options: dict[str, Any] = field(default_factory=dict)
     max_raster_pixels: int = 2_000_000_000
+    min_coverage: float = 0.5  # Settings.min_task_coverage: skip nearly-empty task tiles
     actor: str = "researcher"
     delete_sources: bool = True  # remove the uploaded files once the job is over
 
@@ -344,7 +345,8 @@ def publish_staging(spec: IngestJobSpec, engine: Engine, staging: Path,
         target.mkdir(parents=True, exist_ok=True)
         os.replace(src_root / "manifest.json", old_manifest)
         result = load_manifest(engine, old_manifest, spec.slug, tile_store=store,
-                               actor=spec.actor, progress=progress)
+                               actor=spec.actor, progress=progress,
+                               min_coverage=spec.min_coverage)
     except BaseException:
         for dst in added:
             dst.unlink(missing_ok=True)
