@@ -392,6 +392,14 @@ async def submit_labels(request: Request) -> Response:
                         headers={"Cache-Control": "no-store"})
 
 
+_NEAR = ("string", "lon,lat: start near this place (projects with a task zoom)")
+_AHEAD = ("integer", "1: also lease the task after it (answer field 'ahead') for prefetching")
+next_task.query_params = {"near": _NEAR, "ahead": _AHEAD}  # type: ignore[attr-defined]
+submit_labels.query_params = {  # type: ignore[attr-defined]
+    "next": ("integer", "1: the answer also carries the next task (field 'next')"),
+    "ahead": _AHEAD, "near": _NEAR}
+
+
 async def my_stats(request: Request) -> Response:
     """This volunteer's label counts per project and gold score."""
     st = _st(request)

@@ -41,6 +41,11 @@ def build(routes: list[BaseRoute]) -> dict[str, Any]:
         role = re.search(r"Role: ([a-z /()]+)", doc)
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                   for n in PARAM_RE.findall(path)]
+        # Optional query parameters an endpoint declares as ``endpoint.query_params``
+        # ({name: (json schema type, description)}).
+        params += [{"name": n, "in": "query", "required": False, "schema": {"type": t},
+                    "description": d}
+                   for n, (t, d) in getattr(endpoint, "query_params", {}).items()]
         for m in sorted(methods):
             op: dict[str, Any] = {
                 "summary": summary,

@@ -159,3 +159,12 @@ def test_late_label_needs_a_task_that_was_really_handed_out(make_client, setting
         "task_id": ta["task_id"], "labels": [label_for(ta["tiles"][0])]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_leased"
     _recount_clean(short)
+
+
+def test_openapi_lists_the_query_parameters(client: TestClient) -> None:
+    doc = client.get("/api/openapi.json").json()
+    nxt = doc["paths"]["/api/projects/{slug}/next"]["get"]["parameters"]
+    assert {(p["name"], p["in"]) for p in nxt} >= {("slug", "path"), ("ahead", "query"),
+                                                    ("near", "query")}
+    post = doc["paths"]["/api/projects/{slug}/labels"]["post"]["parameters"]
+    assert {p["name"] for p in post if p["in"] == "query"} == {"next", "ahead", "near"}
