@@ -5,7 +5,10 @@ For each backend (SQLite, then PostgreSQL when reachable) this
 1. creates a fresh database, migrates it and seeds a live project with many tiles;
 2. starts ``crowdsight serve --workers 2`` on loopback;
 3. runs N concurrent volunteers (asyncio; one keep-alive connection each) for a fixed time,
-   each looping ``GET /next`` then ``POST /labels``;
+   each looping the way the volunteer page does (``--mode page``: ``GET /next?ahead=1`` once,
+   then ``POST /labels?next=1&ahead=1`` per task, whose answer brings the next task while a
+   second one is held ahead), or ``--mode split`` (``GET /next`` then ``POST /labels``, the
+   old page) or ``--mode combined`` (``POST /labels?next=1``, no task ahead);
 4. stops the server and checks that every acknowledged label is in the database exactly once,
    that no (tile, volunteer) pair repeats and that no tile exceeds its redundancy target.
 
@@ -20,7 +23,8 @@ competes with the server for the same cores: the figures are a floor, not the se
     .venv/bin/python bench/service.py                       # defaults: 200 volunteers, 10 s
     .venv/bin/python bench/service.py --duration 5 --volunteers 100 --backends sqlite
     .venv/bin/python bench/service.py --block 3x2            # MapSwipe-style 6-tile tasks
-    .venv/bin/python bench/service.py --combined             # POST /labels?next=1
+    .venv/bin/python bench/service.py --mode split           # GET /next + POST /labels
+    .venv/bin/python bench/service.py --mode combined        # POST /labels?next=1
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class Http:
 
 
 async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[str, Any],
-                     seed: int, bare: bool, combined: bool = False) -> None:
+                     seed: int, bare: bool, mode: str = "page") -> None:
     rng = random.Random(seed)
     http = Http(host, port)
     await http.open()
@@ -140,11 +144,13 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
             return
         csrf = {"X-CSRF-Token": json.loads(body)["csrf_token"]}
         task = None
-        labels_path = f"/api/projects/{slug}/labels" + ("?next=1" if combined and not bare else "")
+        query = {"page": "?next=1&ahead=1", "combined": "?next=1", "split": ""}[mode]
+        labels_path = f"/api/projects/{slug}/labels" + ("" if bare else query)
+        next_path = f"/api/projects/{slug}/next" + ("?ahead=1" if mode == "page" and not bare else "")
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             if task is None:
-                status, body = await http.request("GET", f"/api/projects/{slug}/next")
+                status, body = await http.request("GET", next_path)
                 if status != 200:
                     out["errors"].append(f"next {status} {body[:200]!r}")
                     return
@@ -178,8 +184,8 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
         http.close()
 
 
-def _client_proc(args: tuple[str, int, str, int, float, int, bool, bool]) -> dict[str, Any]:
-    host, port, slug, n, start_at, duration, bare, combined = args
+def _client_proc(args: tuple[str, int, str, int, float, int, bool, str]) -> dict[str, Any]:
+    host, port, slug, n, start_at, duration, bare, mode = args
     out: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
                            "in_window": 0}
 
@@ -190,7 +196,7 @@ def _client_proc(args: tuple[str, int, str, int, float, int, bool, bool]) -> dic
             await asyncio.sleep(delay)
         stop_at = time.perf_counter() + duration
         await asyncio.gather(*(_volunteer(host, port, slug, stop_at, out, hash((os.getpid(), i)),
-                                          bare, combined) for i in range(n)))
+                                          bare, mode) for i in range(n)))
 
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -201,12 +207,12 @@ def _client_proc(args: tuple[str, int, str, int, float, int, bool, bool]) -> dic
 
 
 def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs: int,
-          bare: bool, combined: bool = False) -> dict[str, Any]:
+          bare: bool, mode: str = "page") -> dict[str, Any]:
     start_at = time.time() + 1.5
     shares = [volunteers // procs + (1 if i < volunteers % procs else 0) for i in range(procs)]
     with ProcessPoolExecutor(procs) as pool:
         parts = list(pool.map(_client_proc, [(host, port, slug, n, start_at, duration, bare,
-                                              combined) for n in shares]))
+                                              mode) for n in shares]))
     merged: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
                               "in_window": 0}
     for p in parts:
@@ -293,7 +299,7 @@ def run_backend(backend: str, a: argparse.Namespace, work: Path) -> dict[str, An
         t0 = time.perf_counter()
         with server(cmd, env, port, "/api/health"):
             res = drive("127.0.0.1", port, project.slug, a.volunteers, a.duration,
-                        a.client_procs, bare=False, combined=a.combined)
+                        a.client_procs, bare=False, mode=a.mode)
         res["wall"] = time.perf_counter() - t0
         engine = make_engine(url, pool_size=1)
         try:
@@ -324,6 +330,11 @@ def run_bare(a: argparse.Namespace) -> dict[str, Any]:
         return drive("127.0.0.1", port, "bare", a.volunteers, a.duration, a.client_procs, bare=True)
 
 
+MODES = {"page": "labels?next=1&ahead=1, one request per task, a task held ahead",
+         "combined": "labels?next=1, one request per task",
+         "split": "next + labels, two requests per task"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--volunteers", type=int, default=200)
@@ -335,9 +346,12 @@ def main() -> None:
     ap.add_argument("--redundancy", type=int, default=5)
     ap.add_argument("--gold-rate", type=float, default=0.0)
     ap.add_argument("--block", default="1x1", help="COLSxROWS tiles per task, e.g. 3x2")
-    ap.add_argument("--combined", action="store_true",
-                    help="volunteers use POST /labels?next=1 (one request per task); the bare "
-                         "ceiling is still measured with two requests")
+    ap.add_argument("--mode", choices=("page", "combined", "split"), default="page",
+                    help="page: next?ahead=1 once, then labels?next=1&ahead=1 (the volunteer "
+                         "page); combined: labels?next=1; split: next + labels (two requests "
+                         "per task). The bare ceiling is always measured with two requests")
+    ap.add_argument("--combined", action="store_const", const="combined", dest="mode",
+                    help="same as --mode combined")
     a = ap.parse_args()
 
     from labeler.testing import postgres_available
@@ -360,7 +374,7 @@ def main() -> None:
     bare_rate = len(results["bare"]["submit"]) / a.duration
     print(f"\ncrowdsight service benchmark: {a.volunteers} volunteers, {a.duration} s each, "
           f"server {a.workers} workers, client {a.client_procs} procs, block {a.block}, "
-          f"{'submit?next=1 (one request per task)' if a.combined else 'next + submit'}, "
+          f"mode {a.mode} ({MODES[a.mode]}), "
           f"{os.cpu_count()} CPUs shared by client and server")
     hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
            f"{'submit p50':>12}{'submit p99':>12}{'vs bare':>9}{'lost':>6}{'dup':>5}"

@@ -23,7 +23,8 @@ from labeler.errors import (
     TutorialRequired,
     ValidationError,
 )
-from labeler.labels import parse_submission, submit, volunteer_stats
+from labeler.db import write_tx
+from labeler.labels import parse_submission, submit, submit_in, volunteer_stats
 from labeler.manifest import load_manifest
 from labeler.models import Label, Tile, Volunteer
 from labeler.projects import (
@@ -313,9 +314,9 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
 
 
 def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-          ahead: bool = False) -> dict[str, Any]:
+          ahead: bool = False, conn: Any = None) -> dict[str, Any]:
     _require_tutorial(st, project, vid)
-    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0)
+    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
     prog = st.projects.progress(project.id)
     if not tasks:
         n = _labelled_by(st.engine, project.id, vid)
@@ -326,6 +327,18 @@ def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] |
     if ahead:
         body["ahead"] = _task_json(project, tasks[1], prog) if len(tasks) > 1 else None
     return body
+
+
+def _next_or_none(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
+                  ahead: bool, conn: Any = None) -> dict[str, Any] | None:
+    """``next`` after a submission: ``None`` when the project is not live or its tutorial is
+    required (the labels are stored either way; ``GET /next`` explains)."""
+    if project.status != "live":
+        return None
+    try:
+        return _next(st, project, vid, near, ahead, conn)
+    except TutorialRequired:
+        return None
 
 
 def _parse_flag(request: Request, name: str) -> bool:
@@ -379,13 +392,17 @@ async def submit_labels(request: Request) -> Response:
         return JSONResponse(result.to_json())
 
     def submit_then_next() -> dict[str, Any]:
-        body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
-        body["next"] = None
-        if project.status == "live":
-            try:
-                body["next"] = _next(st, project, session.id, near, ahead)
-            except TutorialRequired:  # the labels are stored; GET /next explains
-                pass
+        if st.engine.dialect.name != "sqlite":
+            # PostgreSQL: labels commit synchronously; claims are autocommit statements on the
+            # lease engine (asynchronous commit), so they stay separate.
+            body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
+            body["next"] = _next_or_none(st, project, session.id, near, ahead)
+            return body
+        # SQLite: store the labels and claim the next task in ONE write transaction (one
+        # writer-lock round and commit per task instead of two).
+        with write_tx(st.engine) as conn:
+            body = submit_in(conn, project, session.id, task_id, labels, task_key=key).to_json()
+            body["next"] = _next_or_none(st, project, session.id, near, ahead, conn)
         return body
     # ?next=1: the next task comes back with the answer — one request per label instead of two.
     return JSONResponse(await _db(request, submit_then_next),

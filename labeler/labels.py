@@ -227,98 +227,103 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
     a label whose signed ``task_id`` proves the tile was handed to this volunteer is still
     stored when that is safe — the tile is live and has room below its target (or it is a
     skip, or a gold tile). Otherwise :class:`LeaseExpired`; never a silent drop."""
+    with write_tx(engine) as conn:
+        return submit_in(conn, project, volunteer_id, task_id, labels, task_key=task_key)
+
+
+def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_id: str,
+              labels: list[LabelIn], *, task_key: bytes | None = None) -> SubmitResult:
+    """:func:`submit` inside the caller's write transaction (``labeler.db.write_tx``), e.g.
+    to claim the next task in the same transaction."""
     result = SubmitResult()
     now = utcnow()
     lease_id = split_task_id(task_id)
-    with write_tx(engine) as conn:
-        pg = conn.dialect.name == "postgresql"
-        rows = run(conn,
-            "SELECT t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, "
-            "t.gold_answer, t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, "
-            "t.answer_counts, s.task_id, s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s "
-            f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN "
-            f"{id_list([lb.tile_id for lb in labels])} "
-            "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), {"v": volunteer_id}).all()
-        tiles = {r.id: r for r in rows}
-        unleased = [lb for lb in labels if lb.tile_id not in tiles
-                    or tiles[lb.tile_id].task_id != lease_id]
-        dup = _classify_duplicates(conn, volunteer_id, unleased) if unleased else set()
-        result.duplicates = len(dup)
-        fresh: list[LabelIn] = []
-        late: set[int] = set()  # tile ids stored without a lease under this task
-        for lb in labels:
-            if lb.index in dup:
-                continue
-            f = f"labels.{lb.index}"
-            tile = tiles.get(lb.tile_id)
-            if tile is None or tile.project_id != project.id:
-                raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
-                                      field=f"{f}.tile_id")
-            if tile.task_id != lease_id or not lease_id:
-                _check_late(project, volunteer_id, task_id, tile, lb, task_key, f)
-                late.add(lb.tile_id)
-            if lb.points:
-                for j, (lon, lat) in enumerate(lb.points):
-                    if not (tile.west - EPS <= lon <= tile.east + EPS
-                            and tile.south - EPS <= lat <= tile.north + EPS):
-                        raise ValidationError(
-                            f"point {j} ({lon}, {lat}) is outside tile {lb.tile_id} "
-                            f"[{tile.west}, {tile.south}, {tile.east}, {tile.north}]",
-                            field=f"{f}.points.{j}")
-            fresh.append(lb)
-        if not fresh:
-            return result
-        now_db = ts(conn, now)
-        plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
-        for lb in fresh:
-            tile = tiles[lb.tile_id]
-            is_gold = tile.gold_answer is not None
-            row = dict(
-                p=project.id, tile_id=lb.tile_id, v=volunteer_id, answer=lb.answer,
-                points=None if lb.points is None else js(conn, lb.points), skipped=lb.skipped,
-                flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
-                correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
-                spent=lb.time_spent_ms, now=now_db)
-            # The lease this label consumes: none for a gold lease (gold is not counted) or
-            # when the lease is gone (a late label); a live normal lease of this volunteer on
-            # the tile (even under another task) is released.
-            release = 0 if tile.task_id is None or tile.lease_gold else 1
-            if is_gold:  # gold answers feed skill, not the tile's counts
-                upd = _tile_update(tile, None, release=1, project=project) if release else None
-            else:
-                upd = _tile_update(tile, None if lb.skipped else lb.answer,
-                                   release=release, project=project)
-            if upd is not None:
-                upd = {**upd, "ac": js(conn, upd["ac"]),
-                       "ra": now_db if upd["st"] != "live" else None}
-            plan.append((lb, row, upd))
-        inserted: set[int] = set()
-        if pg:
-            # One round trip: insert; for what went in, drop the leases and update the tiles.
-            sql, params = _pg_submit_sql(plan, volunteer_id)
-            inserted = {r[0] for r in run(conn, sql, params)}
+    pg = conn.dialect.name == "postgresql"
+    rows = run(conn,
+        "SELECT t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, "
+        "t.gold_answer, t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, "
+        "t.answer_counts, s.task_id, s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s "
+        f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN "
+        f"{id_list([lb.tile_id for lb in labels])} "
+        "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), {"v": volunteer_id}).all()
+    tiles = {r.id: r for r in rows}
+    unleased = [lb for lb in labels if lb.tile_id not in tiles
+                or tiles[lb.tile_id].task_id != lease_id]
+    dup = _classify_duplicates(conn, volunteer_id, unleased) if unleased else set()
+    result.duplicates = len(dup)
+    fresh: list[LabelIn] = []
+    for lb in labels:
+        if lb.index in dup:
+            continue
+        f = f"labels.{lb.index}"
+        tile = tiles.get(lb.tile_id)
+        if tile is None or tile.project_id != project.id:
+            raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
+                                  field=f"{f}.tile_id")
+        if tile.task_id != lease_id or not lease_id:
+            _check_late(project, volunteer_id, task_id, tile, lb, task_key, f)
+        if lb.points:
+            for j, (lon, lat) in enumerate(lb.points):
+                if not (tile.west - EPS <= lon <= tile.east + EPS
+                        and tile.south - EPS <= lat <= tile.north + EPS):
+                    raise ValidationError(
+                        f"point {j} ({lon}, {lat}) is outside tile {lb.tile_id} "
+                        f"[{tile.west}, {tile.south}, {tile.east}, {tile.north}]",
+                        field=f"{f}.points.{j}")
+        fresh.append(lb)
+    if not fresh:
+        return result
+    now_db = ts(conn, now)
+    plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
+    for lb in fresh:
+        tile = tiles[lb.tile_id]
+        is_gold = tile.gold_answer is not None
+        row = dict(
+            p=project.id, tile_id=lb.tile_id, v=volunteer_id, answer=lb.answer,
+            points=None if lb.points is None else js(conn, lb.points), skipped=lb.skipped,
+            flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
+            correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
+            spent=lb.time_spent_ms, now=now_db)
+        # The lease this label consumes: none for a gold lease (gold is not counted) or
+        # when the lease is gone (a late label); a live normal lease of this volunteer on
+        # the tile (even under another task) is released.
+        release = 0 if tile.task_id is None or tile.lease_gold else 1
+        if is_gold:  # gold answers feed skill, not the tile's counts
+            upd = _tile_update(tile, None, release=1, project=project) if release else None
         else:
-            for lb, row, _ in plan:
-                if run(conn, _INSERT_SQL, row).first() is not None:
-                    inserted.add(lb.tile_id)
-            if inserted:
-                run(conn, "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN "
-                    + id_list(sorted(inserted)), {"v": volunteer_id})
-                updates = [upd for lb, _, upd in plan if upd and lb.tile_id in inserted]
-                if updates:
-                    run(conn, _UPDATE_SQL, updates)
-        if len(inserted) < len(fresh):
-            # A concurrent request of the same volunteer got there first, or a key was reused.
-            late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh
-                                                             if lb.tile_id not in inserted])
-            result.duplicates += len(late)
-        result.stored = len(inserted)
-        for lb in fresh:
-            tile = tiles[lb.tile_id]
-            if lb.tile_id in inserted and tile.gold_answer is not None and not lb.skipped:
-                result.feedback.append({
-                    "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
-                    "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
+            upd = _tile_update(tile, None if lb.skipped else lb.answer,
+                               release=release, project=project)
+        if upd is not None:
+            upd = {**upd, "ac": js(conn, upd["ac"]),
+                   "ra": now_db if upd["st"] != "live" else None}
+        plan.append((lb, row, upd))
+    inserted: set[int] = set()
+    if pg:
+        # One round trip: insert; for what went in, drop the leases and update the tiles.
+        sql, params = _pg_submit_sql(plan, volunteer_id)
+        inserted = {r[0] for r in run(conn, sql, params)}
+    else:
+        for lb, row, _ in plan:
+            if run(conn, _INSERT_SQL, row).first() is not None:
+                inserted.add(lb.tile_id)
+        if inserted:
+            run(conn, "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN "
+                + id_list(sorted(inserted)), {"v": volunteer_id})
+            updates = [upd for lb, _, upd in plan if upd and lb.tile_id in inserted]
+            if updates:
+                run(conn, _UPDATE_SQL, updates)
+    if len(inserted) < len(fresh):
+        # A concurrent request of the same volunteer got there first, or a key was reused.
+        late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh
+                                                         if lb.tile_id not in inserted])
+        result.duplicates += len(late)
+    result.stored = len(inserted)
+    for lb in fresh:
+        tile = tiles[lb.tile_id]
+        if lb.tile_id in inserted and tile.gold_answer is not None and not lb.skipped:
+            result.feedback.append({
+                "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
+                "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
     return result
 
 
