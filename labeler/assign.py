@@ -170,6 +170,22 @@ _STATE_SQL = (
     "ORDER BY id LIMIT 1), "
     "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at <= :now)")
 
+# PostgreSQL, when a task ahead is wanted: the state and the live task ids (oldest first,
+# comma-separated) in one round trip.
+_STATE_AHEAD_PG = (
+    "SELECT (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p), "
+    "(SELECT string_agg(task_id, ',' ORDER BY first) FROM (SELECT task_id, min(id) AS first "
+    "FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
+    "GROUP BY task_id ORDER BY first LIMIT :n) live), "
+    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at <= :now)")
+
+# PostgreSQL: renew a task and read its tiles in one statement.
+_RENEW_PG = (
+    "WITH u AS (UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v "
+    "RETURNING tile_id, block_row, block_col, is_gold) "
+    f"SELECT {_TILE_COLS}, u.block_row, u.block_col, u.is_gold FROM u JOIN tiles t ON t.id = u.tile_id "
+    "ORDER BY u.block_row, u.block_col")
+
 # The volunteer's live tasks, oldest first (only asked when a task ahead is wanted).
 _LIVE_SQL = (
     "SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
@@ -265,13 +281,17 @@ class Assigner:
               near_xy: tuple[int, int] | None, now: datetime, expires: datetime, want: int,
               reclaim: Any) -> list[Task]:
         pg = _pg(conn)
-        state = run(conn, _STATE_SQL, {"v": volunteer_id, "p": project.id,
-                                       "now": ts(conn, now)}).one()
-        n_done, live_task, n_expired = int(state[0]), state[1], int(state[2])
-        live = [live_task] if live_task is not None else []
-        if live and want > 1:
-            live = [r[0] for r in run(conn, _LIVE_SQL, {"v": volunteer_id, "p": project.id,
-                                                        "now": ts(conn, now), "n": want})]
+        params = {"v": volunteer_id, "p": project.id, "now": ts(conn, now)}
+        if pg and want > 1:
+            state = run(conn, _STATE_AHEAD_PG, {**params, "n": want}).one()
+            n_done, n_expired = int(state[0]), int(state[2])
+            live = state[1].split(",") if state[1] else []
+        else:
+            state = run(conn, _STATE_SQL, params).one()
+            n_done, live_task, n_expired = int(state[0]), state[1], int(state[2])
+            live = [live_task] if live_task is not None else []
+            if live and want > 1:
+                live = [r[0] for r in run(conn, _LIVE_SQL, {**params, "n": want})]
         tasks = [t for t in (self._renew(conn, project, lid, volunteer_id, expires, n_done)
                              for lid in live[:want]) if t.tiles]
         if len(tasks) >= want:
@@ -338,12 +358,15 @@ class Assigner:
     # -- pieces --------------------------------------------------------------------------
     def _renew(self, conn: Connection, project: ProjectConfig, lease_id: str, volunteer_id: int,
                expires: datetime, n_done: int) -> Task:
-        run(conn, "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v",
-            {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})
-        rows = run(conn,
-            f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
-            "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
-            "ORDER BY s.block_row, s.block_col", {"t": lease_id, "v": volunteer_id}).all()
+        if _pg(conn):
+            rows = run(conn, _RENEW_PG, {"e": expires, "t": lease_id, "v": volunteer_id}).all()
+        else:
+            run(conn, "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v",
+                {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})
+            rows = run(conn,
+                f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
+                "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
+                "ORDER BY s.block_row, s.block_col", {"t": lease_id, "v": volunteer_id}).all()
         tiles = [_task_tile(r, r.block_row, r.block_col) for r in rows]
         task_id = self._public_id(project, lease_id, volunteer_id, tiles[0]) if tiles else ""
         return Task(task_id=task_id, expires_at=expires, tiles=tiles,
