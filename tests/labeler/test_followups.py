@@ -168,3 +168,21 @@ def test_openapi_lists_the_query_parameters(client: TestClient) -> None:
                                                     ("near", "query")}
     post = doc["paths"]["/api/projects/{slug}/labels"]["post"]["parameters"]
     assert {p["name"] for p in post if p["in"] == "query"} == {"next", "ahead", "near"}
+
+
+def test_submit_with_next_stores_labels_even_when_the_tutorial_became_required(
+        client: TestClient, settings: Settings) -> None:
+    from labeler.testing import create_token
+
+    p = seed_project(settings, n_tiles=3, gold_rate=0)
+    h = start_volunteer(client)
+    task = client.get(f"/api/projects/{p.slug}/next").json()
+    spare = next(t for t in p.tile_ids if t != task["tiles"][0]["tile_id"])
+    token = create_token(settings, "researcher")
+    r = client.post(f"/api/projects/{p.slug}/gold", headers={"Authorization": f"Bearer {token}"},
+                    json={"tiles": [{"tile_id": spare, "answer": "yes", "tutorial": True}]})
+    assert r.status_code == 200, r.text
+    r = _post(client, p.slug, h, task, "?next=1&ahead=1")
+    assert r.status_code == 200 and r.json()["stored"] == 1 and r.json()["next"] is None
+    err = client.get(f"/api/projects/{p.slug}/next").json()["error"]
+    assert err["code"] == "tutorial_required"
