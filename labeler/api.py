@@ -25,7 +25,7 @@ from labeler.errors import (
 )
 from labeler.db import write_tx
 from labeler.labels import parse_submission, submit, submit_in, volunteer_stats
-from labeler.manifest import load_manifest
+from labeler.manifest import check_min_coverage, load_manifest
 from labeler.models import Label, Tile, Volunteer
 from labeler.projects import (
     ProjectConfig,
@@ -489,8 +489,10 @@ async def load_manifest_ep(request: Request) -> Response:
     if not isinstance(path, str) or not path or len(path) > 1000:
         raise ValidationError("'path' (inside the tile store) is required", field="path")
     slug = request.path_params["slug"]
+    min_coverage = check_min_coverage(data.get("min_coverage", st.settings.min_task_coverage))
     result = await run_in_threadpool(lambda: load_manifest(
-        st.engine, path, slug, tile_store=st.tile_store, actor=who.actor))
+        st.engine, path, slug, tile_store=st.tile_store, actor=who.actor,
+        min_coverage=min_coverage))
     st.projects.invalidate(slug)
     return JSONResponse(result.to_json())
 

@@ -99,6 +99,11 @@ def test_api_and_cli_load(settings: Settings, monkeypatch: pytest.MonkeyPatch) -
         assert r.status_code == 200 and r.json()["tiles_added"] == 3
         r = c.post("/api/projects/town/manifest", headers=auth, json={"path": "town"})
         assert r.json()["tiles_added"] == 0 and r.json()["tiles_total"] == 3
+        # the API takes the coverage threshold too (default: CROWDSIGHT_MIN_TASK_COVERAGE)
+        assert r.json()["min_coverage"] == settings.min_task_coverage
+        r = c.post("/api/projects/town/manifest", headers=auth,
+                   json={"path": "town", "min_coverage": 2})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "min_coverage"
     from crowdsight.cli import main
 
     monkeypatch.setenv("CROWDSIGHT_DATABASE_URL", settings.resolved_database_url)
