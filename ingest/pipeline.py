@@ -21,7 +21,8 @@ import numpy as np
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
 from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
-                           downsample2, encode_tile, render_block, work_dir)
+                           downsample2, encode_tile, preload, render_block,
+                           work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -502,6 +503,7 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
         for job in all_jobs:
             yield render_block(job)
         return
+    preload(all_jobs[0].layer.ext)  # once here, inherited by forked workers
     # fork is cheap and safe while we are single-threaded; otherwise use a clean forkserver
     method = "fork" if threading.active_count() == 1 and os.name == "posix" else "forkserver"
     ctx = multiprocessing.get_context(method)

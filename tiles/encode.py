@@ -50,6 +50,17 @@ def flatten_alpha(array: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def load_plugin(fmt: str) -> None:
+    """Load Pillow's encoder for ``fmt`` now, e.g. once before forking worker processes.
+
+    Pillow otherwise loads its common plugins on the first save and *every* plugin (~50
+    modules) on the first WebP save; done in a parent process, the workers inherit them.
+    """
+    Image.preinit()
+    if check_format(fmt) == "webp" and "WEBP" not in Image.SAVE:
+        from PIL import WebPImagePlugin  # noqa: F401  (registers the WEBP encoder)
+
+
 def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> bytes:
     """Encode an ``(H, W)`` or ``(H, W, C)`` uint8 array (C = 1, 2, 3 or 4; 2/4 carry alpha).
 
@@ -76,6 +87,8 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
     if fmt == "jpg":
         img.save(buf, "JPEG", quality=q)
     elif fmt == "webp":
+        if "WEBP" not in Image.SAVE:
+            load_plugin(fmt)
         img.save(buf, "WEBP", quality=q, method=WEBP_METHOD)
     else:
         img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
