@@ -30,31 +30,53 @@ class Policy(Protocol):
 
 @dataclass(frozen=True)
 class RetirementPolicy:
-    """Retire a tile once its leading answer's posterior reaches ``threshold`` with at least
+    """Retire a tile once its leading answer's posterior reaches the threshold with at least
     ``min_votes`` answers; at ``max_votes`` without that, mark it ``unresolved`` (it goes to the
-    researchers' review list)."""
+    researchers' review list).
+
+    The threshold is ``threshold`` at ``min_votes`` answers. With ``final_threshold`` (default:
+    the same, a constant threshold) it relaxes linearly to ``final_threshold`` at ``max_votes``:
+    near the cap one more answer can change the outcome less, so a tile that has been contested
+    for a while retires at a lower posterior instead of spending every remaining answer (a
+    finite-horizon stopping rule). ``decide`` is O(classes) and deterministic.
+    """
 
     threshold: float = 0.95
     min_votes: int = 2
     max_votes: int = 7
+    final_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConsensusError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.final_threshold is not None and not (
+                0.0 < self.final_threshold <= self.threshold):
+            raise ConsensusError("final_threshold must be in (0, threshold], got "
+                                 f"{self.final_threshold} with threshold {self.threshold}")
         if self.min_votes < 1 or self.max_votes < self.min_votes:
             raise ConsensusError("need 1 <= min_votes <= max_votes, got "
                                  f"{self.min_votes}, {self.max_votes}")
 
+    def threshold_at(self, n_votes: int) -> float:
+        """The posterior a tile with ``n_votes`` answers needs to retire."""
+        if self.final_threshold is None or self.max_votes == self.min_votes:
+            return self.threshold
+        f = min(max(n_votes - self.min_votes, 0) / (self.max_votes - self.min_votes), 1.0)
+        return self.threshold + (self.final_threshold - self.threshold) * f
+
     def decide(self, posterior: np.ndarray, n_votes: int) -> Decision:
-        if n_votes >= self.min_votes and float(np.max(posterior)) >= self.threshold:
+        if n_votes >= self.min_votes and float(np.max(posterior)) >= self.threshold_at(n_votes):
             return "retire"
         if n_votes >= self.max_votes:
             return "unresolved"
         return "continue"
 
     def as_dict(self) -> dict:
-        return {"policy": "posterior", "threshold": self.threshold,
-                "min_votes": self.min_votes, "max_votes": self.max_votes}
+        d = {"policy": "posterior", "threshold": self.threshold,
+             "min_votes": self.min_votes, "max_votes": self.max_votes}
+        if self.final_threshold is not None:
+            d["final_threshold"] = self.final_threshold
+        return d
 
 
 @dataclass(frozen=True)
