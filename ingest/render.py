@@ -169,16 +169,40 @@ def tile_coverage(alpha: np.ndarray) -> float:
     With a binary mask this is the valid-pixel fraction; warped edge pixels count partly.
     A tile with any data never rounds to 0 (it reports at least 0.001).
     """
-    frac = float(alpha.mean(dtype=np.float64)) / 255.0
-    return max(0.001, round(frac, 3)) if frac > 0 else 0.0
+    return coverage_from_sum(int(alpha.sum(dtype=np.uint64)), alpha.size)
 
 
-def encode_tile(arr: np.ndarray, spec: LayerSpec) -> bytes:
-    """Encode a premultiplied ``(ts, ts, C+1)`` tile (alpha last)."""
-    if int(arr[..., -1].min()) == 255 or spec.ext not in ALPHA_FORMATS:
+def encode_tile(arr: np.ndarray, spec: LayerSpec, opaque: bool | None = None) -> bytes:
+    """Encode a premultiplied ``(ts, ts, C+1)`` tile (alpha last).
+
+    ``opaque`` (every alpha is 255) is computed when not given.
+    """
+    if opaque is None:
+        opaque = int(arr[..., -1].min()) == 255
+    if opaque or spec.ext not in ALPHA_FORMATS:
         # opaque, or JPEG: premultiplied colour is the tile composited over black
-        return encode(np.ascontiguousarray(arr[..., :-1]), spec.ext, spec.quality)
+        # (a view: tiles.encode hands RGB-of-RGBA rows to Pillow without copying them)
+        return encode(arr[..., :-1], spec.ext, spec.quality)
     return encode(unpremultiply(arr), spec.ext, spec.quality)
+
+
+def tile_stats(alpha: np.ndarray, ts: int, with_sum: bool) -> tuple[np.ndarray, ...]:
+    """Per-tile (max, min[, sum]) of an ``(n*ts, n*ts)`` alpha plane, each ``(n, n)`` [row, col].
+
+    One vectorised pass per statistic instead of several small reductions per tile.
+    """
+    n_r, n_c = alpha.shape[0] // ts, alpha.shape[1] // ts
+    a4 = alpha.reshape(n_r, ts, n_c, ts)
+    out = (a4.max(axis=(1, 3)), a4.min(axis=(1, 3)))
+    if with_sum:
+        out += (a4.sum(axis=(1, 3), dtype=np.uint64),)
+    return out
+
+
+def coverage_from_sum(alpha_sum: int, pixels: int) -> float:
+    """:func:`tile_coverage` from a tile's exact alpha sum and pixel count."""
+    frac = (alpha_sum / pixels) / 255.0
+    return max(0.001, round(frac, 3)) if frac > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,21 +417,23 @@ def render_block(job: BlockJob) -> BlockResult:
                 break
             if lv:
                 level = downsample2(level)
-            alpha = level[..., -1]
+            stats = tile_stats(level[..., -1], ts, with_sum=lv == 0)
+            amax, amin = stats[0].tolist(), stats[1].tolist()
+            asum = stats[2].tolist() if lv == 0 else None
             for j in range(n):
                 for i in range(n):
-                    tile_alpha = alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
-                    if int(tile_alpha.max()) == 0:
+                    if amax[j][i] == 0:
                         continue
                     x, y = (x0 >> lv) + i, (y0 >> lv) + j
                     res.tiles.setdefault(zz, []).append((x, y))
-                    if lv == 0:
-                        res.coverage[(x, y)] = tile_coverage(tile_alpha)
+                    if asum is not None:
+                        res.coverage[(x, y)] = coverage_from_sum(asum[j][i], ts * ts)
                     if job.skip_existing and store.exists(spec.project, spec.name, zz, x, y,
                                                           spec.ext):
                         res.skipped += 1
                         continue
-                    data = encode_tile(tile_array(level, i, j, ts), spec)
+                    data = encode_tile(tile_array(level, i, j, ts), spec,
+                                       opaque=amin[j][i] == 255)
                     store.write(spec.project, spec.name, zz, x, y, spec.ext, data)
                     res.written += 1
         if level is not None and res.top_zoom > spec.min_zoom:

@@ -81,7 +81,7 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
         channels -= 1
     if channels == 1:
         array = array[..., 0]
-    img = Image.fromarray(np.ascontiguousarray(array))  # mode inferred: L, LA, RGB, RGBA
+    img = _image(array)
     q = DEFAULT_QUALITY[fmt] if quality is None else int(quality)
     buf = io.BytesIO()
     if fmt == "jpg":
@@ -93,6 +93,20 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
     else:
         img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def _image(array: np.ndarray) -> Image.Image:
+    """A Pillow image of an ``(H, W)`` / ``(H, W, C)`` uint8 array (mode L, LA, RGB, RGBA)."""
+    if array.ndim == 3 and array.shape[2] == 3 and array.strides[1:] == (4, 1) \
+            and array.strides[0] >= 4 * array.shape[1]:
+        # the colour of an RGBA-like array (``rgba[..., :3]``, e.g. a tile sliced from a
+        # larger block): Pillow reads the rows in place (raw mode RGBX with a row stride),
+        # skipping a numpy copy. The span ends at the last pixel's 4th byte, inside the parent.
+        h, w = array.shape[:2]
+        span = (h - 1) * array.strides[0] + 4 * w
+        flat = np.lib.stride_tricks.as_strided(array, shape=(span,), strides=(1,))
+        return Image.frombytes("RGB", (w, h), flat, "raw", "RGBX", array.strides[0], 1)
+    return Image.fromarray(np.ascontiguousarray(array))  # mode inferred: L, LA, RGB, RGBA
 
 
 def decode(data: bytes) -> np.ndarray:
