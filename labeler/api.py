@@ -367,7 +367,10 @@ async def next_task(request: Request) -> Response:
     if project.status != "live":
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
     ahead = _parse_flag(request, "ahead")
-    body = await _db(request, _next, st, project, session.id, near, ahead)
+    if st.committer is not None:  # SQLite: claim inside a group-committed transaction
+        body = await st.committer.run(lambda conn: _next(st, project, session.id, near, ahead, conn))
+    else:
+        body = await _db(request, _next, st, project, session.id, near, ahead)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -386,6 +389,17 @@ async def submit_labels(request: Request) -> Response:
     ahead = _parse_flag(request, "ahead") if want_next else False
     near = _parse_near(request.query_params.get("near")) if want_next else None
     key = st.assigner.task_key
+    if st.committer is not None:
+        # SQLite: store the labels (and claim the next task) in ONE write transaction shared
+        # with other volunteers' concurrent requests (labeler.batch: group commit); the answer
+        # is sent only after that transaction committed.
+        def store(conn: Any) -> dict[str, Any]:
+            body = submit_in(conn, project, session.id, task_id, labels, task_key=key).to_json()
+            if want_next:
+                body["next"] = _next_or_none(st, project, session.id, near, ahead, conn)
+            return body
+        body = await st.committer.run(store)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
     if not want_next:
         result = await _db(request, partial(submit, task_key=key), st.engine, project, session.id,
                            task_id, labels)

@@ -30,6 +30,7 @@ from crowdsight.settings import Settings
 from labeler import api, tilesrv
 from labeler.assign import Assigner
 from labeler.auth import TokenCache
+from labeler.batch import GroupCommitter
 from labeler.db import make_engine
 from labeler.errors import LabelerError, RateLimited, status_for
 from labeler.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
@@ -65,6 +66,9 @@ class LabelerState:
     ip_limiter: RateLimiter
     trusted_proxies: frozenset[str]
     db_limiter: anyio.CapacityLimiter
+    #: SQLite: hot-path writes of concurrent requests share one transaction (group commit);
+    #: ``None`` on PostgreSQL, which group-commits by itself.
+    committer: GroupCommitter | None = None
 
     def client_ip(self, request: Request) -> str:
         return client_ip(request.scope.get("client"), request.headers.get("x-forwarded-for"),
@@ -96,6 +100,7 @@ def build_state(settings: Settings, engine: Engine, lease_engine: Engine | None 
         db_limiter=anyio.CapacityLimiter(
             settings.db_concurrency if settings.db_concurrency > 0
             else (1 if engine.dialect.name == "sqlite" else 8)),
+        committer=GroupCommitter(engine) if engine.dialect.name == "sqlite" else None,
     )
 
 
