@@ -142,20 +142,25 @@ def unpremultiply(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def downsample2(a: np.ndarray) -> np.ndarray:
+def downsample2(a: np.ndarray, rows: int = 128) -> np.ndarray:
     """Halve a premultiplied ``(H, W, C+1)`` uint8 array with a 2x2 box filter.
 
-    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Rows are summed first on a
-    reshaped view (two contiguous uint16 passes instead of four strided ones).
+    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Works on bands of ``rows``
+    output rows (cache-sized uint16 temporaries): the row pairs are summed first on a
+    reshaped view, then the column pairs.
     """
     h, w = a.shape[0] // 2, a.shape[1] // 2
     r = a[:2 * h, :2 * w].reshape(h, 2, w, 2, *a.shape[2:])
-    s = r[:, 0].astype(np.uint16)
-    s += r[:, 1]
-    s = s[:, :, 0] + s[:, :, 1]
-    s += 2
-    s >>= 2
-    return s.astype(np.uint8)
+    out = np.empty((h, w, *a.shape[2:]), np.uint8)
+    for r0 in range(0, h, rows):
+        band = r[r0:r0 + rows]
+        s = band[:, 0].astype(np.uint16)
+        s += band[:, 1]
+        t = s[:, :, 0] + s[:, :, 1]
+        t += 2
+        t >>= 2
+        out[r0:r0 + rows] = t
+    return out
 
 
 def tile_array(level: np.ndarray, i: int, j: int, ts: int) -> np.ndarray:

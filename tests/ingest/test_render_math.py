@@ -20,6 +20,7 @@ def _reference_downsample(a: np.ndarray) -> np.ndarray:
 def test_downsample2_is_the_rounded_2x2_mean(shape: tuple[int, ...]) -> None:
     a = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     assert np.array_equal(downsample2(a), _reference_downsample(a))
+    assert np.array_equal(downsample2(a, rows=3), _reference_downsample(a))  # uneven bands
     assert downsample2(np.full((4, 4, 2), 255, np.uint8)).tolist() == [[[255, 255]] * 2] * 2
 
 
