@@ -97,16 +97,32 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
 
 def _image(array: np.ndarray) -> Image.Image:
     """A Pillow image of an ``(H, W)`` / ``(H, W, C)`` uint8 array (mode L, LA, RGB, RGBA)."""
-    if array.ndim == 3 and array.shape[2] == 3 and array.strides[1:] == (4, 1) \
-            and array.strides[0] >= 4 * array.shape[1]:
-        # the colour of an RGBA-like array (``rgba[..., :3]``, e.g. a tile sliced from a
-        # larger block): Pillow reads the rows in place (raw mode RGBX with a row stride),
-        # skipping a numpy copy. The span ends at the last pixel's 4th byte, inside the parent.
-        h, w = array.shape[:2]
-        span = (h - 1) * array.strides[0] + 4 * w
-        flat = np.lib.stride_tricks.as_strided(array, shape=(span,), strides=(1,))
-        return Image.frombytes("RGB", (w, h), flat, "raw", "RGBX", array.strides[0], 1)
+    if array.ndim == 3 and array.shape[2] == 3 and array.strides[1:] == (4, 1):
+        span = _rgbx_span(array)
+        if span:
+            # the colour of an RGBA block (``block[rows, cols, :3]``, e.g. a tile sliced from
+            # it): Pillow reads the rows in place (raw mode RGBX with a row stride), skipping
+            # a numpy copy
+            flat = np.lib.stride_tricks.as_strided(array, shape=(span,), strides=(1,))
+            h, w = array.shape[:2]
+            return Image.frombytes("RGB", (w, h), flat, "raw", "RGBX", array.strides[0], 1)
     return Image.fromarray(np.ascontiguousarray(array))  # mode inferred: L, LA, RGB, RGBA
+
+
+def _rgbx_span(array: np.ndarray) -> int:
+    """Bytes from the first pixel to the last pixel's 4th byte when ``array`` is channels
+    0-2 of a C-contiguous ``(H, W, 4)`` uint8 array and that span lies inside it; else 0."""
+    owner = array.base
+    if not (isinstance(owner, np.ndarray) and owner.dtype == np.uint8 and owner.ndim == 3
+            and owner.shape[2] == 4 and owner.flags.c_contiguous):
+        return 0
+    h, w = array.shape[:2]
+    stride = array.strides[0]
+    offset = array.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    span = (h - 1) * stride + 4 * w
+    ok = stride == owner.strides[0] and offset >= 0 and offset % 4 == 0 \
+        and offset + span <= owner.nbytes
+    return span if ok else 0
 
 
 def decode(data: bytes) -> np.ndarray:

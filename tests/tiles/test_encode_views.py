@@ -27,3 +27,7 @@ def test_other_strided_views_still_encode() -> None:
     a = rng.integers(0, 256, (64, 64, 5), dtype=np.uint8)
     view = a[::2, ::2, 1:4]  # pixel stride 10, not an RGBX layout
     assert np.array_equal(decode(encode(view, "png"))[..., :3], view)
+    b = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    shifted = b[:, :, 1:4]  # pixel stride 4 but not channels 0-2: must not read past b
+    assert np.array_equal(decode(encode(shifted, "png"))[..., :3], shifted)
+    assert np.array_equal(decode(encode(b[2:5, 3:9, :3], "png"))[..., :3], b[2:5, 3:9, :3])
