@@ -176,12 +176,15 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         # PostgreSQL: leases are written through a second, asynchronous-commit engine.
         leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False)
                   if eng.dialect.name == "postgresql" else None)
+        state: LabelerState | None = None
         try:
             check_migrated(eng)
             state = build_state(settings, eng, leases)
             yield {"labeler": state, "engine": eng, "settings": settings,
                    "projects": state.projects}
         finally:
+            if state is not None and state.committer is not None:
+                await anyio.to_thread.run_sync(state.committer.close)
             if leases is not None:
                 leases.dispose()
             if own:

@@ -5,8 +5,8 @@ take the cross-process write lock, ``BEGIN IMMEDIATE``, and commit on its own �
 thread on its own. Under load most of a task's cost was that per-transaction overhead and
 the lock hand-over between the uvicorn workers, not the statements.
 
-:class:`GroupCommitter` queues those requests in the event loop; one batch at a time runs in
-a worker thread inside ONE :func:`labeler.db.write_tx`: each request in its own
+:class:`GroupCommitter` queues those requests for one writer thread per process, which runs
+whatever is queued (up to ``MAX_BATCH``) inside ONE :func:`labeler.db.write_tx`: each request in its own
 ``SAVEPOINT`` (so a request that fails — a validation error, an expired lease — is rolled
 back alone and gets its exception), then a single ``COMMIT``. Every request's future is
 resolved only after that commit returned, so nothing is acknowledged before it is durable;
@@ -20,10 +20,11 @@ earlier ones' writes exactly as if they had been separate transactions in that o
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
-import anyio.to_thread
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import write_tx
@@ -32,55 +33,88 @@ from labeler.db import write_tx
 MAX_BATCH = 64
 
 Work = Callable[[Connection], Any]
+_Item = tuple[Work, asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():  # the request went away (client disconnected)
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
 
 
 class GroupCommitter:
-    """Per-process batcher of write transactions on one SQLite engine (see module doc)."""
+    """Per-process batcher of write transactions on one SQLite engine (see module doc).
+
+    One daemon writer thread (started on first use, stopped by :meth:`close`) takes whatever
+    requests are queued, up to ``max_batch``, and runs them in one transaction; results go
+    back to each request's event loop with ``call_soon_threadsafe``."""
 
     def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._leader: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     async def run(self, work: Work) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
         transaction is committed (or raise its exception, or the commit's)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((work, fut))
-        leader = self._leader
-        if leader is None or leader.done() or leader.get_loop() is not loop:
-            self._leader = loop.create_task(self._drain())
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    t = threading.Thread(target=self._writer, name="crowdsight-group-commit",
+                                         daemon=True)
+                    t.start()
+                    self._thread = t
+        self._queue.put((work, fut, loop))
         return await fut
 
-    async def _drain(self) -> None:
-        while self._pending:
-            batch = self._pending[:self.max_batch]
-            del self._pending[:self.max_batch]
-            try:
-                outcomes = await anyio.to_thread.run_sync(self._run_batch, batch)
-            except BaseException as exc:  # the commit (or BEGIN) failed: nobody is stored
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception)
-                                          else RuntimeError("the write batch was interrupted"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, fut), (ok, value) in zip(batch, outcomes):
-                if fut.done():  # the request went away (client disconnected)
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+    def close(self) -> None:
+        """Stop the writer thread after the queued requests (idempotent)."""
+        with self._start_lock:
+            t, self._thread = self._thread, None
+        if t is not None:
+            self._queue.put(None)
+            t.join()
 
-    def _run_batch(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+    def _writer(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                outcomes = self._run_batch(batch)
+            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is stored
+                outcomes = [(False, exc)] * len(batch)
+            for (_, fut, loop), (ok, value) in zip(batch, outcomes):
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut, ok, value)
+                except RuntimeError:  # that event loop is closed: nobody is waiting
+                    pass
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         with write_tx(self.engine) as conn:
             raw = conn.connection.driver_connection
-            for work, _ in batch:
+            for work, _, _ in batch:
                 raw.execute("SAVEPOINT cs_req")
                 try:
                     value = work(conn)
