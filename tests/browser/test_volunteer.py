@@ -605,7 +605,8 @@ def test_lease_is_renewed_while_the_task_is_on_screen(
     assert page.evaluate("() => document.body.dataset.taskId") == task  # same task kept
     page.keyboard.press("1")
     page.keyboard.press("ArrowRight")
-    v.wait_task()
+    v.wait_task()  # may be the task held ahead, shown before the answer is acknowledged
+    page.wait_for_function("() => localStorage.getItem('crowdsight.outbox') === '[]'")
     assert [(r.tile_id, r.answer) for r in labels_of(db_rows, "Slow")] == [(tile, "yes")]
 
 
