@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,21 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+@contextmanager
+def _database() -> Iterator[tuple[Settings, Any]]:
+    """Settings and a one-connection engine for a command; the engine is disposed afterwards
+    and a LabelerError becomes a one-line click error (no traceback)."""
     from labeler.db import make_engine
+    from labeler.errors import LabelerError
 
-    return make_engine(settings.resolved_database_url, pool_size=1)
+    s = _settings()
+    engine = make_engine(s.resolved_database_url, pool_size=1)
+    try:
+        yield s, engine
+    except LabelerError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
 
 
 def _fail(exc: Exception) -> None:
@@ -58,12 +71,8 @@ def db_current() -> None:
     """Print the database's schema revision and the one this software needs."""
     from labeler.migrate import current_revision, head_revision
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (_, engine):
         _out({"current": current_revision(engine), "head": head_revision()})
-    finally:
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------- serve
@@ -79,18 +88,10 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
     """Run the labeler web service (uvicorn). Refuses to start on an unmigrated database."""
     import uvicorn
 
-    from labeler.db import make_engine
-    from labeler.errors import LabelerError
     from labeler.migrate import check_migrated
 
-    s = _settings()
-    engine = make_engine(s.resolved_database_url, pool_size=1)
-    try:
+    with _database() as (s, engine):
         check_migrated(engine)
-    except LabelerError as exc:
-        _fail(exc)
-    finally:
-        engine.dispose()
     s.resolved_secret_key()  # create the shared secret once, before workers start
     proxies = s.forwarded_allow_ips or None
     uvicorn.run("labeler.app:app_from_env", factory=True, host=host, port=port, workers=workers,
@@ -117,19 +118,12 @@ def project() -> None:
 @click.option("--block", help="COLSxROWS, e.g. 3x2")
 def project_create(slug: str, ptype: str, **opts: Any) -> None:
     """Create a draft project."""
-    from labeler.errors import LabelerError
     from labeler.projects import create_project
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (s, engine):
         p = create_project(engine, {"slug": slug, "type": ptype, **_fields(opts)}, actor="cli",
                            max_points_cap=s.max_points_per_tile)
         _out({"slug": p.slug, "type": p.type, "status": p.status})
-    except LabelerError as exc:
-        _fail(exc)
-    finally:
-        engine.dispose()
 
 
 def _fields(opts: dict[str, Any]) -> dict[str, Any]:
@@ -169,12 +163,9 @@ def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path,
     with a higher --min-coverage also removes such tiles if nobody has labelled them."""
     from rich.progress import Progress
 
-    from labeler.errors import LabelerError
     from labeler.manifest import load_manifest
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (s, engine):
         with Progress(console=_stderr_console(), transient=True) as bar:
             task = bar.add_task("loading tiles", total=None)
             result = load_manifest(
@@ -190,10 +181,6 @@ def project_load_manifest(slug: str, create: bool, ptype: str, manifest: Path,
                 + (f"; removed {result.tiles_removed} unlabelled tile(s) loaded earlier"
                    if result.tiles_removed else ""), highlight=False)
         _out(result.to_json())
-    except LabelerError as exc:
-        _fail(exc)
-    finally:
-        engine.dispose()
 
 
 def _stderr_console():  # type: ignore[no-untyped-def]
@@ -206,18 +193,11 @@ def _status_cmd(status: str, help_text: str) -> click.Command:
     @click.command(status_name(status), help=help_text)
     @click.argument("slug")
     def cmd(slug: str) -> None:
-        from labeler.errors import LabelerError
         from labeler.projects import set_status
 
-        s = _settings()
-        engine = _engine(s)
-        try:
+        with _database() as (_, engine):
             p = set_status(engine, slug, status, actor="cli")
             _out({"slug": p.slug, "status": p.status})
-        except LabelerError as exc:
-            _fail(exc)
-        finally:
-            engine.dispose()
     return cmd
 
 
@@ -235,17 +215,13 @@ def project_list() -> None:
     """All projects with their status and progress."""
     from labeler.projects import list_projects, progress
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (_, engine):
         out = []
         for p in list_projects(engine, live_only=False):
             with engine.connect() as conn:
                 out.append({"slug": p.slug, "type": p.type, "status": p.status,
                             "progress": progress(conn, p.id)})
         _out(out)
-    finally:
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------- token
@@ -262,12 +238,8 @@ def token_create(role: str, name: str) -> None:
     """Create a token and print it once (only its hash is stored)."""
     from labeler.security import create_token
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (_, engine):
         tid, tok = create_token(engine, role, name, actor="cli")
-    finally:
-        engine.dispose()
     click.echo(f"token {tid} ({role}) created; it is shown only now", err=True)
     click.echo(tok)
 
@@ -277,29 +249,18 @@ def token_list() -> None:
     """Tokens (id, role, name, prefix, revoked) — never the secrets."""
     from labeler.security import list_tokens
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (_, engine):
         _out(list_tokens(engine))
-    finally:
-        engine.dispose()
 
 
 @token.command("revoke")
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
     """Revoke a token by id."""
-    from labeler.errors import LabelerError
     from labeler.security import revoke_token
 
-    s = _settings()
-    engine = _engine(s)
-    try:
+    with _database() as (_, engine):
         revoke_token(engine, token_id, actor="cli")
-    except LabelerError as exc:
-        _fail(exc)
-    finally:
-        engine.dispose()
     click.echo(f"token {token_id} revoked", err=True)
 
 
