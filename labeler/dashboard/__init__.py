@@ -8,8 +8,11 @@ analyst routes live in ``labeler.dashboard.analyst``, researcher routes in
 from __future__ import annotations
 
 import importlib
+from typing import Any, Callable, TypeVar
 
 from starlette.routing import BaseRoute
+
+T = TypeVar("T")
 
 _MODULES = ("labeler.dashboard.analyst", "labeler.dashboard.researcher")
 
@@ -25,3 +28,14 @@ def routes() -> list[BaseRoute]:
             raise
         out.extend(module.routes())
     return out
+
+
+def app_object(request: Any, name: str, factory: Callable[[], T]) -> T:
+    """A per-app object (cache, registry) kept on ``app.state``, created on first use, so the
+    dashboard needs no module-level globals and each app (and test) gets its own."""
+    state = request.app.state
+    obj = getattr(state, name, None)
+    if obj is None:
+        obj = factory()
+        setattr(state, name, obj)
+    return obj

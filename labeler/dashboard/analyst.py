@@ -38,6 +38,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from labeler.dashboard import analyst_charts as charts
+from labeler.dashboard import app_object
 from labeler.dashboard import results as R
 from labeler.errors import Forbidden, NotFound
 
@@ -117,12 +118,7 @@ class _ResultsCache:
 
 
 def _cache(request: Request) -> _ResultsCache:
-    app_state = request.app.state
-    cache = getattr(app_state, "analyst_results_cache", None)
-    if cache is None:
-        cache = _ResultsCache()
-        app_state.analyst_results_cache = cache
-    return cache
+    return app_object(request, "analyst_results_cache", _ResultsCache)
 
 
 def _method(request: Request) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from labeler.dashboard import app_object
 from labeler.dashboard.models import iso, ProjectAccess, ProjectInvite, ProjectMember
 from labeler.errors import NotFound
 from labeler.models import Project, utcnow
@@ -202,12 +203,7 @@ class PrivateProjects:
 
 
 def _private_cache(request: Any) -> PrivateProjects:
-    app_state = request.app.state
-    cache = getattr(app_state, "private_projects", None)
-    if cache is None:
-        cache = PrivateProjects()
-        app_state.private_projects = cache
-    return cache
+    return app_object(request, "private_projects", PrivateProjects)
 
 
 def volunteer_sees(request: Any, project_id: int) -> bool:
