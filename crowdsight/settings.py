@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -61,15 +61,12 @@ class Settings:
     db_concurrency: int = 0
     # Manifest tasks whose valid-pixel coverage is below this (0..1) are not loaded as tiles.
     min_task_coverage: float = 0.5
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             key = PREFIX + f.name.upper()
             if key not in env:
                 continue
