@@ -164,20 +164,33 @@ def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
     return key
 
 
+# The volunteer's state in one statement: how many labels they gave in the project (first
+# row), then their leases in it. Both halves are looked up by volunteer (the expiry is checked
+# in Python): filtering on ``expires_at`` in SQL made SQLite's planner pick
+# ``ix_leases_expiry`` and walk every live lease of the project on each call.
 _STATE_SQL = (
-    "SELECT (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p), "
-    "(SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
-    "ORDER BY id LIMIT 1), "
-    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at <= :now)")
+    "SELECT 0 AS k, count(*) AS n, CAST(NULL AS TEXT) AS task_id, NULL AS expires_at "
+    "FROM labels WHERE volunteer_id = :v AND project_id = :p "
+    "UNION ALL SELECT 1, id, task_id, expires_at FROM leases "
+    "WHERE volunteer_id = :v AND project_id = :p ORDER BY 1, 2")
+_STATE_SQL_PG = _STATE_SQL.replace("NULL AS expires_at", "CAST(NULL AS timestamptz) AS expires_at")
 
-# PostgreSQL, when a task ahead is wanted: the state and the live task ids (oldest first,
-# comma-separated) in one round trip.
-_STATE_AHEAD_PG = (
-    "SELECT (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p), "
-    "(SELECT string_agg(task_id, ',' ORDER BY first) FROM (SELECT task_id, min(id) AS first "
-    "FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
-    "GROUP BY task_id ORDER BY first LIMIT :n) live), "
-    "(SELECT count(*) FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at <= :now)")
+
+def _volunteer_state(conn: Connection, params: dict[str, Any]) -> tuple[int, list[str], int]:
+    """``(labels given, live task ids oldest first, expired leases)`` for ``params``'
+    volunteer ``v`` in project ``p`` at time ``now`` (as :func:`labeler.sql.ts` gives it)."""
+    rows = run(conn, _STATE_SQL_PG if _pg(conn) else _STATE_SQL, params).all()
+    now = params["now"]
+    live: list[str] = []
+    expired = 0
+    for r in rows[1:]:
+        if r.expires_at > now:
+            if r.task_id not in live:
+                live.append(r.task_id)
+        else:
+            expired += 1
+    return int(rows[0].n), live, expired
+
 
 # PostgreSQL: renew a task and read its tiles in one statement.
 _RENEW_PG = (
@@ -185,11 +198,6 @@ _RENEW_PG = (
     "RETURNING tile_id, block_row, block_col, is_gold) "
     f"SELECT {_TILE_COLS}, u.block_row, u.block_col, u.is_gold FROM u JOIN tiles t ON t.id = u.tile_id "
     "ORDER BY u.block_row, u.block_col")
-
-# The volunteer's live tasks, oldest first (only asked when a task ahead is wanted).
-_LIVE_SQL = (
-    "SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p AND expires_at > :now "
-    "GROUP BY task_id ORDER BY min(id) LIMIT :n")
 
 _LEASE_SQL = (
     "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
@@ -282,16 +290,7 @@ class Assigner:
               reclaim: Any) -> list[Task]:
         pg = _pg(conn)
         params = {"v": volunteer_id, "p": project.id, "now": ts(conn, now)}
-        if pg and want > 1:
-            state = run(conn, _STATE_AHEAD_PG, {**params, "n": want}).one()
-            n_done, n_expired = int(state[0]), int(state[2])
-            live = state[1].split(",") if state[1] else []
-        else:
-            state = run(conn, _STATE_SQL, params).one()
-            n_done, live_task, n_expired = int(state[0]), state[1], int(state[2])
-            live = [live_task] if live_task is not None else []
-            if live and want > 1:
-                live = [r[0] for r in run(conn, _LIVE_SQL, {**params, "n": want})]
+        n_done, live, n_expired = _volunteer_state(conn, params)
         tasks = [t for t in (self._renew(conn, project, lid, volunteer_id, expires, n_done)
                              for lid in live[:want]) if t.tiles]
         if len(tasks) >= want:
