@@ -458,7 +458,8 @@ def _population_mean(K: int, L: int, accuracy: float) -> np.ndarray:
 
 def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: float | str,
         prior_accuracy: float, use_gold: bool, spatial: bool, spatial_shrink: float,
-        max_iter: int, tol: float, progress: Progress | None) -> TileResult:
+        max_iter: int, tol: float, progress: Progress | None,
+        data_like_prior: bool = False) -> TileResult:
     """EM shared by every model-based method.
 
     Priors (all conjugate, so the M-step stays closed-form and vectorised):
@@ -468,7 +469,12 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
       diagonal: the crowd is assumed better than chance until the data says otherwise;
     * each volunteer's confusion row: Dirichlet(``strength`` * pop row), i.e. shrunk towards the
       population by ``strength`` pseudo-answers: a newcomer is neither trusted nor ignored, a
-      volunteer with hundreds of answers is judged on them;
+      volunteer with hundreds of answers is judged on them. With ``data_like_prior`` (``ds``)
+      row k gets ``strength * K * prior[k]`` pseudo-answers instead: ``strength * K``
+      imaginary answers per volunteer spread over the rows as real answers are (by the class
+      mix), so the weak prior perturbs every row by the same fraction of its data; the same as
+      the plain prior when classes are balanced. ``gold``/``spatial`` keep equal rows: there
+      shrinking the rare-class row, which has the fewest answers, is the point;
     * class prior: Dirichlet(1, ..., 1) over the tasks that have answers (tasks without answers
       are not evidence about the class mix; their posterior is the prior).
 
@@ -537,6 +543,12 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
             pop = _normalise_rows(counts.sum(0) + pop_prior)
             s_k = (_eb_strength(counts, pop, _STRENGTH_GRID) if auto
                    else np.full(K, float(strength)))
+            strength_used = s_k.tolist()
+            if data_like_prior:
+                # ``strength`` * K imaginary answers per volunteer, spread over the rows like
+                # real answers (in proportion to the class prior), each answered like the
+                # population: equal to ``strength`` per row when the classes are balanced
+                s_k = s_k * (K * prior)
             conf = _normalise_rows(counts + (s_k[:, None] * pop)[None])
         log_conf = np.log(np.maximum(conf, _TINY))
         # ---- E-step -------------------------------------------------------------------
@@ -557,7 +569,8 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
             converged = True
             break
         ll_prev = ll
-    extra: dict[str, Any] = {} if one_coin else {"strength": s_k.tolist()}
+    extra: dict[str, Any] = {} if one_coin else {"strength": strength_used,
+                                                 "row_pseudo_answers": s_k.tolist()}
     if nbr is not None:
         extra.update(spatial_weight=float(lam), task_log_prior=np.broadcast_to(logp, (T, K)))
     return _finish(votes, d, method, params, postT, conf, prior, it, converged, ll, extra)
@@ -594,16 +607,18 @@ def dawid_skene(votes: Votes, *, strength: float | str = 0.3, prior_accuracy: fl
                 max_iter: int = 100, tol: float = 1e-5,
                 progress: Progress | None = None) -> TileResult:
     """Dawid-Skene (full confusion per volunteer), close to the textbook estimator: each
-    volunteer's confusion rows get only ``strength`` pseudo-answers distributed like the
+    volunteer's confusion gets only ``strength`` * K pseudo-answers answered like the
     population confusion (which has a diagonal-dominant prior, mean accuracy
-    ``prior_accuracy``), and only corroborated answers (tiles with >= 2 answers) grade a
-    volunteer. The reference for comparisons with the literature and crowd-kit; ``gold`` and
-    ``spatial`` are the methods for live projects (``strength="auto"``)."""
+    ``prior_accuracy``), spread over the rows like real answers (row k: ``strength`` * K *
+    class prior[k]; ``strength`` per row when the classes are balanced), and only
+    corroborated answers (tiles with >= 2 answers) grade a volunteer. The reference for
+    comparisons with the literature and crowd-kit; ``gold`` and ``spatial`` are the methods
+    for live projects (``strength="auto"``)."""
     params = {"strength": strength, "prior_accuracy": prior_accuracy, "max_iter": max_iter,
               "tol": tol}
     return _em(votes, method="ds", params=params, one_coin=False, strength=strength,
                prior_accuracy=prior_accuracy, use_gold=False, spatial=False, spatial_shrink=0.0,
-               max_iter=max_iter, tol=tol, progress=progress)
+               max_iter=max_iter, tol=tol, progress=progress, data_like_prior=True)
 
 
 def one_coin(votes: Votes, *, strength: float = 2.0, prior_accuracy: float = 0.8,

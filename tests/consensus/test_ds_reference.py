@@ -1,8 +1,9 @@
 """The vectorised EM (gather + bincount over flat indices, K - 1 bincounts per step) against a
 plain loop-over-answers implementation of the same model, written from the docstring of
 ``consensus.aggregate._em``: majority-vote start, population confusion with 10 pseudo-answers
-of mean ``prior_accuracy``, Dirichlet(strength * pop) per confusion row, only tasks with >= 2
-answers (or gold) grade volunteers, Dirichlet(1, ..., 1) class prior over answered tasks."""
+of mean ``prior_accuracy``, Dirichlet(strength * pop) per confusion row (``ds``: row k gets
+strength * K * class prior[k]), only tasks with >= 2 answers (or gold) grade volunteers,
+Dirichlet(1, ..., 1) class prior over answered tasks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from consensus import Votes, aggregate
 
 
 def _reference(task, worker, label, T, W, K, L, *, strength=0.3, prior_accuracy=0.8,
-               gold=None, max_iter=100, tol=1e-5):
+               gold=None, data_like=False, max_iter=100, tol=1e-5):
     counts = np.zeros((T, L))
     for t, lab in zip(task, label):
         counts[t, lab] += 1
@@ -37,7 +38,10 @@ def _reference(task, worker, label, T, W, K, L, *, strength=0.3, prior_accuracy=
         prior = (post[voted].sum(0) + 1) / (voted.sum() + K)
         pop = C.sum(0) + 10 * pop_mean
         pop /= pop.sum(1, keepdims=True)
-        conf = C + strength * pop[None]
+        # ds: strength * K imaginary answers per volunteer spread over the rows by the class
+        # mix (row k: strength * K * prior[k]); gold: strength per row
+        row = strength * K * prior if data_like else np.full(K, strength)
+        conf = C + row[None, :, None] * pop[None]
         conf /= conf.sum(2, keepdims=True)
         J = np.tile(np.log(prior), (T, 1))
         for t, w, lab in zip(task, worker, label):
@@ -68,7 +72,7 @@ def test_vectorised_em_matches_a_loop_over_answers(seed, K, L):
     label[:3] = 1
     v = Votes.from_indices(task, worker, label, n_tasks=T, n_workers=W,
                            classes=K, labels=[str(i) for i in range(L)])
-    post, conf, prior, it, ll = _reference(task, worker, label, T, W, K, L)
+    post, conf, prior, it, ll = _reference(task, worker, label, T, W, K, L, data_like=True)
     r = aggregate(v, "ds")
     assert r.n_iter == it
     assert np.allclose(r.posterior, post, atol=1e-10, rtol=0)
@@ -105,3 +109,19 @@ def test_exact_ties_go_to_the_more_common_class_then_the_lower_index():
     assert r.answer_labels().tolist() == ["b", "b", "b"]    # "b" is the overall majority
     v2 = Votes.from_arrays(["t1", "t1"], ["x", "y"], ["a", "b"], classes=["a", "b"])
     assert aggregate(v2, "mv").answer_labels().tolist() == ["a"]   # equal shares: lower index
+
+
+def test_ds_prior_is_spread_over_the_rows_by_the_class_mix():
+    # 1 "yes" task in 10: the rare row gets few pseudo-answers, as it gets few real ones
+    rng = np.random.default_rng(11)
+    T, W = 200, 8
+    truth = (np.arange(T) % 10 == 0).astype(int)
+    task = np.repeat(np.arange(T), 3)
+    worker = rng.integers(0, W, task.size)
+    label = np.where(rng.random(task.size) < 0.9, truth[task], 1 - truth[task])
+    r = aggregate(Votes.from_indices(task, worker, label, classes=2), "ds", strength=0.5)
+    assert r.extra["strength"] == [0.5, 0.5]
+    assert np.allclose(r.extra["row_pseudo_answers"], 0.5 * 2 * r.class_prior)
+    assert r.extra["row_pseudo_answers"][1] < 0.15
+    g = aggregate(Votes.from_indices(task, worker, label, classes=2), "gold", strength=0.5)
+    assert g.extra["row_pseudo_answers"] == [0.5, 0.5]       # gold shrinks every row alike
