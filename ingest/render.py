@@ -142,13 +142,32 @@ def unpremultiply(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: Pillow modes whose pixels are already premultiplied, by channel count (alpha last)
+_PREMULTIPLIED_MODES = {2: "La", 4: "RGBa"}
+
+
 def downsample2(a: np.ndarray, rows: int = 128) -> np.ndarray:
     """Halve a premultiplied ``(H, W, C+1)`` uint8 array with a 2x2 box filter.
 
-    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Works on bands of ``rows``
-    output rows (cache-sized uint16 temporaries): the row pairs are summed first on a
-    reshaped view, then the column pairs.
+    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Even-sized C-contiguous 2- and
+    4-channel arrays go through Pillow's ``reduce(2)`` in the premultiplied modes ``La`` /
+    ``RGBa`` (its 2x2 box computes exactly that rounded mean and, in those modes, converts
+    nothing; ~2x faster than numpy); anything else through :func:`_downsample2_numpy`.
     """
+    h, w = a.shape[:2]
+    mode = _PREMULTIPLIED_MODES.get(a.shape[2]) if a.ndim == 3 else None
+    if mode and h % 2 == 0 and w % 2 == 0 and h and w and a.dtype == np.uint8 \
+            and a.flags.c_contiguous:
+        from PIL import Image
+
+        img = Image.frombuffer(mode, (w, h), a, "raw", mode, 0, 1)
+        return np.asarray(img.reduce(2))
+    return _downsample2_numpy(a, rows)
+
+
+def _downsample2_numpy(a: np.ndarray, rows: int = 128) -> np.ndarray:
+    """:func:`downsample2` in numpy, on bands of ``rows`` output rows (cache-sized uint16
+    temporaries): the row pairs are summed first on a reshaped view, then the column pairs."""
     h, w = a.shape[0] // 2, a.shape[1] // 2
     r = a[:2 * h, :2 * w].reshape(h, 2, w, 2, *a.shape[2:])
     out = np.empty((h, w, *a.shape[2:]), np.uint8)
@@ -319,7 +338,10 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
 
 
 def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
-    """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty."""
+    """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
+
+    The colour is *not* premultiplied yet: :func:`render_block` does that per tile, only
+    where the alpha is partial."""
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
@@ -339,7 +361,7 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
     nb = spec.channels
     resampling = Resampling[spec.resampling]
     canvas: np.ndarray | None = None
-    first = True
+    have_data = False  # some source put alpha > 0 into the canvas
     with rasterio.Env(**GDAL_ENV):
         for src in spec.sources:
             sw, ss, se_, sn = src.bounds_lonlat  # cheap reject on lon/lat footprints
@@ -354,7 +376,14 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
             if got is None:
                 continue
             stack, src_tf, (c0, r0, c1, r1) = got
-            out = np.zeros((nb + 1, r1 - r0, c1 - c0), np.uint8)
+            if canvas is None:
+                canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
+            region = canvas[r0:r1, c0:c1]
+            # the first source with data is warped straight into the (zeroed) pixel-interleaved
+            # canvas through a band-first view (GDAL writes it with strides: no temporary, no
+            # transposing copy); later ones into a temporary, then mosaicked
+            out = (region.transpose(2, 0, 1) if not have_data
+                   else np.zeros((nb + 1, r1 - r0, c1 - c0), np.uint8))
             sub_tf = Affine(px, 0.0, left + c0 * px, 0.0, -py, top - r0 * py)
             try:
                 # rasterio may warn NotGeoreferencedWarning while wrapping the arrays in MEM
@@ -369,20 +398,16 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
                 raise ReadError(f"{src.path}: cannot warp to Web Mercator ({_short(exc)})",
                                 src.path) from exc
             if int(out[nb].max()) == 0:
+                if not have_data:
+                    region[...] = 0  # nothing from this source: leave the canvas all zero
                 continue
-            if canvas is None:
-                canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
-            region = canvas[r0:r1, c0:c1]
-            new = out.transpose(1, 2, 0)
+            if not have_data:
+                have_data = True
+                continue
             # mosaic: take the new source where it is more opaque than what is there
-            if first:
-                region[...] = new
-                first = False
-            else:
-                np.copyto(region, new, where=(new[..., nb] > region[..., nb])[..., None])
-    if canvas is None or int(canvas[..., nb].max()) == 0:
-        return None
-    return premultiply(canvas)
+            new = out.transpose(1, 2, 0)
+            np.copyto(region, new, where=(new[..., nb] > region[..., nb])[..., None])
+    return canvas if have_data else None
 
 
 def render_block(job: BlockJob) -> BlockResult:
@@ -425,6 +450,13 @@ def render_block(job: BlockJob) -> BlockResult:
             stats = tile_stats(level[..., -1], ts, with_sum=lv == 0)
             amax, amin = stats[0].tolist(), stats[1].tolist()
             asum = stats[2].tolist() if lv == 0 else None
+            if lv == 0:
+                # premultiply (see premultiply()) only the tiles that can hold partly
+                # transparent pixels: not the opaque ones, not the empty ones
+                for j in range(n):
+                    for i in range(n):
+                        if amax[j][i] > 0 and amin[j][i] < 255:
+                            premultiply(tile_array(level, i, j, ts))
             for j in range(n):
                 for i in range(n):
                     if amax[j][i] == 0:
