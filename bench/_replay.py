@@ -77,3 +77,165 @@ def simulate(truth: np.ndarray, conf: np.ndarray, activity: np.ndarray, per_task
              seed: int, xyz: np.ndarray | None = None):
     return simulate_votes(truth, conf, per_task, seed=seed, classes=("no", "yes"),
                           labels=("no", "yes", "maybe"), tile_xyz=xyz, activity=activity)
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out evaluation of the default retirement policy (python -m bench._replay)
+# ---------------------------------------------------------------------------------------------
+
+#: Crowds the default policy was chosen on; evaluation seeds are 1..999, never these.
+TUNING_SEEDS = (1000, 1001, 1002, 1003, 1004)
+#: (threshold, min_votes, max_votes, final_threshold) candidates; None = constant threshold.
+GRID = tuple((th, 2, mx, fin) for th in (0.9, 0.92, 0.93, 0.94, 0.95) for mx in (7, 8)
+             for fin in (None, 0.75))
+#: The method both arms are aggregated with and skills are refitted with (the service default;
+#: without a tile grid it is exactly ``gold``).
+METHOD = "spatial"
+
+
+def scenes(shared: Path | None = None) -> dict:
+    """name -> (crowd(seed, pool) -> (votes, truth), refit_every). The simulated crowd and the
+    Joplin z19 scene exactly as in ``bench/consensus.py --only replay``, plus a guard scene: a
+    plain crowd of 80 equally active volunteers with accuracies uniform in [0.75, 0.95] (the
+    unit tests' crowd), where the posteriors are well calibrated, so that the default is not
+    tuned to one crowd's miscalibration."""
+    shared = shared or crowd_root().parent
+    out: dict = {}
+
+    def plain(seed, pool):
+        from consensus.simulate import volunteer_confusions
+        rng = np.random.default_rng(2000 + seed)
+        conf = volunteer_confusions(rng.uniform(0.75, 0.95, 80), 2, n_labels=3,
+                                    maybe_rate=0.05)
+        tr = (rng.random(1500) < 0.3).astype(int)
+        return simulate(tr, conf, np.ones(80), 10, 200 + seed), tr
+
+    out["plain crowd (1500 tiles, 30% yes, 80 volunteers U(.75,.95))"] = (plain, 250)
+
+    def sim(seed, pool):
+        rng = np.random.default_rng(1000 + seed)
+        tr = (rng.random(3000) < 0.3).astype(int)
+        conf, act = volunteers(300, seed, pool)
+        return simulate(tr, conf, act, 10, 100 + seed), tr
+
+    out = {"simulated crowd (3000 tiles, 30% yes, 300 volunteers)": (sim, 250), **out}
+    try:
+        xyz, jtruth = joplin_truth(shared)
+    except (FileNotFoundError, OSError):
+        return out
+
+    def jop(seed, pool):
+        conf, act = volunteers(60, seed, pool)
+        return simulate(jtruth, conf, act, 10, 100 + seed, xyz), jtruth
+
+    out["Joplin z19 (xView2 damage truth, 60 volunteers)"] = (jop, 200)
+    return out
+
+
+def run_policy(policy, seeds, pool, scene_map: dict, **replay_kw) -> dict:
+    """Per scene: per-seed (savings, accuracy, fixed-5 accuracy, answers per tile, unresolved)
+    and their mean / standard deviation / min / max."""
+    from consensus import replay
+    out = {}
+    for name, (crowd, refit) in scene_map.items():
+        rows = []
+        for s in seeds:
+            v, tr = crowd(s, pool)
+            r = replay(v, policy, tr, method=METHOD, refit_every=refit, **replay_kw)
+            rows.append((r.savings, r.accuracy, r.accuracy_baseline, r.votes_used / len(r.used),
+                         r.n_unresolved))
+        a = np.array(rows)
+        d = a[:, 1] - a[:, 2]
+        out[name] = {"per_seed": a.tolist(), "savings": a[:, 0].mean(),
+                     "savings_sd": a[:, 0].std(ddof=1) if len(a) > 1 else 0.0,
+                     "savings_min": a[:, 0].min(), "savings_max": a[:, 0].max(),
+                     "accuracy": a[:, 1].mean(), "accuracy_fixed5": a[:, 2].mean(),
+                     "delta": d.mean(), "delta_sd": d.std(ddof=1) if len(a) > 1 else 0.0,
+                     "delta_min": d.min(), "delta_max": d.max(),
+                     "votes_per_tile": a[:, 3].mean(), "unresolved": a[:, 4].mean()}
+    return out
+
+
+def tune(pool, scene_map: dict, log=None) -> tuple[tuple, list]:
+    """The grid policy whose smallest mean savings over the scenes is largest among those with
+    mean accuracy >= fixed-5's in every scene (guard scene included), on the tuning crowds."""
+    from consensus import RetirementPolicy
+    table = []
+    for params in GRID:
+        res = run_policy(RetirementPolicy(*params), TUNING_SEEDS, pool, scene_map)
+        ok = all(r["delta"] >= 0 for r in res.values())
+        worst = min(r["savings"] for r in res.values())
+        table.append((params, ok, worst, res))
+        if log:
+            log(f"{_pstr(params):16s} " + "  ".join(
+                f"{r['savings']:6.1%} {100 * r['delta']:+.2f}" for r in res.values())
+                + ("" if ok else "  (below fixed 5)"))
+    feasible = [t for t in table if t[1]]
+    if feasible:
+        best = max(feasible, key=lambda t: t[2])
+    else:   # none keeps fixed-5 accuracy everywhere: the one that comes closest
+        best = max(table, key=lambda t: min(r["delta"] for r in t[3].values()))
+    return best[0], table
+
+
+def _pstr(p) -> str:
+    th, mn, mx, fin = p
+    return f"{th}/{mn}/{mx}" + (f">{fin}" if fin is not None else "")
+
+
+def _main() -> None:
+    import argparse
+    import sys
+
+    from consensus import RetirementPolicy
+
+    ap = argparse.ArgumentParser(description="Retirement: the default policy on held-out "
+                                 "simulated crowds vs fixed 5 answers per tile")
+    ap.add_argument("--seeds", type=int, default=10, help="evaluation crowds 1..N (< 1000)")
+    ap.add_argument("--before", action="store_true",
+                    help="also run the default without retiring open tiles at refits "
+                    "(recheck_open=False, the replay before issue-4 round 2)")
+    ap.add_argument("--tune", action="store_true",
+                    help=f"first re-run the {len(GRID)}-policy grid on the tuning crowds "
+                    f"{list(TUNING_SEEDS)} and report its pick")
+    args = ap.parse_args()
+    if not 1 <= args.seeds < min(TUNING_SEEDS):
+        raise SystemExit(f"--seeds must be from 1 to {min(TUNING_SEEDS) - 1}")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    pool = skill_pool()
+    sc = scenes()
+    pol = RetirementPolicy()
+    if args.tune:
+        log(f"tuning on crowds {list(TUNING_SEEDS)} (savings, accuracy - fixed 5 in points, "
+            "per scene):")
+        best, _ = tune(pool, sc, log)
+        log(f"pick: {_pstr(best)}; default: {_pstr(_params(pol))}")
+    seeds = list(range(1, args.seeds + 1))
+    runs = [("", {})] + ([(" (before: no retiring at refits)", {"recheck_open": False})]
+                         if args.before else [])
+    for label, kw in runs:
+        res = run_policy(pol, seeds, pool, sc, **kw)
+        print(f"default policy {_pstr(_params(pol))}{label}, method {METHOD}, held-out crowds "
+              f"1..{args.seeds} (mean ± sd, min..max over crowds); baseline: fixed 5 answers "
+              "per tile, same method")
+        print(f"{'scene':60s} {'ans/tile':>8s} {'savings':>22s} {'acc':>7s} {'fixed5':>7s} "
+              f"{'acc - fixed5 (points)':>26s} {'unres':>6s}")
+        for name, r in res.items():
+            print(f"{name:60s} {r['votes_per_tile']:8.2f} "
+                  f"{r['savings']:6.1%} ±{r['savings_sd']:5.1%} "
+                  f"{r['savings_min']:4.1%}..{r['savings_max']:4.1%} "
+                  f"{r['accuracy']:7.4f} {r['accuracy_fixed5']:7.4f} "
+                  f"{100 * r['delta']:+6.2f} ±{100 * r['delta_sd']:4.2f} "
+                  f"{100 * r['delta_min']:+5.2f}..{100 * r['delta_max']:+5.2f} "
+                  f"{r['unresolved']:6.1f}")
+
+
+def _params(p) -> tuple:
+    return (p.threshold, p.min_votes, p.max_votes, p.final_threshold)
+
+
+if __name__ == "__main__":
+    _main()

@@ -4,7 +4,8 @@ The scheduler calls :meth:`RetirementPolicy.decide` after each new answer on a t
 tile's posterior. The posterior is cheap to update incrementally with frozen volunteer skills
 (:class:`~consensus.aggregate.SkillModel`): one row lookup per answer, see
 :func:`tile_posterior`. Skills are re-estimated from time to time with a full
-:func:`~consensus.aggregate.aggregate` run.
+:func:`~consensus.aggregate.aggregate` run, after which :func:`recheck` re-decides every
+tile (reopen / retire).
 
 :func:`replay` plays time-stamped answers in order under a policy and reports votes used and
 accuracy next to a fixed-redundancy baseline (default: the first 5 answers per tile).
@@ -39,6 +40,9 @@ class RetirementPolicy:
     near the cap one more answer can change the outcome less, so a tile that has been contested
     for a while retires at a lower posterior instead of spending every remaining answer (a
     finite-horizon stopping rule). ``decide`` is O(classes) and deterministic.
+
+    The defaults are the labeler service's adaptive policy (``labeler.retire``), chosen on
+    separate tuning crowds by ``python -m bench._replay --tune`` (docs/consensus.md).
     """
 
     threshold: float = 0.95
@@ -142,7 +146,8 @@ class ReplayReport:
                 "accuracy_baseline": round(self.accuracy_baseline, 4),
                 "retired": self.n_retired, "unresolved": self.n_unresolved,
                 "open": self.n_open, "tasks_scored": self.n_tasks_scored,
-                "refits": self.n_refits, "reopened": int(self.extra.get("reopened", 0))}
+                "refits": self.n_refits, "reopened": int(self.extra.get("reopened", 0)),
+                "retired_on_refit": int(self.extra.get("rechecked", 0))}
 
 
 def _order(votes: Votes) -> np.ndarray:
@@ -164,23 +169,50 @@ def first_n_per_task(votes: Votes, n: int) -> np.ndarray:
     return mask
 
 
-def _reopen(policy: Policy, status: np.ndarray, joint: np.ndarray, n_used: np.ndarray) -> int:
-    retired = np.flatnonzero(status == 1)
-    if retired.size == 0:
-        return 0
-    z = joint[retired]
-    z = np.exp(z - z.max(1, keepdims=True))
-    post = z / z.sum(1, keepdims=True)
-    back = [t for t, p, n in zip(retired.tolist(), post, n_used[retired].tolist())
-            if policy.decide(p, int(n)) == "continue"]
-    status[back] = 0
-    return len(back)
+_CODES = {"continue": 0, "retire": 1, "unresolved": 2}
+
+
+def _softmax_rows(joint: np.ndarray) -> np.ndarray:
+    z = np.exp(joint - joint.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def recheck(policy: Policy, status: np.ndarray, posterior: np.ndarray, n_used: np.ndarray, *,
+            reopen: bool = True, retire: bool = True) -> tuple[int, int]:
+    """Re-decide tiles after a skill refit, in place on ``status`` (0 open, 1 retired,
+    2 unresolved; ``posterior`` (n_tiles, n_classes) under the new skills, ``n_used`` answers per
+    tile). This is what the scheduler does after each refit, and what :func:`replay` does:
+
+    * ``reopen``: a retired tile the new skills no longer support goes back into the queue
+      (or, at ``max_votes``, to the review list);
+    * ``retire``: an open tile with answers that the new skills now support retires without
+      waiting for (and spending) its next answer.
+
+    Unresolved tiles stay on the review list. Returns (reopened, retired)."""
+    status = np.asarray(status)
+    n_back = n_ret = 0
+    for cur, on in ((1, reopen), (0, retire)):
+        if not on:
+            continue
+        idx = np.flatnonzero((status == cur) & (n_used > 0))
+        if idx.size == 0:
+            continue
+        new = np.array([_CODES[policy.decide(p, int(n))]
+                        for p, n in zip(posterior[idx], n_used[idx].tolist())], dtype=np.int8)
+        if cur == 1:
+            n_back += int((new == 0).sum())
+            status[idx[new != 1]] = new[new != 1]
+        else:
+            n_ret += int((new == 1).sum())
+            status[idx[new != 0]] = new[new != 0]
+    return n_back, n_ret
 
 
 def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method: str = "ds",
            baseline: Policy | None = None, skills: SkillModel | None = None,
            refit_every: int | None = 500, shrink: float = 2.0,
-           initial_accuracy: float = 0.75, reopen: bool = True,
+           initial_accuracy: float = 0.75, reopen: bool = True, recheck_open: bool = True,
+           skill_method: str | None = None, skill_params: dict | None = None,
            **method_params) -> ReplayReport:
     """Replay answers in time order (``votes.time``, else row order) under ``policy``.
 
@@ -188,9 +220,13 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     for it are dropped (never shown, in a live system). The posterior behind each decision uses
     frozen skills: ``skills`` if given, else a symmetric ``initial_accuracy`` model that is
     re-estimated with ``method`` on the answers accepted so far every ``refit_every`` accepted
-    answers (skills shrunk towards the population by ``shrink`` pseudo-answers). With
-    ``reopen``, each refit re-checks retired tiles and reopens those the new skills no longer
-    support (the policy says "continue" again); answers that arrived meanwhile are lost.
+    answers (skills shrunk towards the population by ``shrink`` pseudo-answers;
+    ``skill_method``/``skill_params`` estimate them with another method or parameters than
+    ``method``). After each refit every tile is re-decided with the new skills
+    (:func:`recheck`), as the live scheduler does: with ``reopen``, retired tiles the new skills
+    no longer support are reopened (answers that arrived meanwhile are lost); with
+    ``recheck_open``, open tiles the new skills now support retire at once instead of taking
+    their next answer.
 
     The accepted answers and the baseline's (first ``n`` answers per tile for a
     :class:`FixedPolicy`, default 5) are both aggregated with ``method`` and scored on ``truth``
@@ -217,6 +253,7 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     task_prior = np.broadcast_to(model.log_prior, (T, K))
     n_refits = 0
     n_reopened = 0
+    n_rechecked = 0
     since = 0
     # refit early and often at first (250, 500, 1000, ...), then every `refit_every` answers
     next_gap = min(250, refit_every) if refit_every else 0
@@ -240,7 +277,8 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
             next_gap = min(2 * next_gap, refit_every)
             n_refits += 1
             sub = votes.subset(accepted)
-            fit = aggregate(sub, method, **method_params)
+            fit = (aggregate(sub, method, **method_params) if skill_method is None
+                   else aggregate(sub, skill_method, **(skill_params or {})))
             model = SkillModel.from_result(fit, shrink)
             log_conf = model.log_confusion
             # the spatial model gives each tile its own prior from its neighbours' answers
@@ -249,10 +287,12 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
             # recompute the open tiles' evidence with the new skills (vectorised)
             acc_ll = np.zeros((T, K))
             np.add.at(acc_ll, sub.task, log_conf[sub.worker, :, sub.label])
-            if reopen:
-                # a tile retired under stale skills goes back into the queue when the new
-                # skills no longer support the decision (as the live scheduler does)
-                n_reopened += _reopen(policy, status, acc_ll + task_prior, n_used)
+            # re-decide every tile with the new skills, as the live scheduler does: reopen
+            # tiles retired under stale skills, retire open tiles the new skills support
+            back, ret = recheck(policy, status, _softmax_rows(acc_ll + task_prior), n_used,
+                                reopen=reopen, retire=recheck_open)
+            n_reopened += back
+            n_rechecked += ret
     used_votes = votes.subset(accepted)
     res = aggregate(used_votes, method, **method_params)
     if isinstance(baseline, FixedPolicy):
@@ -276,4 +316,4 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
                         votes_used=int(accepted.sum()), votes_baseline=base_n, accuracy=acc,
                         accuracy_baseline=acc_b, n_tasks_scored=int(seen.sum()), status=status,
                         used=n_used, result=res, result_baseline=base_res, n_refits=n_refits,
-                        extra={"reopened": n_reopened})
+                        extra={"reopened": n_reopened, "rechecked": n_rechecked})

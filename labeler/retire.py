@@ -1,10 +1,24 @@
 """Per-tile consensus and retirement decision after each new answer.
 
 ``fixed``: retire after ``redundancy`` answers; the consensus answer is the majority and the
-confidence its share. ``adaptive``: the consensus module's posterior retirement rule
-(:class:`consensus.retirement.RetirementPolicy`) with equally-skilled volunteers
-(:meth:`consensus.aggregate.SkillModel.symmetric`), so a tile retires as soon as its answers
-agree enough and goes ``unresolved`` at ``max_votes`` without agreement.
+confidence its share.
+
+``adaptive``: the consensus module's posterior retirement rule with the **same default policy
+the replay benchmark measures** (:class:`consensus.retirement.RetirementPolicy` defaults,
+``python -m bench._replay``, docs/consensus.md); a project may override ``threshold``,
+``min_votes``, ``max_votes`` and ``final_threshold`` in its ``retirement`` settings. A tile
+retires once its leading answer's posterior passes the threshold with at least ``min_votes``
+answers and goes ``unresolved`` (researchers' review list) at ``max_votes`` without that.
+
+The posterior, as in the replay:
+
+* with a skill model (:func:`fit_skills` on the project's answers, refreshed every few hundred
+  answers), each answer counts with its volunteer's estimated confusion and the class base rate
+  is the prior (:func:`evaluate_answers`); after each refresh :func:`recheck` re-decides every
+  tile: retired tiles the new skills no longer support reopen, open tiles they now support
+  retire;
+* without one (:func:`evaluate` on answer counts, e.g. before the first refit) every volunteer
+  counts as equally skilled (``accuracy``, default 0.8) with a uniform prior.
 """
 
 from __future__ import annotations
@@ -14,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
-ADAPTIVE_DEFAULTS = {"threshold": 0.95, "min_votes": 3, "accuracy": 0.8}
+#: Symmetric skill used before a project has a fitted skill model.
+DEFAULT_ACCURACY = 0.8
+
+_STATE = {"retire": "retired", "unresolved": "unresolved", "continue": "live"}
+_CODE_STATE = {0: "live", 1: "retired", 2: "unresolved"}
+_STATE_CODE = {v: k for k, v in _CODE_STATE.items()}
 
 
 def majority(counts: Mapping[str, int], order: Sequence[str]) -> tuple[str | None, float | None]:
@@ -25,29 +44,125 @@ def majority(counts: Mapping[str, int], order: Sequence[str]) -> tuple[str | Non
     return best, counts.get(best, 0) / total
 
 
+def adaptive_defaults() -> dict[str, Any]:
+    """The adaptive policy's parameters when a project sets none: the replay's default."""
+    from consensus.retirement import RetirementPolicy
+
+    p = RetirementPolicy()
+    return {"threshold": p.threshold, "min_votes": p.min_votes, "max_votes": p.max_votes,
+            "final_threshold": p.final_threshold, "accuracy": DEFAULT_ACCURACY}
+
+
+def policy_for(retirement: Mapping[str, Any], redundancy: int):
+    """The :class:`~consensus.retirement.RetirementPolicy` of an adaptive project. Without an
+    explicit ``max_votes`` it is the default's, capped at ``2 * redundancy`` (the most answers
+    the scheduler hands out for such a tile, :attr:`labeler.projects.ProjectConfig.target`)."""
+    from consensus.retirement import RetirementPolicy
+
+    params = {**adaptive_defaults(), **retirement}
+    max_votes = int(retirement["max_votes"]) if "max_votes" in retirement else \
+        max(1, min(int(params["max_votes"]), 2 * int(redundancy)))
+    min_votes = min(int(params["min_votes"]), max_votes)
+    threshold = float(params["threshold"])
+    final = params.get("final_threshold")
+    final = None if final is None else min(float(final), threshold)
+    return RetirementPolicy(threshold=threshold, min_votes=min_votes, max_votes=max_votes,
+                            final_threshold=final)
+
+
+def _order(answer_values: Sequence[str], counts: Mapping[str, int]) -> list[str]:
+    return list(answer_values) + sorted(set(counts) - set(answer_values))
+
+
 def evaluate(retirement: Mapping[str, Any], redundancy: int, answer_values: Sequence[str],
              counts: Mapping[str, int]) -> tuple[str, str | None, float | None]:
-    """``(state, consensus_answer, confidence)`` for a tile with these answer counts."""
-    order = list(answer_values) + sorted(set(counts) - set(answer_values))
+    """``(state, consensus_answer, confidence)`` for a tile with these answer counts (every
+    volunteer equally skilled; see :func:`evaluate_answers` for per-volunteer skills)."""
+    order = _order(answer_values, counts)
     n = sum(counts.values())
     if retirement.get("policy") != "adaptive":
         answer, share = majority(counts, order)
         return ("retired" if n >= redundancy else "live"), answer, share
     from consensus.aggregate import SkillModel
-    from consensus.retirement import RetirementPolicy
 
-    params = {**ADAPTIVE_DEFAULTS, **retirement}
-    max_votes = int(params.get("max_votes", 2 * redundancy))
-    min_votes = min(int(params["min_votes"]), max_votes)
-    policy = RetirementPolicy(threshold=float(params["threshold"]), min_votes=min_votes,
-                              max_votes=max_votes)
+    policy = policy_for(retirement, redundancy)
     if n == 0:
         return "live", None, None
     k = len(order)
     labels = np.repeat(np.arange(k), [counts.get(v, 0) for v in order])
-    skills = SkillModel.symmetric(k, accuracy=float(params["accuracy"]))
+    accuracy = float(retirement.get("accuracy", DEFAULT_ACCURACY))
+    skills = SkillModel.symmetric(k, accuracy=accuracy)
     post = np.asarray(skills.posterior(np.full(len(labels), -1), labels), dtype=float)
     best = int(np.argmax(post))
-    decision = policy.decide(post, n)
-    state = {"retire": "retired", "unresolved": "unresolved"}.get(decision, "live")
-    return state, order[best], float(post[best])
+    return _STATE[policy.decide(post, n)], order[best], float(post[best])
+
+
+def fit_skills(tile_ids: Sequence[Any], volunteer_ids: Sequence[Any], answers: Sequence[str],
+               answer_values: Sequence[str], *, gold: Mapping[Any, str] | None = None,
+               method: str = "gold", shrink: float = 2.0):
+    """Volunteer skills from a project's answers (one entry per answer), as the replay refits
+    them: ``method`` (gold-seeded Dawid-Skene by default; ``gold`` = known answers of gold
+    tiles) and each volunteer shrunk towards the population by ``shrink`` pseudo-answers.
+    Response-only answers (``maybe``) count as evidence, never as a class."""
+    from consensus.aggregate import aggregate
+    from consensus.votes import RESPONSE_ONLY, Votes
+
+    classes = [a for a in answer_values if a not in RESPONSE_ONLY]
+    v = Votes.from_arrays([str(t) for t in tile_ids], [str(w) for w in volunteer_ids],
+                          [str(a) for a in answers], classes=classes, tile_xyz=False,
+                          gold={str(t): c for t, c in (gold or {}).items()} or None)
+    return aggregate(v, method).skill_model(shrink)
+
+
+def _posterior(skills, volunteer_ids: Sequence[Any], answers: Sequence[str]) -> np.ndarray:
+    known = [i for i, a in enumerate(answers) if str(a) in skills.labels]
+    lab = np.array([skills.labels.index(str(answers[i])) for i in known], dtype=np.int64)
+    w = skills.worker_index([str(volunteer_ids[i]) for i in known]) if known else \
+        np.empty(0, np.int64)
+    return np.asarray(skills.posterior(w, lab), dtype=float)
+
+
+def evaluate_answers(retirement: Mapping[str, Any], redundancy: int,
+                     answer_values: Sequence[str], volunteer_ids: Sequence[Any],
+                     answers: Sequence[str], skills=None
+                     ) -> tuple[str, str | None, float | None]:
+    """``(state, consensus_answer, confidence)`` for a tile from its answers and who gave them.
+    With ``skills`` (:func:`fit_skills`) an adaptive project weighs each answer by its
+    volunteer's estimated confusion (unknown volunteers: the population's); without, this is
+    :func:`evaluate` on the counts."""
+    counts: dict[str, int] = {}
+    for a in answers:
+        counts[str(a)] = counts.get(str(a), 0) + 1
+    if skills is None or retirement.get("policy") != "adaptive" or not answers:
+        return evaluate(retirement, redundancy, answer_values, counts)
+    post = _posterior(skills, volunteer_ids, answers)
+    classes = skills.labels[:len(post)]
+    best = int(np.argmax(post))
+    state = _STATE[policy_for(retirement, redundancy).decide(post, len(answers))]
+    return state, classes[best], float(post[best])
+
+
+def recheck(retirement: Mapping[str, Any], redundancy: int,
+            tiles: Mapping[Any, tuple[str, Sequence[Any], Sequence[str]]],
+            skills) -> dict[Any, tuple[str, str | None, float | None]]:
+    """After a skill refresh, re-decide an adaptive project's tiles as the replay does
+    (:func:`consensus.retirement.recheck`): ``tiles`` maps tile id -> ``(state, volunteer_ids,
+    answers)``; returns ``{tile_id: (new_state, answer, confidence)}`` for the tiles whose
+    state changes (``retired`` -> ``live`` reopens, ``live`` -> ``retired`` retires).
+    Unresolved tiles stay on the review list."""
+    from consensus.retirement import recheck as _recheck
+
+    if retirement.get("policy") != "adaptive" or not tiles:
+        return {}
+    ids = list(tiles)
+    posts = np.array([_posterior(skills, tiles[t][1], tiles[t][2]) for t in ids])
+    status = np.array([_STATE_CODE[tiles[t][0]] for t in ids], dtype=np.int8)
+    before = status.copy()
+    n_used = np.array([len(tiles[t][2]) for t in ids], dtype=np.int64)
+    _recheck(policy_for(retirement, redundancy), status, posts, n_used)
+    classes = skills.labels[:posts.shape[1]]
+    out = {}
+    for i in np.flatnonzero(status != before).tolist():
+        best = int(np.argmax(posts[i]))
+        out[ids[i]] = (_CODE_STATE[int(status[i])], classes[best], float(posts[i, best]))
+    return out

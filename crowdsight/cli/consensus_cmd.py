@@ -140,25 +140,38 @@ def aggregate_cmd(votes: Path, out: Path | None, method: str | None, gold: Path 
 @click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False,
                                                         path_type=Path),
               help="CSV task,label of true answers to score against.")
-@click.option("--method", "-m", default="gold", show_default=True)
-@click.option("--threshold", default=0.95, show_default=True, type=float)
-@click.option("--min-votes", default=2, show_default=True, type=int)
-@click.option("--max-votes", default=7, show_default=True, type=int)
+@click.option("--method", "-m", default="spatial", show_default=True,
+              help="Aggregation for skill refits and for scoring both arms (spatial = gold "
+              "without z-x-y task ids).")
+@click.option("--threshold", default=None, type=float,
+              help="Posterior the leading answer needs. Unset threshold/min/max votes take "
+              "the default policy's (the labeler service's; docs/consensus.md).")
+@click.option("--min-votes", default=None, type=int)
+@click.option("--max-votes", default=None, type=int)
+@click.option("--final-threshold", default=None, type=float,
+              help="Relax the threshold linearly to this at --max-votes [default: constant].")
 @click.option("--fixed", default=5, show_default=True, type=int,
               help="Baseline: fixed number of answers per tile.")
 @click.option("--refit-every", default=500, show_default=True, type=int,
               help="Re-estimate skills every N accepted answers (0: never).")
-def replay_cmd(votes: Path, truth: Path, method: str, threshold: float, min_votes: int,
-               max_votes: int, fixed: int, refit_every: int) -> None:
+def replay_cmd(votes: Path, truth: Path, method: str, threshold: float | None,
+               min_votes: int | None, max_votes: int | None, final_threshold: float | None,
+               fixed: int, refit_every: int) -> None:
     """Replay VOTES in time order (column time/timestamp, else file order) under a retirement
-    policy and compare votes used and accuracy with fixed redundancy. Prints JSON."""
+    policy (default: the one the labeler service uses) and compare votes used and accuracy with
+    fixed redundancy. Prints JSON."""
     from consensus import FixedPolicy, RetirementPolicy, read_truth_csv, read_votes_csv, replay
 
+    d = RetirementPolicy()
+
     def work():
+        policy = RetirementPolicy(d.threshold if threshold is None else threshold,
+                                  d.min_votes if min_votes is None else min_votes,
+                                  d.max_votes if max_votes is None else max_votes,
+                                  final_threshold)
         v = read_votes_csv(votes)
         mapswipe = "maybe" in v.labels or "bad_imagery" in v.classes
         t = read_truth_csv(truth, mapswipe=mapswipe)
-        policy = RetirementPolicy(threshold, min_votes, max_votes)
         return replay(v, policy, t, method=method, baseline=FixedPolicy(fixed),
                       refit_every=refit_every or None)
 

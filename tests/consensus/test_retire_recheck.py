@@ -1,0 +1,63 @@
+"""Re-deciding tiles after a skill refit (consensus.retirement.recheck) and in the replay."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from consensus import RetirementPolicy, replay
+from consensus.retirement import recheck
+from consensus.simulate import simulate_votes, volunteer_confusions
+
+
+def test_recheck_hand_computed():
+    pol = RetirementPolicy(threshold=0.9, min_votes=2, max_votes=4)
+    post = np.array([[0.95, 0.05],    # retired, still supported          -> stays retired
+                     [0.70, 0.30],    # retired, no longer supported      -> reopened
+                     [0.70, 0.30],    # retired at max_votes, unsupported -> review list
+                     [0.02, 0.98],    # open with 2 answers, supported    -> retired now
+                     [0.02, 0.98],    # open with 1 answer (< min_votes)  -> stays open
+                     [0.50, 0.50],    # open, no answers                  -> untouched
+                     [0.99, 0.01]])   # unresolved                        -> stays unresolved
+    status = np.array([1, 1, 1, 0, 0, 0, 2], dtype=np.int8)
+    n_used = np.array([2, 3, 4, 2, 1, 0, 4])
+    back, ret = recheck(pol, status, post, n_used)
+    assert (back, ret) == (1, 1)
+    assert status.tolist() == [1, 0, 2, 1, 0, 0, 2]
+    # each half can be switched off
+    s2 = np.array([1, 1, 1, 0, 0, 0, 2], dtype=np.int8)
+    assert recheck(pol, s2, post, n_used, reopen=False) == (0, 1)
+    assert s2.tolist() == [1, 1, 1, 1, 0, 0, 2]
+    s3 = np.array([1, 1, 1, 0, 0, 0, 2], dtype=np.int8)
+    assert recheck(pol, s3, post, n_used, retire=False) == (1, 0)
+    assert s3.tolist() == [1, 0, 2, 0, 0, 0, 2]
+
+
+def _crowd(seed: int = 0, n_tasks: int = 1200):
+    rng = np.random.default_rng(seed)
+    acc = rng.uniform(0.75, 0.95, 80)
+    conf = volunteer_confusions(acc, 2, n_labels=3, maybe_rate=0.05)
+    truth = (rng.random(n_tasks) < 0.3).astype(np.int64)
+    v = simulate_votes(truth, conf, 8, seed=seed + 1, classes=("no", "yes"),
+                       labels=("no", "yes", "maybe"))
+    return v, truth
+
+
+def test_replay_retires_open_tiles_at_refits():
+    # open tiles the refitted skills support retire at the refit instead of taking (and
+    # spending) their next answer, as the live scheduler does after a refit
+    v, truth = _crowd(3)
+    pol = RetirementPolicy(0.95, 2, 7)
+    on = replay(v, pol, truth, method="gold", refit_every=250)
+    off = replay(v, pol, truth, method="gold", refit_every=250, recheck_open=False)
+    assert on.extra["rechecked"] > 0 and off.extra["rechecked"] == 0
+    assert on.votes_used < off.votes_used
+    assert on.n_retired + on.n_unresolved + on.n_open == v.n_tasks
+    assert on.summary()["retired_on_refit"] == on.extra["rechecked"]
+
+
+def test_replay_both_arms_scored_on_the_same_tiles():
+    # tiles with truth but no answer at all are scored in neither arm
+    v, truth = _crowd(4, 300)
+    v0 = v.subset(v.task != 0)
+    rep = replay(v0, RetirementPolicy(), truth, method="gold", refit_every=100)
+    assert rep.used[0] == 0 and rep.n_tasks_scored == v0.n_tasks - 1
