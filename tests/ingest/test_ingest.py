@@ -341,3 +341,31 @@ def test_rotated_geotransform(tmp_path, make_tif, pattern_fn, tile_reader):
     m = ingest({"image": [src]}, tmp_path, "p", fmt="png", resampling="nearest", jobs=1)
     assert m["task_count"] > 0
     _sample_check(tmp_path, m, "image", src, tile_reader, min_match=0.95)
+
+
+def test_half_transparent_source_keeps_its_colour(tmp_path, make_tif, tile_reader):
+    """A uniformly half-transparent source: PNG tiles (task zoom and pyramid) keep the colour
+    and alpha 128 (premultiplied inside, unpremultiplied on output); JPEG tiles show it
+    composited over black. Catches a block whose partial alpha is not premultiplied."""
+    data = np.empty((3, 256, 256), np.uint8)
+    data[0], data[1], data[2] = 100, 150, 200
+    src = make_tif(data, alpha=np.full((256, 256), 128, np.uint8))
+    for fmt, want in (("png", (100, 150, 200)), ("jpg", (50, 75, 100))):
+        m = ingest({"image": [src]}, tmp_path / fmt, "demo", fmt=fmt, jobs=1)
+        z = m["task_zoom"]
+        assert m["min_zoom"] < z
+        task_xy = {(t["x"], t["y"]) for t in m["tasks"]}
+        checked = 0
+        for zz, xys in ((z, task_xy), (z - 1, {(x // 2, y // 2) for x, y in task_xy})):
+            for x, y in xys:
+                tile = tile_reader(tmp_path / fmt, "demo", "image", zz, x, y, fmt)
+                if fmt == "png":
+                    inner = tile[tile[..., 3] == 128]
+                else:  # JPEG has no alpha: the pixels with data (black elsewhere)
+                    inner = tile[tile[..., :3].astype(int).sum(axis=-1) > 150]
+                if len(inner) < 100:
+                    continue
+                colour = np.median(inner[:, :3], axis=0)
+                assert np.abs(colour - want).max() <= 2, (fmt, zz, colour)
+                checked += 1
+        assert checked >= 2, fmt
