@@ -246,20 +246,25 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60
 
 @contextmanager
 def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[None]:
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _wait_http(port, probe, proc)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
+    # The server's stderr goes to a file, not a pipe: a pipe nobody reads fills up (64 KiB)
+    # and blocks the server's next log write, which would freeze the run.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
         try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-        if proc.returncode not in (0, -signal.SIGINT, 130) and err:
-            sys.stderr.write(err.decode(errors="replace")[-2000:])
+            _wait_http(port, probe, proc)
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            err.seek(0)
+            text = err.read().decode(errors="replace")
+            if "Traceback" in text or proc.returncode not in (0, -signal.SIGINT, 130):
+                sys.stderr.write(text[-4000:])
 
 
 # --------------------------------------------------------------------------- one backend

@@ -3,6 +3,7 @@ function in the thread pool, shape the answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from functools import partial
@@ -42,6 +43,7 @@ from labeler.security import (
     clean_display_name,
     create_token,
     create_volunteer,
+    insert_volunteer,
     list_tokens,
     revoke_token,
 )
@@ -117,15 +119,19 @@ async def start_session(request: Request) -> Response:
             v = Volunteer.__table__  # type: ignore[attr-defined]
 
             def rename() -> None:
-                with st.engine.begin() as conn:
+                with write_tx(st.engine) as conn:
                     conn.execute(sa.update(v).where(v.c.id == session.id).values(display_name=name))
             await run_in_threadpool(rename)
         volunteer = await run_in_threadpool(_volunteer_json, st.engine, session.id)
     status = 200
     if not volunteer:
         st.ip_limiter.hit("session:" + _ip(request))
-        session = await run_in_threadpool(create_volunteer, st.engine, name)
-        volunteer = await run_in_threadpool(_volunteer_json, st.engine, session.id)
+        if st.committer is not None:  # SQLite: shares a group-committed write transaction
+            session = await st.committer.run(partial(insert_volunteer, display_name=name))
+        else:
+            session = await run_in_threadpool(create_volunteer, st.engine, name)
+        # What _volunteer_json reads back for a volunteer created just now.
+        volunteer = {"display_name": name, "labels": 0, "tutorials_passed": []}
         status = 201
     assert session is not None
     response = JSONResponse({"volunteer": volunteer, "csrf_token": st.signer.csrf_token(session)},
@@ -172,12 +178,38 @@ async def projects_index(request: Request) -> Response:
 async def _project(request: Request, principal: Principal | None = None) -> ProjectConfig:
     """The project named in the path (from the per-process cache when fresh: no thread hop)."""
     slug = request.path_params["slug"]
-    project = _st(request).projects.peek(slug)
+    st = _st(request)
+    project = st.projects.peek(slug)
+    if project is None or (principal is None and _maybe_private(request, project.id)):
+        # The caches went stale: the requests arriving meanwhile share one refresh instead
+        # of each taking a thread and a database round trip.
+        await _refresh_project(request, slug)
+        project = st.projects.peek(slug)
     if project is None or (principal is None and _maybe_private(request, project.id)):
         return await run_in_threadpool(_visible_project, request, slug, principal)
     if project.status == "draft" and principal is None:
         raise NotFound(f"no project '{slug}'", field="slug")
     return project
+
+
+async def _refresh_project(request: Request, slug: str) -> None:
+    """Refresh the project cache (and the private-project cache) for ``slug``, once for all
+    the requests of this event loop waiting on it. Errors are left to the caller's own
+    lookup (``_visible_project``), which raises them for its request."""
+    st = _st(request)
+    key = (id(asyncio.get_running_loop()), slug)
+    fut = st.refreshing.get(key)
+    if fut is None:
+        def refresh() -> None:
+            try:
+                _visible_project(request, slug, None)  # reads both caches through
+            except Exception:  # noqa: BLE001 - reported by the caller's own lookup
+                pass
+
+        fut = asyncio.ensure_future(run_in_threadpool(refresh))
+        st.refreshing[key] = fut
+        fut.add_done_callback(lambda _f: st.refreshing.pop(key, None))
+    await asyncio.shield(fut)
 
 
 def _maybe_private(request: Request, project_id: int) -> bool:

@@ -7,12 +7,12 @@ yields the typed state every request sees (``request.state.engine``, ``.settings
 
 from __future__ import annotations
 
-import hashlib
-
+import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -69,6 +69,8 @@ class LabelerState:
     #: SQLite: hot-path writes of concurrent requests share one transaction (group commit);
     #: ``None`` on PostgreSQL, which group-commits by itself.
     committer: GroupCommitter | None = None
+    #: Project-cache refreshes in flight (one per slug and event loop; see ``api._project``).
+    refreshing: dict[tuple[int, str], "asyncio.Future[None]"] = field(default_factory=dict)
 
     def client_ip(self, request: Request) -> str:
         return client_ip(request.scope.get("client"), request.headers.get("x-forwarded-for"),

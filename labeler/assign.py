@@ -20,7 +20,6 @@ import hmac
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from labeler.db import write_tx
 from labeler.models import TS, utcnow
 from labeler.projects import ProjectConfig
-from labeler.sql import id_list, run, ts
+from labeler.sql import id_params, layer_list, run, ts
 
 NEW_VOLUNTEER_LABELS = 20  # volunteers with fewer labels in a project see gold twice as often
 RECLAIM_EVERY_S = 1.0
@@ -110,12 +109,8 @@ _TILE_COLS = "t.id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, t.layers"
 
 
 def _task_tile(r: Any, row: int = 0, col: int = 0) -> TaskTile:
-    layers = r.layers
-    if isinstance(layers, str):  # raw SQL on SQLite returns JSON as text
-        import json
-        layers = json.loads(layers)
     return TaskTile(tile_id=r.id, z=r.z, x=r.x, y=r.y, bounds=(r.west, r.south, r.east, r.north),
-                    layers=list(layers or []), row=row, col=col)
+                    layers=layer_list(r.layers), row=row, col=col)
 
 
 def reclaim_expired(conn: Connection, project_id: int, now: datetime, *,
@@ -165,39 +160,39 @@ def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
 
 
 # The volunteer's state in one statement: how many labels they gave in the project (first
-# row), then their leases in it. Both halves are looked up by volunteer (the expiry is checked
-# in Python): filtering on ``expires_at`` in SQL made SQLite's planner pick
-# ``ix_leases_expiry`` and walk every live lease of the project on each call.
+# row), then their leases in it with the leased tiles' columns (so renewing a task needs no
+# second read). Both halves are looked up by volunteer and the expiry is checked in Python:
+# filtering on ``expires_at`` in SQL made SQLite's planner pick ``ix_leases_expiry`` and walk
+# every live lease of the project on each call.
 _STATE_SQL = (
-    "SELECT 0 AS k, count(*) AS n, CAST(NULL AS TEXT) AS task_id, NULL AS expires_at "
+    "SELECT 0 AS k, count(*) AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
+    "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
+    "NULL AS west, NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
     "FROM labels WHERE volunteer_id = :v AND project_id = :p "
-    "UNION ALL SELECT 1, id, task_id, expires_at FROM leases "
-    "WHERE volunteer_id = :v AND project_id = :p ORDER BY 1, 2")
-_STATE_SQL_PG = _STATE_SQL.replace("NULL AS expires_at", "CAST(NULL AS timestamptz) AS expires_at")
+    f"UNION ALL SELECT 1, s.id, s.task_id, s.expires_at, s.block_row, s.block_col, s.is_gold, "
+    f"{_TILE_COLS} FROM leases s JOIN tiles t ON t.id = s.tile_id "
+    "WHERE s.volunteer_id = :v AND s.project_id = :p ORDER BY 1, 2")
 
 
-def _volunteer_state(conn: Connection, params: dict[str, Any]) -> tuple[int, list[str], int]:
-    """``(labels given, live task ids oldest first, expired leases)`` for ``params``'
-    volunteer ``v`` in project ``p`` at time ``now`` (as :func:`labeler.sql.ts` gives it)."""
-    rows = run(conn, _STATE_SQL_PG if _pg(conn) else _STATE_SQL, params).all()
+def _volunteer_state(conn: Connection, params: dict[str, Any]
+                     ) -> tuple[int, dict[str, list[Any]], int]:
+    """``(labels given, {live task id: its lease rows} oldest task first, expired leases)``
+    for ``params``' volunteer ``v`` in project ``p`` at time ``now`` (as
+    :func:`labeler.sql.ts` gives it)."""
+    rows = run(conn, _STATE_SQL, params).all()
     now = params["now"]
-    live: list[str] = []
+    live: dict[str, list[Any]] = {}
     expired = 0
     for r in rows[1:]:
         if r.expires_at > now:
-            if r.task_id not in live:
-                live.append(r.task_id)
+            live.setdefault(r.task_id, []).append(r)
         else:
             expired += 1
     return int(rows[0].n), live, expired
 
 
-# PostgreSQL: renew a task and read its tiles in one statement.
-_RENEW_PG = (
-    "WITH u AS (UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v "
-    "RETURNING tile_id, block_row, block_col, is_gold) "
-    f"SELECT {_TILE_COLS}, u.block_row, u.block_col, u.is_gold FROM u JOIN tiles t ON t.id = u.tile_id "
-    "ORDER BY u.block_row, u.block_col")
+_RENEW_SQL = ("UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v "
+              "RETURNING tile_id")
 
 _LEASE_SQL = (
     "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
@@ -291,8 +286,11 @@ class Assigner:
         pg = _pg(conn)
         params = {"v": volunteer_id, "p": project.id, "now": ts(conn, now)}
         n_done, live, n_expired = _volunteer_state(conn, params)
-        tasks = [t for t in (self._renew(conn, project, lid, volunteer_id, expires, n_done)
-                             for lid in live[:want]) if t.tiles]
+        tasks = []
+        for lid in list(live)[:want]:
+            task = self._renew(conn, project, lid, live[lid], volunteer_id, expires, n_done)
+            if task.tiles:
+                tasks.append(task)
         if len(tasks) >= want:
             return tasks
         if n_expired:
@@ -301,7 +299,7 @@ class Assigner:
         if reclaimed:
             reclaim()
         while len(tasks) < want:
-            lease_id = uuid.uuid4().hex[:16]
+            lease_id = os.urandom(8).hex()
             lease = {"task_id": lease_id, "e": ts(conn, expires), "now": ts(conn, now)}
             # Gold interleaving counts the tiles already held as if they were done.
             n_before = n_done + sum(len(t.tiles) for t in tasks)
@@ -311,8 +309,8 @@ class Assigner:
                 tiles = self._claim_gold(conn, project, volunteer_id)
                 if tiles:
                     is_gold = True
-                    run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=tiles[0].tile_id,
-                                                v=volunteer_id, g=True, r=0, c=0)])
+                    run(conn, _LEASE_SQL, dict(lease, p=project.id, tile_id=tiles[0].tile_id,
+                                               v=volunteer_id, g=True, r=0, c=0))
             if not tiles:
                 tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
                 if not tiles and not reclaimed and reclaim():
@@ -330,12 +328,24 @@ class Assigner:
         """Claim a normal (non-gold) task and write its leases."""
         if pg:
             return self._claim_pg(conn, project, volunteer_id, near_xy, lease)
+        if project.block_cols * project.block_rows == 1:
+            # Pick the tile and bump its lease count in one statement (writes are serialised
+            # by BEGIN IMMEDIATE, so the pick cannot go stale before the bump).
+            r = run(conn, f"UPDATE tiles SET lease_count = lease_count + 1 WHERE id = ("
+                    f"{self._anchor_sql(project, near_xy)}) "
+                    "RETURNING id, z, x, y, west, south, east, north, layers",
+                    self._claim_params(project, volunteer_id, near_xy)).first()
+            if r is None:
+                return []
+            run(conn, _LEASE_SQL, dict(lease, p=project.id, tile_id=r.id, v=volunteer_id,
+                                       g=False, r=0, c=0))
+            return [_task_tile(r)]
         tiles = self._claim(conn, project, volunteer_id, near_xy)
         if tiles:
             run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=t.tile_id, v=volunteer_id,
                                         g=False, r=t.row, c=t.col) for t in tiles])
-            run(conn, "UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN "
-                + id_list([t.tile_id for t in tiles]))
+            ids, params = id_params([t.tile_id for t in tiles])
+            run(conn, f"UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN {ids}", params)
         return tiles
 
     def _public_id(self, project: ProjectConfig, lease_id: str, volunteer_id: int,
@@ -355,17 +365,13 @@ class Assigner:
             return reclaim_expired(tx, project_id, now, volunteer_id=volunteer_id)
 
     # -- pieces --------------------------------------------------------------------------
-    def _renew(self, conn: Connection, project: ProjectConfig, lease_id: str, volunteer_id: int,
-               expires: datetime, n_done: int) -> Task:
-        if _pg(conn):
-            rows = run(conn, _RENEW_PG, {"e": expires, "t": lease_id, "v": volunteer_id}).all()
-        else:
-            run(conn, "UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v",
-                {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})
-            rows = run(conn,
-                f"SELECT {_TILE_COLS}, s.block_row, s.block_col, s.is_gold FROM leases s "
-                "JOIN tiles t ON t.id = s.tile_id WHERE s.task_id = :t AND s.volunteer_id = :v "
-                "ORDER BY s.block_row, s.block_col", {"t": lease_id, "v": volunteer_id}).all()
+    def _renew(self, conn: Connection, project: ProjectConfig, lease_id: str, rows: list[Any],
+               volunteer_id: int, expires: datetime, n_done: int) -> Task:
+        """Extend the lease of a live task; ``rows``: its leases (with tile columns) from
+        :func:`_volunteer_state`. Tiles whose lease is gone meanwhile are left out."""
+        kept = {r[0] for r in run(conn, _RENEW_SQL,
+                                  {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})}
+        rows = sorted((r for r in rows if r.id in kept), key=lambda r: (r.block_row, r.block_col))
         tiles = [_task_tile(r, r.block_row, r.block_col) for r in rows]
         task_id = self._public_id(project, lease_id, volunteer_id, tiles[0]) if tiles else ""
         return Task(task_id=task_id, expires_at=expires, tiles=tiles,
@@ -410,15 +416,25 @@ class Assigner:
         return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in found),
                       key=lambda t: (t.row, t.col))
 
-    def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
-               near_xy: tuple[int, int] | None) -> list[TaskTile]:
-        lock = " FOR UPDATE OF t SKIP LOCKED" if _pg(conn) else ""
+    @staticmethod
+    def _claim_params(project: ProjectConfig, volunteer_id: int,
+                      near_xy: tuple[int, int] | None) -> dict[str, Any]:
         params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target}
         if near_xy is not None:
             params.update(nx=near_xy[0], ny=near_xy[1])
-        anchor = run(conn,
-            f"SELECT {_TILE_COLS} FROM tiles t WHERE {_ELIGIBLE} "
-            f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}", params).first()
+        return params
+
+    @staticmethod
+    def _anchor_sql(project: ProjectConfig, near_xy: tuple[int, int] | None,
+                    cols: str = "t.id", lock: str = "") -> str:
+        return (f"SELECT {cols} FROM tiles t WHERE {_ELIGIBLE} "
+                f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}")
+
+    def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+               near_xy: tuple[int, int] | None) -> list[TaskTile]:
+        lock = " FOR UPDATE OF t SKIP LOCKED" if _pg(conn) else ""
+        params = self._claim_params(project, volunteer_id, near_xy)
+        anchor = run(conn, self._anchor_sql(project, near_xy, _TILE_COLS, lock), params).first()
         if anchor is None:
             return []
         cols, rows = project.block_cols, project.block_rows

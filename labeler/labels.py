@@ -21,7 +21,7 @@ from labeler.db import write_tx
 from labeler.assign import split_task_id, task_cell, verify_task
 from labeler.errors import LeaseExpired, NotLeased, ValidationError
 from labeler.models import utcnow
-from labeler.sql import id_list, js, run, ts, unjs
+from labeler.sql import id_params, js, run, ts, unjs
 from labeler.projects import ProjectConfig
 from labeler.retire import evaluate
 
@@ -196,11 +196,12 @@ def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[Label
     """Indexes of ``labels`` that this volunteer already stored (same key, or same tile);
     raises if a key was used before for a different tile."""
     keys = ", ".join(f":k{i}" for i in range(len(labels)))
-    params: dict[str, Any] = {f"k{i}": lb.idempotency_key for i, lb in enumerate(labels)}
+    tiles, params = id_params([lb.tile_id for lb in labels])
+    params.update({f"k{i}": lb.idempotency_key for i, lb in enumerate(labels)})
     params["v"] = volunteer_id
     prior = run(conn,
         "SELECT tile_id, idempotency_key FROM labels WHERE volunteer_id = :v AND "
-        f"(idempotency_key IN ({keys}) OR tile_id IN {id_list([lb.tile_id for lb in labels])})",
+        f"(idempotency_key IN ({keys}) OR tile_id IN {tiles})",
         params).all()
     key_tile = {r.idempotency_key: r.tile_id for r in prior}
     done_tiles = {r.tile_id for r in prior}
@@ -239,13 +240,14 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
     now = utcnow()
     lease_id = split_task_id(task_id)
     pg = conn.dialect.name == "postgresql"
+    ids, params = id_params([lb.tile_id for lb in labels])
+    params["v"] = volunteer_id
     rows = run(conn,
         "SELECT t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, "
         "t.gold_answer, t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, "
         "t.answer_counts, s.task_id, s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s "
-        f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN "
-        f"{id_list([lb.tile_id for lb in labels])} "
-        "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), {"v": volunteer_id}).all()
+        f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN {ids} "
+        "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), params).all()
     tiles = {r.id: r for r in rows}
     unleased = [lb for lb in labels if lb.tile_id not in tiles
                 or tiles[lb.tile_id].task_id != lease_id]
@@ -307,10 +309,13 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
             if run(conn, _INSERT_SQL, row).first() is not None:
                 inserted.add(lb.tile_id)
         if inserted:
-            run(conn, "DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN "
-                + id_list(sorted(inserted)), {"v": volunteer_id})
+            ids, params = id_params(sorted(inserted))
+            params["v"] = volunteer_id
+            run(conn, f"DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN {ids}", params)
             updates = [upd for lb, _, upd in plan if upd and lb.tile_id in inserted]
-            if updates:
+            if len(updates) == 1:
+                run(conn, _UPDATE_SQL, updates[0])
+            elif updates:
                 run(conn, _UPDATE_SQL, updates)
     if len(inserted) < len(fresh):
         # A concurrent request of the same volunteer got there first, or a key was reused.

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from labeler.db import write_tx
 from labeler.errors import ManifestError, ValidationError
 from labeler.models import Project, Tile, utcnow
 from labeler.projects import audit, create_project, get_row
@@ -181,7 +182,7 @@ def load_manifest(
         create_project(engine, {"slug": project_slug, **(project_fields or {})}, actor=actor)
 
     t = Tile.__table__  # type: ignore[attr-defined]
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         project = get_row(conn, project_slug)
         names = _choose_layers(project.type, list(project.layers or []), data["layers"])
         layer_info = [{

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from labeler.db import write_tx
 from labeler.errors import NotFound, ValidationError
 from labeler.models import (
     PRIORITIES,
@@ -301,7 +302,7 @@ def create_project(engine: Engine, data: Mapping[str, Any], *, actor: str,
         max_points=min(values.get("max_points", max_points_cap), max_points_cap),
         status="draft", created_at=now, updated_at=now,
     )
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         exists = conn.execute(sa.select(Project.__table__.c.id).where(  # type: ignore[attr-defined]
             Project.__table__.c.slug == slug)).first()  # type: ignore[attr-defined]
         if exists:
@@ -314,7 +315,7 @@ def create_project(engine: Engine, data: Mapping[str, Any], *, actor: str,
 
 def update_project(engine: Engine, slug: str, data: Mapping[str, Any], *, actor: str,
                    max_points_cap: int = 200) -> ProjectConfig:
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         current = get_row(conn, slug)
         if "slug" in data or "type" in data:
             key = "slug" if "slug" in data else "type"
@@ -334,7 +335,7 @@ def update_project(engine: Engine, slug: str, data: Mapping[str, Any], *, actor:
 def set_status(engine: Engine, slug: str, status: str, *, actor: str) -> ProjectConfig:
     if status not in PROJECT_STATUSES:
         raise ValidationError(f"unknown status '{status}'", field="status")
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         current = get_row(conn, slug)
         if status != current.status and status not in TRANSITIONS[current.status]:
             from labeler.errors import Conflict

@@ -23,8 +23,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from labeler.db import write_tx
+from labeler.sql import js, run, ts
 from labeler.errors import (
     CSRFFailed,
     Forbidden,
@@ -101,14 +103,22 @@ class Signer:
 
 # --- volunteers -------------------------------------------------------------------------
 
-def create_volunteer(engine: Engine, display_name: str | None) -> VolunteerSession:
+_NEW_VOLUNTEER_SQL = (
+    "INSERT INTO volunteers (public_id, display_name, tutorials_passed, created_at) "
+    "VALUES (:pid, :name, :tp, :now) RETURNING id")
+
+
+def insert_volunteer(conn: Connection, display_name: str | None) -> VolunteerSession:
+    """Create a volunteer inside the caller's write transaction."""
     public_id = uuid.uuid4().hex
-    t = Volunteer.__table__  # type: ignore[attr-defined]
-    with engine.begin() as conn:
-        vid = conn.execute(sa.insert(t).values(
-            public_id=public_id, display_name=display_name, tutorials_passed=[],
-            created_at=utcnow()).returning(t.c.id)).scalar_one()
-    return VolunteerSession(int(vid), public_id)
+    row = run(conn, _NEW_VOLUNTEER_SQL, {"pid": public_id, "name": display_name,
+                                         "tp": js(conn, []), "now": ts(conn, utcnow())}).first()
+    return VolunteerSession(int(row[0]), public_id)
+
+
+def create_volunteer(engine: Engine, display_name: str | None) -> VolunteerSession:
+    with write_tx(engine) as conn:
+        return insert_volunteer(conn, display_name)
 
 
 def clean_display_name(value: Any) -> str | None:
@@ -137,7 +147,7 @@ def create_token(engine: Engine, role: str, name: str = "", *, actor: str = "cli
         raise ValidationError("'name' must be text of at most 200 characters", field="name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     t = ApiToken.__table__  # type: ignore[attr-defined]
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         tid = conn.execute(sa.insert(t).values(
             name=name, role=role, token_hash=hash_token(token), prefix=token[:10],
             created_at=utcnow()).returning(t.c.id)).scalar_one()
@@ -147,7 +157,7 @@ def create_token(engine: Engine, role: str, name: str = "", *, actor: str = "cli
 
 def revoke_token(engine: Engine, token_id: int, *, actor: str = "cli") -> None:
     t = ApiToken.__table__  # type: ignore[attr-defined]
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         n = conn.execute(sa.update(t).where(t.c.id == token_id, t.c.revoked_at.is_(None)).values(
             revoked_at=utcnow())).rowcount
         if n == 0:
