@@ -193,8 +193,8 @@ def _main() -> None:
                                  "simulated crowds vs fixed 5 answers per tile")
     ap.add_argument("--seeds", type=int, default=10, help="evaluation crowds 1..N (< 1000)")
     ap.add_argument("--before", action="store_true",
-                    help="also run the default without retiring open tiles at refits "
-                    "(recheck_open=False, the replay before issue-4 round 2)")
+                    help="also run the default as the replay did before (no retiring of open "
+                    "tiles at refits, Dirichlet-shrunk decision skills)")
     ap.add_argument("--tune", action="store_true",
                     help=f"first re-run the {len(GRID)}-policy grid on the tuning crowds "
                     f"{list(TUNING_SEEDS)} and report its pick")
@@ -214,7 +214,8 @@ def _main() -> None:
         best, _ = tune(pool, sc, log)
         log(f"pick: {_pstr(best)}; default: {_pstr(_params(pol))}")
     seeds = list(range(1, args.seeds + 1))
-    runs = [("", {})] + ([(" (before: no retiring at refits)", {"recheck_open": False})]
+    runs = [("", {})] + ([(" (before: no retiring at refits, Dirichlet skills)",
+                           {"recheck_open": False, "skill_prior": "dirichlet"})]
                          if args.before else [])
     for label, kw in runs:
         res = run_policy(pol, seeds, pool, sc, **kw)

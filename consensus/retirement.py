@@ -208,11 +208,87 @@ def recheck(policy: Policy, status: np.ndarray, posterior: np.ndarray, n_used: n
     return n_back, n_ret
 
 
+#: Support of the error-rate prior: fine near 0 (near-perfect volunteers), up to 0.998 so that
+#: a volunteer who is always wrong stays evidence for the other answer.
+_ERR_GRID = np.r_[0.002, 0.005, np.linspace(0.01, 0.99, 99), 0.995, 0.998]
+
+
+def npmle_skill_model(votes: Votes, fit: TileResult, shrink: float = 2.0) -> SkillModel:
+    """Decision skills with a nonparametric empirical-Bayes prior on each volunteer's error
+    rate (the default of :func:`replay` and of the labeler service).
+
+    :meth:`SkillModel.from_result` shrinks every confusion row towards the population mean
+    with one Dirichlet concentration. With a heavy-tailed crowd (many near-perfect volunteers
+    with few answers next to some poor ones) that pulls the near-perfect ones' error rates up
+    several-fold, so posteriors are under-confident and tiles take answers they do not need.
+    Here the prior of the error rate is instead a discrete distribution on a grid
+    (:data:`_ERR_GRID`, 0.2 % to 99.8 %) fitted by maximum marginal likelihood to every
+    volunteer's expected errors on corroborated tiles (EM; Koenker and Mizera's NPMLE), and each
+    volunteer's error rate is its posterior mean under that prior: a volunteer with 60 answers
+    and no error stays near-perfect, a newcomer gets the crowd's mean. The class asymmetry
+    (row k's error relative to the mean) and the response-only answers ("maybe") are the
+    population's / the fit's.
+    """
+    base = SkillModel.from_result(fit, shrink)
+    K = votes.n_classes
+    if K < 2:
+        return base
+    n_t = np.bincount(votes.task, minlength=votes.n_tasks)
+    g = n_t[votes.task] >= 2
+    post = fit.posterior[votes.task[g]]                       # (n, K)
+    w, lab = votes.worker[g], votes.label[g]
+    W = votes.n_workers
+    named = lab < K
+    correct = np.zeros(W)
+    total = np.zeros(W)
+    np.add.at(correct, w[named], post[named, lab[named]])
+    np.add.at(total, w[named], 1.0)
+    err = total - correct
+    grid = _ERR_GRID
+    # binomial log-likelihood of each volunteer's (expected) errors under each grid rate
+    ll = err[:, None] * np.log(grid)[None, :] + correct[:, None] * np.log1p(-grid)[None, :]
+    ll -= ll.max(1, keepdims=True)
+    lik = np.exp(ll)
+    pi = np.full(len(grid), 1.0 / len(grid))
+    for _ in range(200):
+        r = lik * pi[None, :]
+        r /= r.sum(1, keepdims=True)
+        pi_new = r.mean(0)
+        if np.abs(pi_new - pi).max() < 1e-7:
+            pi = pi_new
+            break
+        pi = pi_new
+    r = lik * pi[None, :]
+    r /= r.sum(1, keepdims=True)
+    e_w = r @ grid                                            # posterior mean error rate
+    conf = np.exp(base.log_confusion).copy()                  # (W, K, L)
+    # class asymmetry from the population: row k's error relative to the mean error
+    pop = np.exp(base.log_population)
+    pop_err = 1.0 - pop[np.arange(K), np.arange(K)] / np.maximum(pop[:, :K].sum(1), 1e-12)
+    mean_err = float((pop_err * fit.class_prior).sum())
+    ratio = pop_err / max(mean_err, 1e-12)
+    for k in range(K):
+        named_mass = conf[:, k, :K].sum(1)
+        e = np.clip(e_w * ratio[k], 1e-4, 0.999)
+        other = conf[:, k, :K].copy()
+        other[:, k] = 0.0
+        osum = other.sum(1, keepdims=True)
+        other = np.where(osum > 0, other / np.maximum(osum, 1e-12), 1.0 / max(K - 1, 1))
+        other[:, k] = 0.0
+        conf[:, k, :K] = named_mass[:, None] * e[:, None] * other
+        conf[:, k, k] = named_mass * (1.0 - e)
+    conf = np.clip(conf, 1e-6, 1.0)
+    conf /= conf.sum(-1, keepdims=True)
+    return SkillModel(np.log(conf), base.log_population, base.log_prior, base.worker_ids,
+                      base.labels)
+
+
 def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method: str = "ds",
            baseline: Policy | None = None, skills: SkillModel | None = None,
            refit_every: int | None = 500, shrink: float = 2.0,
            initial_accuracy: float = 0.75, reopen: bool = True, recheck_open: bool = True,
            skill_method: str | None = None, skill_params: dict | None = None,
+           skill_prior: str = "npmle",
            **method_params) -> ReplayReport:
     """Replay answers in time order (``votes.time``, else row order) under ``policy``.
 
@@ -220,9 +296,11 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     for it are dropped (never shown, in a live system). The posterior behind each decision uses
     frozen skills: ``skills`` if given, else a symmetric ``initial_accuracy`` model that is
     re-estimated with ``method`` on the answers accepted so far every ``refit_every`` accepted
-    answers (skills shrunk towards the population by ``shrink`` pseudo-answers;
-    ``skill_method``/``skill_params`` estimate them with another method or parameters than
-    ``method``). After each refit every tile is re-decided with the new skills
+    answers (``skill_method``/``skill_params`` estimate them with another method or parameters
+    than ``method``; ``skill_prior="npmle"`` puts an empirical-Bayes prior on each volunteer's
+    error rate, :func:`npmle_skill_model`, ``"dirichlet"`` uses
+    :meth:`SkillModel.from_result`).
+    After each refit every tile is re-decided with the new skills
     (:func:`recheck`), as the live scheduler does: with ``reopen``, retired tiles the new skills
     no longer support are reopened (answers that arrived meanwhile are lost); with
     ``recheck_open``, open tiles the new skills now support retire at once instead of taking
@@ -234,6 +312,8 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
     """
     if votes.n_votes == 0:
         raise VotesError("no votes to replay")
+    if skill_prior not in ("npmle", "dirichlet"):
+        raise ConsensusError(f"skill_prior must be 'npmle' or 'dirichlet', got {skill_prior!r}")
     baseline = baseline or FixedPolicy(5)
     truth_idx = (np.asarray(truth, dtype=np.int64) if isinstance(truth, np.ndarray)
                  else truth_array(truth, votes))
@@ -279,7 +359,8 @@ def replay(votes: Votes, policy: Policy, truth: Mapping | np.ndarray, *, method:
             sub = votes.subset(accepted)
             fit = (aggregate(sub, method, **method_params) if skill_method is None
                    else aggregate(sub, skill_method, **(skill_params or {})))
-            model = SkillModel.from_result(fit, shrink)
+            model = (npmle_skill_model(sub, fit, shrink) if skill_prior == "npmle"
+                     else SkillModel.from_result(fit, shrink))
             log_conf = model.log_confusion
             # the spatial model gives each tile its own prior from its neighbours' answers
             task_prior = fit.extra.get("task_log_prior",

@@ -102,16 +102,18 @@ def fit_skills(tile_ids: Sequence[Any], volunteer_ids: Sequence[Any], answers: S
                method: str = "gold", shrink: float = 2.0):
     """Volunteer skills from a project's answers (one entry per answer), as the replay refits
     them: ``method`` (gold-seeded Dawid-Skene by default; ``gold`` = known answers of gold
-    tiles) and each volunteer shrunk towards the population by ``shrink`` pseudo-answers.
+    tiles), then each volunteer's error rate under an empirical-Bayes prior fitted to the crowd
+    (:func:`consensus.retirement.npmle_skill_model`).
     Response-only answers (``maybe``) count as evidence, never as a class."""
     from consensus.aggregate import aggregate
+    from consensus.retirement import npmle_skill_model
     from consensus.votes import RESPONSE_ONLY, Votes
 
     classes = [a for a in answer_values if a not in RESPONSE_ONLY]
     v = Votes.from_arrays([str(t) for t in tile_ids], [str(w) for w in volunteer_ids],
                           [str(a) for a in answers], classes=classes, tile_xyz=False,
                           gold={str(t): c for t, c in (gold or {}).items()} or None)
-    return aggregate(v, method).skill_model(shrink)
+    return npmle_skill_model(v, aggregate(v, method), shrink)
 
 
 def _posterior(skills, volunteer_ids: Sequence[Any], answers: Sequence[str]) -> np.ndarray:

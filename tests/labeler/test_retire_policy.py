@@ -70,10 +70,11 @@ def test_per_volunteer_skills_weigh_answers() -> None:
         retire.evaluate(cfg, 5, ANSWERS, {"yes": 2})
 
 
-def test_skills_match_the_consensus_fit() -> None:
+def test_skills_are_the_replays_decision_skills() -> None:
+    from consensus.retirement import npmle_skill_model
     sk, (t, w, lab) = _skills()
-    ref = aggregate(Votes.from_arrays([str(x) for x in t], w, lab, classes=["yes", "no"],
-                                      tile_xyz=False), "gold").skill_model(2.0)
+    v = Votes.from_arrays([str(x) for x in t], w, lab, classes=["yes", "no"], tile_xyz=False)
+    ref = npmle_skill_model(v, aggregate(v, "gold"), 2.0)
     assert np.allclose(sk.log_confusion, ref.log_confusion)
 
 
