@@ -262,13 +262,22 @@ def _agreement(counts: np.ndarray, n_votes: np.ndarray) -> np.ndarray:
 
 
 def _mv_posterior(counts: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vote shares over classes (response-only answers ignored); the overall shares where none."""
-    c = counts[:, :K].astype(np.float64)
-    tot = c.sum(1, keepdims=True)
-    glob = c.sum(0)
+    """(K, T) vote shares over classes (response-only answers ignored); the overall shares
+    where a task has no class answers. Returns (shares, overall shares)."""
+    T = counts.shape[0]
+    c = counts[:, :K]
+    glob = c.sum(0).astype(np.float64)
     glob = glob / glob.sum() if glob.sum() > 0 else np.full(K, 1.0 / K)
-    post = np.where(tot > 0, c / np.maximum(tot, 1), glob[None, :])
-    return post, glob
+    tot = c[:, 0].astype(np.float64)
+    for k in range(1, K):
+        tot += c[:, k]
+    none = tot == 0
+    tot[none] = 1.0
+    postT = np.empty((K, T))
+    for k in range(K):
+        np.divide(c[:, k], tot, out=postT[k])
+        postT[k][none] = glob[k]
+    return postT, glob
 
 
 def _argmax_tiebreak(postT: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -382,7 +391,7 @@ def _finish(votes: Votes, d: _Design, method: str, params: dict, postT: np.ndarr
             conf: np.ndarray, prior: np.ndarray, n_iter: int, converged: bool, ll: float,
             extra: dict | None = None) -> TileResult:
     """Package a (K, T) posterior into a :class:`TileResult` (posterior as (T, K))."""
-    postT = np.clip(postT, 0.0, 1.0)
+    np.clip(postT, 0.0, 1.0, out=postT)            # postT is the caller's own scratch array
     tot = postT[0].copy()
     for k in range(1, postT.shape[0]):
         tot += postT[k]
@@ -406,8 +415,7 @@ def _finish(votes: Votes, d: _Design, method: str, params: dict, postT: np.ndarr
 def majority_vote(votes: Votes, *, progress: Progress | None = None) -> TileResult:
     """Plain majority vote with MapSwipe outputs; skills = agreement with the majority."""
     d = _design(votes)
-    post, glob = _mv_posterior(d.counts, d.K)
-    postT = np.ascontiguousarray(post.T)
+    postT, glob = _mv_posterior(d.counts, d.K)
     conf = _normalise_rows(_m_step_counts(d, postT, d.n_wl))
     if progress:
         progress(1, 1)
@@ -494,9 +502,7 @@ def _em(votes: Votes, *, method: str, params: dict, one_coin: bool, strength: fl
         raise MethodError("onecoin needs a numeric strength")
     if (not auto and float(strength) < 0) or spatial_shrink < 0:
         raise MethodError("strength and spatial_shrink must be >= 0")
-    post, glob = _mv_posterior(d.counts, K)
-    postT = np.ascontiguousarray(post.T)          # (K, T): one contiguous row per class
-    del post
+    postT, glob = _mv_posterior(d.counts, K)      # (K, T): one contiguous row per class
     voted = d.n_votes > 0
     n_voted = int(voted.sum())
     gold_t = votes.gold_task if use_gold else np.empty(0, np.int32)
