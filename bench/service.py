@@ -84,12 +84,33 @@ class Http:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.cookie = ""
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.last_used = 0.0
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """Send one request; if the server had closed the idle keep-alive connection (uvicorn
+        does after 5 s, e.g. between a paced run's warm-up and its window), reconnect and send
+        it again, as a browser would (retried submissions are safe: idempotency keys)."""
+        try:
+            return await self._request(method, path, body, headers)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not self.was_idle:
+                raise
+            self.writer.close()
+            await self.open()
+            return await self._request(method, path, body, headers)
+
+    @property
+    def was_idle(self) -> bool:
+        """Idle long enough that the server may have dropped the connection."""
+        return time.perf_counter() - self.last_used > 1.0
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.last_used = time.perf_counter()
+
+    async def _request(self, method: str, path: str, body: bytes = b"",
+                       headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if body or method == "POST":
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -116,6 +137,7 @@ class Http:
                 chunked = True
             elif name == "set-cookie" and value.strip().startswith("cs_session="):
                 self.cookie = value.strip().split(";")[0]
+        self.last_used = time.perf_counter()
         if chunked:
             data = b""
             while True:
@@ -133,7 +155,13 @@ class Http:
 
 
 async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[str, Any],
-                     seed: int, bare: bool, mode: str = "page") -> None:
+                     seed: int, bare: bool, mode: str = "page", interval: float | None = None,
+                     start_at: float | None = None) -> None:
+    """One simulated volunteer. Closed loop (``interval=None``): the next request goes out as
+    soon as the previous answer is in. Paced: task k is due at ``start_at + phase + k *
+    interval`` (a random phase per volunteer spreads them evenly); every latency is counted
+    from the time the request was DUE, not from when it could finally be sent, so a server
+    that falls behind shows it (no coordinated omission)."""
     rng = random.Random(seed)
     http = Http(host, port)
     await http.open()
@@ -147,9 +175,34 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
         query = {"page": "?next=1&ahead=1", "combined": "?next=1", "split": ""}[mode]
         labels_path = f"/api/projects/{slug}/labels" + ("" if bare else query)
         next_path = f"/api/projects/{slug}/next" + ("?ahead=1" if mode == "page" and not bare else "")
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            if task is None:
+        due = None
+        if interval is not None:
+            assert start_at is not None
+            # Warm-up before the paced window: the page's first GET /next (once per volunteer)
+            if not bare and mode == "page":
+                status, body = await http.request("GET", next_path)
+                if status != 200:
+                    out["errors"].append(f"next {status} {body[:200]!r}")
+                    return
+                task = json.loads(body)
+            due = start_at + rng.random() * interval
+        while True:
+            if due is not None:
+                if due >= stop_at:
+                    break
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif wait < -0.001:
+                    out["late"] += 1
+                t0 = due
+                due += interval  # type: ignore[operator]
+            else:
+                if time.perf_counter() >= stop_at:
+                    break
+                t0 = time.perf_counter()
+            fetched = task is None
+            if fetched:
                 status, body = await http.request("GET", next_path)
                 if status != 200:
                     out["errors"].append(f"next {status} {body[:200]!r}")
@@ -163,7 +216,8 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
                        "idempotency_key": uuid.uuid4().hex, "time_spent_ms": 900}
                       for t in task["tiles"]]
             payload = json.dumps({"task_id": task["task_id"], "labels": labels}).encode()
-            t2 = time.perf_counter()
+            # Paced: a submit that was not preceded by a /next was due at t0.
+            t2 = time.perf_counter() if (fetched or due is None) else t0
             status, body = await http.request("POST", labels_path, payload, csrf)
             t3 = time.perf_counter()
             if status != 200:
@@ -171,7 +225,7 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
                 return
             answer = json.loads(body)
             task = answer.get("next")  # with ?next=1 the following task comes back here
-            if t1 - t0 > 1e-4:
+            if fetched and (due is not None or t1 - t0 > 1e-4):
                 out["next"].append(t1 - t0)
             out["submit"].append(t3 - t2)
             if t3 <= stop_at:
@@ -184,37 +238,51 @@ async def _volunteer(host: str, port: int, slug: str, stop_at: float, out: dict[
         http.close()
 
 
-def _client_proc(args: tuple[str, int, str, int, float, int, bool, str]) -> dict[str, Any]:
-    host, port, slug, n, start_at, duration, bare, mode = args
+def _client_proc(args: tuple[str, int, str, int, float, int, bool, str, float | None]
+                 ) -> dict[str, Any]:
+    host, port, slug, n, start_at, duration, bare, mode, interval = args
     out: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
-                           "in_window": 0}
+                           "in_window": 0, "late": 0}
 
-    async def main() -> None:
+    async def run() -> None:
         # Everyone starts together (the parent sets a common wall-clock start).
-        delay = start_at - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        stop_at = time.perf_counter() + duration
-        await asyncio.gather(*(_volunteer(host, port, slug, stop_at, out, hash((os.getpid(), i)),
-                                          bare, mode) for i in range(n)))
+        if interval is None:
+            delay = start_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            stop_at = time.perf_counter() + duration
+            await asyncio.gather(*(_volunteer(host, port, slug, stop_at, out,
+                                              hash((os.getpid(), i)), bare, mode)
+                                   for i in range(n)))
+            return
+        # Paced: sessions (and the page's first /next) are opened before the window.
+        start = time.perf_counter() + (start_at - time.time())
+        await asyncio.gather(*(_volunteer(host, port, slug, start + duration, out,
+                                          hash((os.getpid(), i)), bare, mode, interval, start)
+                               for i in range(n)))
 
     try:
         import uvloop  # type: ignore[import-not-found]
-        uvloop.run(main())
+        uvloop.run(run())
     except ImportError:
-        asyncio.run(main())
+        asyncio.run(run())
     return out
 
 
 def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs: int,
-          bare: bool, mode: str = "page") -> dict[str, Any]:
-    start_at = time.time() + 1.5
+          bare: bool, mode: str = "page", rate: float | None = None,
+          labels_per_task: int = 1) -> dict[str, Any]:
+    """Run the volunteers; closed loop, or paced so that all of them together offer ``rate``
+    labels/s (each volunteer one task every ``volunteers * labels_per_task / rate`` s)."""
+    interval = None if not rate else volunteers * labels_per_task / rate
+    # Paced runs open every session first (200 sessions take a while on a busy server).
+    start_at = time.time() + (1.5 if interval is None else 5.0)
     shares = [volunteers // procs + (1 if i < volunteers % procs else 0) for i in range(procs)]
     with ProcessPoolExecutor(procs) as pool:
         parts = list(pool.map(_client_proc, [(host, port, slug, n, start_at, duration, bare,
-                                              mode) for n in shares]))
+                                              mode, interval) for n in shares]))
     merged: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
-                              "in_window": 0}
+                              "in_window": 0, "late": 0}
     for p in parts:
         for k in merged:
             merged[k] += p[k]
@@ -271,19 +339,20 @@ def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterat
 
 def _pct(values: list[float], q: float) -> float:
     if not values:
-        return float("nan")
+        return float("nan")  # printed as "nan": no such call in this run
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def run_backend(backend: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_backend(backend: str, a: argparse.Namespace, work: Path,
+                rate: float | None = None) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from labeler.db import make_engine
     from labeler.testing import fresh_database, make_settings, seed_project, upgrade
 
     cols, rows = (int(v) for v in a.block.lower().split("x"))
-    with fresh_database(backend, work) as url:
+    with fresh_database(backend, work / uuid.uuid4().hex[:8]) as url:
         upgrade(url)
         settings = make_settings(work / backend, url)
         fields: dict[str, Any] = {"redundancy": a.redundancy, "gold_rate": a.gold_rate}
@@ -304,7 +373,8 @@ def run_backend(backend: str, a: argparse.Namespace, work: Path) -> dict[str, An
         t0 = time.perf_counter()
         with server(cmd, env, port, "/api/health"):
             res = drive("127.0.0.1", port, project.slug, a.volunteers, a.duration,
-                        a.client_procs, bare=False, mode=a.mode)
+                        a.client_procs, bare=False, mode=a.mode, rate=rate,
+                        labels_per_task=cols * rows)
         res["wall"] = time.perf_counter() - t0
         engine = make_engine(url, pool_size=1)
         try:
@@ -325,19 +395,74 @@ def run_backend(backend: str, a: argparse.Namespace, work: Path) -> dict[str, An
         return res
 
 
-def run_bare(a: argparse.Namespace) -> dict[str, Any]:
+def run_bare(a: argparse.Namespace, rate: float | None = None) -> dict[str, Any]:
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", "bench.service:bare_app", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
            "--no-access-log", "--log-level", "warning", "--no-server-header"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with server(cmd, env, port, "/api/projects/x/next"):
-        return drive("127.0.0.1", port, "bare", a.volunteers, a.duration, a.client_procs, bare=True)
+        return drive("127.0.0.1", port, "bare", a.volunteers, a.duration, a.client_procs, bare=True,
+                     rate=rate)
 
 
 MODES = {"page": "labels?next=1&ahead=1, one request per task, a task held ahead",
          "combined": "labels?next=1, one request per task",
          "split": "next + labels, two requests per task"}
+
+
+def _print_table(results: dict[str, dict[str, Any]], a: argparse.Namespace,
+                 rate: float | None) -> None:
+    bare_rate = len(results["bare"]["submit"]) / a.duration if "bare" in results else 0
+    if rate is None:
+        print(f"\nsaturation run (closed loop, no think time): {a.volunteers} volunteers, "
+              f"{a.duration} s each, server {a.workers} workers, client {a.client_procs} procs, "
+              f"block {a.block}, mode {a.mode} ({MODES[a.mode]}), {os.cpu_count()} CPUs shared "
+              "by client and server")
+    else:
+        every = a.volunteers * _tiles_per_task(a) / rate
+        print(f"\npaced run: {a.volunteers} volunteers offering {rate:.0f} labels/s together "
+              f"(each one task every {every * 1000:.0f} ms), {a.duration} s each, latency "
+              "counted from when each request was due; same server, client and mode")
+    hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
+           f"{'submit p50':>12}{'submit p99':>12}"
+           + (f"{'vs bare':>9}" if rate is None else f"{'late':>7}")
+           + f"{'lost':>6}{'dup':>5}{'over':>6}{'errors':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in results.items():
+        tasks = len(r["submit"]) / a.duration
+        labels = r["in_window"] / a.duration
+        ratio = tasks / bare_rate if bare_rate else float("nan")
+        lost = "-" if name == "bare" else r["lost"]
+        dup = "-" if name == "bare" else r["duplicated"]
+        over = "-" if name == "bare" else r["over_target"]
+        n_req = len(r["submit"]) + len(r["next"])
+        extra = (f"{ratio:>9.2f}" if rate is None
+                 else f"{100 * r['late'] / max(n_req, 1):>6.1f}%")
+        print(f"{name:<11}{labels:>10.0f}{tasks:>9.0f}{_pct(r['next'], .5):>10.1f}"
+              f"{_pct(r['next'], .99):>10.1f}{_pct(r['submit'], .5):>12.1f}"
+              f"{_pct(r['submit'], .99):>12.1f}{extra}{lost!s:>6}{dup!s:>5}{over!s:>6}"
+              f"{len(r['errors']):>8}")
+    if rate is None:
+        print("latencies in ms; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
+              "'lost' = acknowledged labels missing from the DB; 'dup' = duplicated labels; "
+              "'over' = tiles past the redundancy target")
+    else:
+        print("latencies in ms from the time each request was due (queueing included); 'late' = "
+              "requests that could not even be sent on time (the volunteer was still waiting "
+              "for the previous answer); the bare endpoint answers next + submit per task")
+    for name, r in results.items():
+        if r["errors"]:
+            print(f"{name}: first errors: {r['errors'][:3]}", file=sys.stderr)
+        if name != "bare" and r.get("unacked_stored"):
+            print(f"{name}: {r['unacked_stored']} labels stored whose answer arrived after the "
+                  "client stopped (not lost)", file=sys.stderr)
+
+
+def _tiles_per_task(a: argparse.Namespace) -> int:
+    cols, rows = (int(v) for v in a.block.lower().split("x"))
+    return cols * rows
 
 
 def main() -> None:
@@ -357,6 +482,11 @@ def main() -> None:
                          "per task). The bare ceiling is always measured with two requests")
     ap.add_argument("--combined", action="store_const", const="combined", dest="mode",
                     help="same as --mode combined")
+    ap.add_argument("--rate", type=float, default=1000.0,
+                    help="labels/s offered by all volunteers together in the paced run "
+                         "(0: saturation run only)")
+    ap.add_argument("--runs", default="saturation,paced",
+                    help="which runs: saturation (closed loop), paced (at --rate), or both")
     a = ap.parse_args()
 
     from labeler.testing import postgres_available
@@ -365,47 +495,28 @@ def main() -> None:
     if "postgresql" in backends and not postgres_available():
         print("PostgreSQL not reachable on 127.0.0.1:5432: skipping it", file=sys.stderr)
         backends.remove("postgresql")
+    runs: list[float | None] = []
+    if "saturation" in a.runs:
+        runs.append(None)
+    if "paced" in a.runs and a.rate > 0:
+        runs.append(a.rate)
     work = Path(tempfile.mkdtemp(prefix="cs-bench-"))
-    results: dict[str, dict[str, Any]] = {}
+    tables: list[tuple[float | None, dict[str, dict[str, Any]]]] = []
     try:
-        print(f"bare Starlette ceiling: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
-        results["bare"] = run_bare(a)
-        for b in backends:
-            print(f"{b}: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
-            results[b] = run_backend(b, a, work)
+        for rate in runs:
+            what = "closed loop" if rate is None else f"paced at {rate:.0f} labels/s"
+            results: dict[str, dict[str, Any]] = {}
+            print(f"bare Starlette ceiling, {what}: {a.volunteers} volunteers, {a.duration} s ...",
+                  file=sys.stderr)
+            results["bare"] = run_bare(a, rate)
+            for b in backends:
+                print(f"{b}, {what}: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
+                results[b] = run_backend(b, a, work, rate)
+            tables.append((rate, results))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    bare_rate = len(results["bare"]["submit"]) / a.duration
-    print(f"\ncrowdsight service benchmark: {a.volunteers} volunteers, {a.duration} s each, "
-          f"server {a.workers} workers, client {a.client_procs} procs, block {a.block}, "
-          f"mode {a.mode} ({MODES[a.mode]}), "
-          f"{os.cpu_count()} CPUs shared by client and server")
-    hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
-           f"{'submit p50':>12}{'submit p99':>12}{'vs bare':>9}{'lost':>6}{'dup':>5}"
-           f"{'over':>6}{'errors':>8}")
-    print(hdr)
-    print("-" * len(hdr))
-    for name, r in results.items():
-        tasks = len(r["submit"]) / a.duration
-        labels = r["in_window"] / a.duration
-        ratio = tasks / bare_rate if bare_rate else float("nan")
-        lost = "-" if name == "bare" else r["lost"]
-        dup = "-" if name == "bare" else r["duplicated"]
-        over = "-" if name == "bare" else r["over_target"]
-        print(f"{name:<11}{labels:>10.0f}{tasks:>9.0f}{_pct(r['next'], .5):>10.1f}"
-              f"{_pct(r['next'], .99):>10.1f}{_pct(r['submit'], .5):>12.1f}"
-              f"{_pct(r['submit'], .99):>12.1f}{ratio:>9.2f}{lost!s:>6}{dup!s:>5}{over!s:>6}"
-              f"{len(r['errors']):>8}")
-    print("latencies in ms; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
-          "'lost' = acknowledged labels missing from the DB; 'dup' = duplicated labels; "
-          "'over' = tiles past the redundancy target")
-    for name, r in results.items():
-        if r["errors"]:
-            print(f"{name}: first errors: {r['errors'][:3]}", file=sys.stderr)
-        if name != "bare" and r.get("unacked_stored"):
-            print(f"{name}: {r['unacked_stored']} labels stored whose answer arrived after the "
-                  "client stopped (not lost)", file=sys.stderr)
+    for rate, results in tables:
+        _print_table(results, a, rate)
 
 
 if __name__ == "__main__":

@@ -128,8 +128,9 @@ async def start_session(request: Request) -> Response:
         st.ip_limiter.hit("session:" + _ip(request))
         if st.committer is not None:  # SQLite: shares a group-committed write transaction
             session = await st.committer.run(partial(insert_volunteer, display_name=name))
-        else:
-            session = await run_in_threadpool(create_volunteer, st.engine, name)
+        else:  # bounded like the hot path: a burst of new sessions must not open (and then
+            # drop) a database connection per waiting thread
+            session = await _db(request, create_volunteer, st.engine, name)
         # What _volunteer_json reads back for a volunteer created just now.
         volunteer = {"display_name": name, "labels": 0, "tutorials_passed": []}
         status = 201
