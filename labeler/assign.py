@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import mercantile
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -191,6 +192,35 @@ def _volunteer_state(conn: Connection, params: dict[str, Any]
     return int(rows[0].n), live, expired
 
 
+# PostgreSQL: the same state, and the oldest ``:n`` live tasks renewed, in one round trip
+# (k = 0: labels given; k = 1: renewed leases with their tiles; k = 2: expired leases).
+_STATE_RENEW_PG = (
+    "WITH live AS (SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p "
+    "AND expires_at > :now GROUP BY task_id ORDER BY min(id) LIMIT :n), "
+    "ren AS (UPDATE leases SET expires_at = :e WHERE volunteer_id = :v "
+    "AND task_id IN (SELECT task_id FROM live) "
+    "RETURNING id, task_id, tile_id, block_row, block_col, is_gold) "
+    "SELECT 0 AS k, count(*) AS n, NULL AS task_id, NULL AS block_row, NULL AS block_col, "
+    "NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, NULL AS west, "
+    "NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
+    "FROM labels WHERE volunteer_id = :v AND project_id = :p "
+    f"UNION ALL SELECT 1, r.id, r.task_id, r.block_row, r.block_col, r.is_gold, {_TILE_COLS} "
+    "FROM ren r JOIN tiles t ON t.id = r.tile_id "
+    "UNION ALL SELECT 2, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    "NULL, NULL, NULL, NULL FROM leases WHERE volunteer_id = :v AND project_id = :p "
+    "AND expires_at <= :now ORDER BY 1, 2")
+
+
+def _volunteer_state_pg(conn: Connection, params: dict[str, Any], want: int, expires: datetime
+                        ) -> tuple[int, dict[str, list[Any]], int]:
+    """:func:`_volunteer_state` for PostgreSQL, renewing the oldest ``want`` live tasks."""
+    rows = run(conn, _STATE_RENEW_PG, {**params, "n": want, "e": expires}).all()
+    live: dict[str, list[Any]] = {}
+    for r in rows[1:-1]:
+        live.setdefault(r.task_id, []).append(r)
+    return int(rows[0].n), live, int(rows[-1].n)
+
+
 _RENEW_SQL = ("UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v "
               "RETURNING tile_id")
 
@@ -249,7 +279,7 @@ class Assigner:
         if self.lease_engine.dialect.name == "postgresql":
             try:  # (the caller's ``conn`` is not used: claims here are autocommit statements)
                 tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
-            except sa.exc.IntegrityError:
+            except (sa.exc.IntegrityError, psycopg.IntegrityError):
                 # The same volunteer's parallel request leased this tile a moment ago:
                 # answer with that task instead.
                 tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
@@ -285,12 +315,17 @@ class Assigner:
               reclaim: Any) -> list[Task]:
         pg = _pg(conn)
         params = {"v": volunteer_id, "p": project.id, "now": ts(conn, now)}
-        n_done, live, n_expired = _volunteer_state(conn, params)
         tasks = []
-        for lid in list(live)[:want]:
-            task = self._renew(conn, project, lid, live[lid], volunteer_id, expires, n_done)
-            if task.tiles:
-                tasks.append(task)
+        if pg:  # state and renewal in one round trip
+            n_done, live, n_expired = _volunteer_state_pg(conn, params, want, expires)
+            for lid, rows in live.items():
+                tasks.append(self._task_of(project, lid, rows, volunteer_id, expires, n_done))
+        else:
+            n_done, live, n_expired = _volunteer_state(conn, params)
+            for lid in list(live)[:want]:
+                task = self._renew(conn, project, lid, live[lid], volunteer_id, expires, n_done)
+                if task.tiles:
+                    tasks.append(task)
         if len(tasks) >= want:
             return tasks
         if n_expired:
@@ -371,7 +406,12 @@ class Assigner:
         :func:`_volunteer_state`. Tiles whose lease is gone meanwhile are left out."""
         kept = {r[0] for r in run(conn, _RENEW_SQL,
                                   {"e": ts(conn, expires), "t": lease_id, "v": volunteer_id})}
-        rows = sorted((r for r in rows if r.id in kept), key=lambda r: (r.block_row, r.block_col))
+        return self._task_of(project, lease_id, [r for r in rows if r.id in kept], volunteer_id,
+                             expires, n_done)
+
+    def _task_of(self, project: ProjectConfig, lease_id: str, rows: list[Any],
+                 volunteer_id: int, expires: datetime, n_done: int) -> Task:
+        rows = sorted(rows, key=lambda r: (r.block_row, r.block_col))
         tiles = [_task_tile(r, r.block_row, r.block_col) for r in rows]
         task_id = self._public_id(project, lease_id, volunteer_id, tiles[0]) if tiles else ""
         return Task(task_id=task_id, expires_at=expires, tiles=tiles,

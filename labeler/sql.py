@@ -57,6 +57,31 @@ class _Rows:
         return self.one()[0]
 
 
+class _PgRows:
+    """The same API over a psycopg cursor with named-tuple rows."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cur = cursor
+
+    def __iter__(self) -> Any:
+        return iter(self._cur.fetchall() if self._cur.description else ())
+
+    def all(self) -> list[Any]:
+        return self._cur.fetchall() if self._cur.description else []
+
+    def first(self) -> Any:
+        return self._cur.fetchone() if self._cur.description else None
+
+    def one(self) -> Any:
+        r = self.first()
+        if r is None:
+            raise LookupError("expected one row")
+        return r
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
 class _NoRows:
     """The (empty) result of an executemany."""
 
@@ -89,7 +114,16 @@ def run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
         if pg is None:
             pg = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
             _pg_cache[sql] = pg
-        sql = pg
+        # Straight to psycopg too, inside the connection's current transaction (or autocommit):
+        # SQLAlchemy's per-statement result bookkeeping cost more than the statement.
+        from psycopg.rows import namedtuple_row
+
+        cur = conn.connection.driver_connection.cursor(row_factory=namedtuple_row)
+        if isinstance(params, list):
+            cur.executemany(pg, params)
+            return _NO_ROWS  # type: ignore[return-value]
+        cur.execute(pg, params if params is not None else {})
+        return _PgRows(cur)  # type: ignore[return-value]
     return conn.exec_driver_sql(sql, params if params is not None else {})
 
 
