@@ -45,9 +45,9 @@ class RetirementPolicy:
     separate tuning crowds by ``python -m bench._replay --tune`` (docs/consensus.md).
     """
 
-    threshold: float = 0.95
+    threshold: float = 0.94
     min_votes: int = 2
-    max_votes: int = 7
+    max_votes: int = 8
     final_threshold: float | None = None
 
     def __post_init__(self) -> None:
