@@ -192,8 +192,10 @@ def _main() -> None:
     ap = argparse.ArgumentParser(description="Retirement: the default policy on held-out "
                                  "simulated crowds vs fixed 5 answers per tile")
     ap.add_argument("--seeds", type=int, default=10, help="evaluation crowds 1..N (< 1000)")
+    ap.add_argument("--policy", metavar="TH/MIN/MAX[>FINAL]",
+                    help="evaluate this policy instead of the default, e.g. 0.95/2/7")
     ap.add_argument("--before", action="store_true",
-                    help="also run the default as the replay did before (no retiring of open "
+                    help="also run the policy as the replay did before (no retiring of open "
                     "tiles at refits, Dirichlet-shrunk decision skills)")
     ap.add_argument("--tune", action="store_true",
                     help=f"first re-run the {len(GRID)}-policy grid on the tuning crowds "
@@ -208,6 +210,10 @@ def _main() -> None:
     pool = skill_pool()
     sc = scenes()
     pol = RetirementPolicy()
+    if args.policy:
+        head, _, fin = args.policy.partition(">")
+        th, mn, mx = head.split("/")
+        pol = RetirementPolicy(float(th), int(mn), int(mx), float(fin) if fin else None)
     if args.tune:
         log(f"tuning on crowds {list(TUNING_SEEDS)} (savings, accuracy - fixed 5 in points, "
             "per scene):")
@@ -219,7 +225,7 @@ def _main() -> None:
                          if args.before else [])
     for label, kw in runs:
         res = run_policy(pol, seeds, pool, sc, **kw)
-        print(f"default policy {_pstr(_params(pol))}{label}, method {METHOD}, held-out crowds "
+        print(f"policy {_pstr(_params(pol))}{label}, method {METHOD}, held-out crowds "
               f"1..{args.seeds} (mean ± sd, min..max over crowds); baseline: fixed 5 answers "
               "per tile, same method")
         print(f"{'scene':60s} {'ans/tile':>8s} {'savings':>22s} {'acc':>7s} {'fixed5':>7s} "
