@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import sqlalchemy as sa
@@ -87,11 +88,14 @@ class ProjectConfig:
     def layer_names(self) -> list[str]:
         return [layer["name"] for layer in self.layers]
 
-    @property
+    @cached_property
     def target(self) -> int:
-        """Most non-gold labels (plus live leases) a tile may collect."""
+        """Most non-gold labels (plus live leases) a tile may collect: ``redundancy``, or for an
+        adaptive project its retirement policy's ``max_votes`` (where the tile goes unresolved)."""
         if self.retirement.get("policy") == "adaptive":
-            return int(self.retirement.get("max_votes", 2 * self.redundancy))
+            from labeler.retire import policy_for
+
+            return policy_for(self.retirement, self.redundancy).max_votes
         return self.redundancy
 
     def image_urls(self, z: int, x: int, y: int, tile_layers: list[str] | None = None) -> dict[str, str]:
@@ -197,6 +201,12 @@ def validate_fields(data: Mapping[str, Any], ptype: str, max_points_cap: int) ->
                 raise ValidationError("'retirement.threshold' must be from 0.5 to 1",
                                       field="retirement.threshold")
             clean_r["threshold"] = float(t)
+        if r.get("final_threshold") is not None:
+            t = r["final_threshold"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.5 <= t <= 1:
+                raise ValidationError("'retirement.final_threshold' must be from 0.5 to 1 "
+                                      "(or null)", field="retirement.final_threshold")
+            clean_r["final_threshold"] = float(t)
         out["retirement"] = clean_r
     if "gold_rate" in data:
         g = data["gold_rate"]
