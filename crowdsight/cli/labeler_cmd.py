@@ -210,6 +210,21 @@ project.add_command(_status_cmd("paused", "Pause a project (no new tasks)."))
 project.add_command(_status_cmd("finished", "Finish a project."))
 
 
+@project.command("refit-skills")
+@click.argument("slug")
+@click.option("--min-labels", type=click.IntRange(1), default=None,
+              help="refit only with at least this many stored answers (default 50)")
+def project_refit_skills(slug: str, min_labels: int | None) -> None:
+    """Refit an adaptive project's volunteer skills now and re-decide its tiles (retired tiles
+    the skills no longer support reopen, live tiles they support retire). Prints the report."""
+    from labeler.refit import MIN_LABELS, refit_project
+
+    with _database() as (_, engine):
+        rep = refit_project(engine, slug, min_labels=MIN_LABELS if min_labels is None
+                            else min_labels)
+        _out(rep.to_json())
+
+
 @project.command("list")
 def project_list() -> None:
     """All projects with their status and progress."""
