@@ -77,6 +77,8 @@ def refit_project(engine: Engine, project: int | str, *, progress: Progress | No
     live and retired tiles. A project that is not adaptive, or has fewer than ``min_labels``
     stored answers, is left alone (a report of zeros). ``progress(stage, done, total)`` is
     called with stages ``read``, ``fit`` and ``apply`` (never inside a transaction)."""
+    from consensus.errors import ConsensusError
+    from consensus.votes import RESPONSE_ONLY
     from labeler import retire
 
     t0 = time.perf_counter()
@@ -97,6 +99,10 @@ def refit_project(engine: Engine, project: int | str, *, progress: Progress | No
             .where(lb.c.project_id == cfg.id, lb.c.skipped.is_(False),
                    lb.c.answer.is_not(None), t.c.tutorial.is_(False))
             .order_by(lb.c.id)).all()
+    answer_values = [a["value"] for a in cfg.answers]
+    # answers the project no longer offers (its answers were edited) cannot be fitted
+    known = set(answer_values)
+    rows = [r for r in rows if r.answer in known]
     if progress:
         progress("read", len(rows), len(rows))
     report.labels_used = len(rows)
@@ -104,12 +110,13 @@ def refit_project(engine: Engine, project: int | str, *, progress: Progress | No
     if len(rows) < min_labels:
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
-    answer_values = [a["value"] for a in cfg.answers]
-    gold = {r.tile_id: r.gold_answer for r in rows if r.gold_answer is not None}
+    # gold tiles' known answers seed the skills (a response-only gold answer says nothing)
+    gold = {r.tile_id: r.gold_answer for r in rows
+            if r.gold_answer in known and r.gold_answer not in RESPONSE_ONLY}
     try:
         skills = retire.fit_skills([r.tile_id for r in rows], [r.volunteer_id for r in rows],
                                    [r.answer for r in rows], answer_values, gold=gold)
-    except (ArithmeticError, ValueError) as exc:
+    except (ArithmeticError, ValueError, ConsensusError) as exc:
         raise RefitError(f"cannot fit skills for project '{cfg.slug}': {exc}") from exc
     if progress:
         progress("fit", 1, 1)

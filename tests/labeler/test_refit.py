@@ -225,3 +225,21 @@ def test_cli_refit_skills(settings: Settings, monkeypatch: pytest.MonkeyPatch) -
     assert _tiles(settings, p.slug)[t["R"]][1] == "live"
     bad = CliRunner().invoke(main, ["project", "refit-skills", "no-such-project"])
     assert bad.exit_code != 0 and "no-such-project" in bad.output
+
+
+def test_answers_the_project_no_longer_offers_are_left_out(settings: Settings, engine) -> None:
+    # a project's answers can be edited after volunteers used the old ones
+    p, t = _crowd(settings, {"policy": "adaptive"})
+    with engine.begin() as conn:
+        pid, tid = conn.execute(sa.text(
+            "SELECT project_id, id FROM tiles WHERE id = :i"), {"i": t["T"]}).one()
+        vols = _volunteers(conn, ["old"])
+        conn.execute(sa.insert(Label.__table__).values(
+            project_id=pid, tile_id=tid, volunteer_id=vols["old"], answer="smoke",
+            skipped=False, idempotency_key=uuid.uuid4().hex, is_gold=False,
+            created_at=utcnow()))
+        conn.execute(sa.text("UPDATE tiles SET label_count = label_count + 1 WHERE id = :i"),
+                     {"i": tid})
+    rep = refit_project(engine, p.slug)
+    assert rep.labels_used == N_CAL * 5 + 4 * 5 + 6
+    assert (rep.reopened, rep.retired, rep.skipped_concurrent) == (1, 2, 0)
