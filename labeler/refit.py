@@ -216,3 +216,26 @@ class SkillRefresher:
                         on_report(rep)
             except Exception as exc:  # keep refitting the next time round
                 (on_error or _log_error)(exc)
+
+
+def start_refresher(engine: Engine, *, interval: float, every: int | None = None,
+                    on_error: Callable[[BaseException], None] | None = None,
+                    on_report: Callable[[RefitReport], None] | None = None
+                    ) -> Callable[[], None]:
+    """Start :meth:`SkillRefresher.run_forever` in a daemon thread (for the app's lifespan);
+    returns the function that stops it (waits up to 10 s for a refit under way). ``every``
+    defaults to :data:`REFIT_EVERY`."""
+    if interval <= 0:
+        raise RefitError(f"interval must be > 0 seconds, got {interval}")
+    stop = threading.Event()
+    th = threading.Thread(target=SkillRefresher(REFIT_EVERY if every is None else every).run_forever, args=(engine, stop),
+                          kwargs={"interval": interval, "on_error": on_error,
+                                  "on_report": on_report},
+                          name="skill-refit", daemon=True)
+    th.start()
+
+    def stop_refresher() -> None:
+        stop.set()
+        th.join(timeout=10.0)
+
+    return stop_refresher

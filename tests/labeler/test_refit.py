@@ -16,7 +16,7 @@ from crowdsight.settings import Settings
 from labeler import retire
 from labeler.db import make_engine
 from labeler.models import Label, Tile, Volunteer, utcnow
-from labeler.refit import RefitReport, SkillRefresher, refit_project
+from labeler.refit import RefitReport, SkillRefresher, refit_project, start_refresher
 from labeler.testing import label_for, seed_project, start_volunteer
 
 GOOD = ("good1", "good2", "good3")
@@ -195,21 +195,23 @@ def test_refresher_refits_when_answers_grew(settings: Settings, engine) -> None:
     assert refresher.maybe_refresh(engine) == []     # no growth since
     assert SkillRefresher(every=10_000).maybe_refresh(engine) == []
 
-    stop = threading.Event()
+    # the lifespan's thread: a fresh refresher refits the project once, then stops when asked
     got: list[RefitReport] = []
     errors: list[BaseException] = []
+    first = threading.Event()
 
     def on_report(rep: RefitReport) -> None:
         got.append(rep)
-        stop.set()
+        first.set()
 
-    th = threading.Thread(target=SkillRefresher(every=100).run_forever,
-                          args=(engine, stop), kwargs={"interval": 0.01, "on_report": on_report,
-                                                       "on_error": errors.append}, daemon=True)
-    th.start()
-    th.join(timeout=120)
-    assert not th.is_alive() and not errors
-    assert [r.project for r in got] == [p.slug]
+    stop = start_refresher(engine, interval=0.01, every=100, on_report=on_report,
+                           on_error=errors.append)
+    try:
+        assert first.wait(timeout=120)
+    finally:
+        stop()
+    assert not errors and [r.project for r in got] == [p.slug]
+    assert not any(th.name == "skill-refit" and th.is_alive() for th in threading.enumerate())
 
 
 def test_cli_refit_skills(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
