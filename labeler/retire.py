@@ -124,6 +124,37 @@ def _posterior(skills, volunteer_ids: Sequence[Any], answers: Sequence[str]) -> 
     return np.asarray(skills.posterior(w, lab), dtype=float)
 
 
+def _posteriors(skills, tiles: Sequence[tuple[Sequence[Any], Sequence[str]]]) -> np.ndarray:
+    """(n_tiles, n_classes) posteriors of many tiles at once; row i equals
+    ``_posterior(skills, *tiles[i])`` (answers the model does not know are ignored)."""
+    n_classes = skills.log_prior.shape[0]
+    label_of = {name: i for i, name in enumerate(skills.labels)}
+    tile_idx: list[int] = []
+    vols: list[str] = []
+    labs: list[int] = []
+    for i, (volunteer_ids, answers) in enumerate(tiles):
+        for v, a in zip(volunteer_ids, answers):
+            lab = label_of.get(str(a))
+            if lab is not None:
+                tile_idx.append(i)
+                vols.append(str(v))
+                labs.append(lab)
+    z = np.tile(np.asarray(skills.log_prior, dtype=float), (len(tiles), 1))
+    if labs:
+        t = np.asarray(tile_idx, dtype=np.int64)
+        lab_a = np.asarray(labs, dtype=np.int64)
+        w = np.asarray(skills.worker_index(vols), dtype=np.int64)
+        known = (w >= 0) & (w < skills.log_confusion.shape[0])
+        ll = np.empty((len(labs), n_classes))
+        ll[known] = skills.log_confusion[w[known], :, lab_a[known]]
+        ll[~known] = skills.log_population[:, lab_a[~known]].T
+        for k in range(n_classes):
+            z[:, k] += np.bincount(t, weights=ll[:, k], minlength=len(tiles))
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def evaluate_answers(retirement: Mapping[str, Any], redundancy: int,
                      answer_values: Sequence[str], volunteer_ids: Sequence[Any],
                      answers: Sequence[str], skills=None
@@ -157,7 +188,7 @@ def recheck(retirement: Mapping[str, Any], redundancy: int,
     if retirement.get("policy") != "adaptive" or not tiles:
         return {}
     ids = list(tiles)
-    posts = np.array([_posterior(skills, tiles[t][1], tiles[t][2]) for t in ids])
+    posts = _posteriors(skills, [(tiles[t][1], tiles[t][2]) for t in ids])
     status = np.array([_STATE_CODE[tiles[t][0]] for t in ids], dtype=np.int8)
     before = status.copy()
     n_used = np.array([len(tiles[t][2]) for t in ids], dtype=np.int64)

@@ -78,6 +78,24 @@ def test_skills_are_the_replays_decision_skills() -> None:
     assert np.allclose(sk.log_confusion, ref.log_confusion)
 
 
+def test_batch_posteriors_equal_one_tile_at_a_time() -> None:
+    # recheck scores every tile of a project in one vectorised pass; it must give exactly the
+    # per-tile posterior (known and unknown volunteers, "maybe", answers the model lacks, empty)
+    sk, _ = _skills()
+    rng = np.random.default_rng(3)
+    who = ["good1", "good2", "liar", "stranger", "other"]
+    tiles = [([], [])]
+    for _ in range(60):
+        n = int(rng.integers(1, 6))
+        tiles.append(([who[i] for i in rng.integers(0, len(who), n)],
+                      [["yes", "no", "maybe", "retired-answer"][i]
+                       for i in rng.integers(0, 4, n)]))
+    batch = retire._posteriors(sk, tiles)
+    assert batch.shape == (len(tiles), 2)
+    for row, (vols, answers) in zip(batch, tiles):
+        assert np.allclose(row, retire._posterior(sk, vols, answers), rtol=0, atol=1e-12)
+
+
 def test_recheck_after_refit_reopens_and_retires() -> None:
     sk, _ = _skills()
     cfg = {"policy": "adaptive"}
