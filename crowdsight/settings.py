@@ -61,6 +61,8 @@ class Settings:
     db_concurrency: int = 0
     # Manifest tasks whose valid-pixel coverage is below this (0..1) are not loaded as tiles.
     min_task_coverage: float = 0.5
+    # Seconds between checks for adaptive projects due a skill refit (labeler.refit); 0 = off.
+    skill_refit_interval: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

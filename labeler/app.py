@@ -179,12 +179,22 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False)
                   if eng.dialect.name == "postgresql" else None)
         state: LabelerState | None = None
+        stop_refits = None
         try:
             check_migrated(eng)
             state = build_state(settings, eng, leases)
+            if settings.skill_refit_interval > 0:
+                from labeler.refit import start_refresher
+
+                # every worker starts one; the flock lets one of them refit (labeler.refit)
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                stop_refits = start_refresher(eng, interval=settings.skill_refit_interval,
+                                              lock_path=settings.data_dir / "skill-refit.lock")
             yield {"labeler": state, "engine": eng, "settings": settings,
                    "projects": state.projects}
         finally:
+            if stop_refits is not None:
+                await anyio.to_thread.run_sync(stop_refits)
             if state is not None and state.committer is not None:
                 await anyio.to_thread.run_sync(state.committer.close)
             if leases is not None:

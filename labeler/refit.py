@@ -18,6 +18,7 @@ thread in the app's lifespan.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -206,31 +207,69 @@ class SkillRefresher:
 
     def run_forever(self, engine: Engine, stop: threading.Event, interval: float = 30.0,
                     on_error: Callable[[BaseException], None] | None = None,
-                    on_report: Callable[[RefitReport], None] | None = None) -> None:
+                    on_report: Callable[[RefitReport], None] | None = None,
+                    lock_path: str | os.PathLike[str] | None = None) -> None:
         """Every ``interval`` seconds, :meth:`maybe_refresh` until ``stop`` is set. Errors go to
-        ``on_error`` (default: logged) and the loop goes on."""
-        while not stop.wait(interval):
-            try:
-                for rep in self.maybe_refresh(engine):
-                    if on_report:
-                        on_report(rep)
-            except Exception as exc:  # keep refitting the next time round
-                (on_error or _log_error)(exc)
+        ``on_error`` (default: logged) and the loop goes on. With ``lock_path``, only the
+        process holding an exclusive ``flock`` on that file refits (the app's workers each run
+        a refresher; one of them takes the lock and keeps it until it exits, then another
+        takes over), so the work is not repeated per worker."""
+        lock = _RefitLock(lock_path) if lock_path is not None else None
+        try:
+            while not stop.wait(interval):
+                try:
+                    if lock is not None and not lock.acquire():
+                        continue
+                    for rep in self.maybe_refresh(engine):
+                        if on_report:
+                            on_report(rep)
+                except Exception as exc:  # keep refitting the next time round
+                    (on_error or _log_error)(exc)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+class _RefitLock:
+    """A non-blocking, process-wide ``flock`` held from the first success until release."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 def start_refresher(engine: Engine, *, interval: float, every: int | None = None,
                     on_error: Callable[[BaseException], None] | None = None,
-                    on_report: Callable[[RefitReport], None] | None = None
-                    ) -> Callable[[], None]:
+                    on_report: Callable[[RefitReport], None] | None = None,
+                    lock_path: str | os.PathLike[str] | None = None) -> Callable[[], None]:
     """Start :meth:`SkillRefresher.run_forever` in a daemon thread (for the app's lifespan);
     returns the function that stops it (waits up to 10 s for a refit under way). ``every``
-    defaults to :data:`REFIT_EVERY`."""
+    defaults to :data:`REFIT_EVERY`; ``lock_path``: see :meth:`SkillRefresher.run_forever`."""
     if interval <= 0:
         raise RefitError(f"interval must be > 0 seconds, got {interval}")
     stop = threading.Event()
     th = threading.Thread(target=SkillRefresher(REFIT_EVERY if every is None else every).run_forever, args=(engine, stop),
                           kwargs={"interval": interval, "on_error": on_error,
-                                  "on_report": on_report},
+                                  "on_report": on_report, "lock_path": lock_path},
                           name="skill-refit", daemon=True)
     th.start()
 

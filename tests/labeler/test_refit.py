@@ -214,6 +214,39 @@ def test_refresher_refits_when_answers_grew(settings: Settings, engine) -> None:
     assert not any(th.name == "skill-refit" and th.is_alive() for th in threading.enumerate())
 
 
+def test_only_the_lock_holder_refits(settings: Settings, engine, tmp_path) -> None:
+    # the app's workers each start a refresher; the flock lets exactly one of them do the work
+    import fcntl
+    import os
+
+    p, _ = _crowd(settings, {"policy": "adaptive"})
+    lock_path = tmp_path / "skill-refit.lock"
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)  # another worker holds the lock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    got: list[RefitReport] = []
+    first = threading.Event()
+
+    def on_report(rep: RefitReport) -> None:
+        got.append(rep)
+        first.set()
+
+    stop = start_refresher(engine, interval=0.01, every=100, on_report=on_report,
+                           on_error=lambda exc: None, lock_path=lock_path)
+    try:
+        assert not first.wait(timeout=1.0) and got == []  # locked out: nothing refitted
+        os.close(other)                                    # that worker exits
+        assert first.wait(timeout=120)                     # this one takes over
+    finally:
+        stop()
+    assert [r.project for r in got] == [p.slug]
+    # released on stop: the lock can be taken again
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
 def test_cli_refit_skills(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from crowdsight.cli import main
 
@@ -245,3 +278,30 @@ def test_answers_the_project_no_longer_offers_are_left_out(settings: Settings, e
     rep = refit_project(engine, p.slug)
     assert rep.labels_used == N_CAL * 5 + 4 * 5 + 6
     assert (rep.reopened, rep.retired, rep.skipped_concurrent) == (1, 2, 0)
+
+
+def test_the_app_lifespan_runs_the_refresher(settings: Settings,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the served app refits due adaptive projects by itself (CROWDSIGHT_SKILL_REFIT_INTERVAL)
+    # and does not when the setting is 0
+    import dataclasses
+    import time
+
+    from starlette.testclient import TestClient
+
+    import labeler.refit
+    from labeler.app import create_app
+
+    monkeypatch.setattr(labeler.refit, "REFIT_EVERY", 100)
+    p, t = _crowd(settings, {"policy": "adaptive"})
+    off = dataclasses.replace(settings, skill_refit_interval=0.0)
+    with TestClient(create_app(off)):
+        time.sleep(0.5)
+    assert _tiles(settings, p.slug)[t["R"]][1] == "retired"      # untouched with 0
+    on = dataclasses.replace(settings, skill_refit_interval=0.05)
+    with TestClient(create_app(on)):
+        deadline = time.monotonic() + 120
+        while _tiles(settings, p.slug)[t["R"]][1] != "live" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _tiles(settings, p.slug)[t["R"]][1] == "live"         # the refit reopened it
+    assert not any(th.name == "skill-refit" and th.is_alive() for th in threading.enumerate())
