@@ -20,6 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from labeler.db import write_tx
 from labeler.models import Label, Project, Tile, Volunteer
 
 T_PROJECTS: sa.Table = Project.__table__  # type: ignore[attr-defined, assignment]
@@ -59,7 +60,7 @@ def insert_votes(engine: Engine, slug: str, votes: Sequence[Vote], *,
     """Insert ``votes`` into project ``slug``; then recount tiles and retire those with
     ``redundancy`` (default: the project's) answers, as the fixed policy would."""
     start = start or datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         project = conn.execute(sa.select(T_PROJECTS).where(T_PROJECTS.c.slug == slug)).one()
         ids = _volunteer_ids(conn, [v.volunteer for v in votes])
         gold = {r.id: r.gold_answer for r in conn.execute(
@@ -129,7 +130,7 @@ def scene_project(engine: Engine, tile_store: Path, work_dir: Path, slug: str, *
     res = load_manifest(engine, manifest, slug, tile_store=Path(tile_store), create=True,
                         project_fields={"type": ptype, "name": f"{slug} (synthetic scene)",
                                         "question": "Is there a damaged or destroyed building?"})
-    with engine.begin() as conn:
+    with write_tx(engine) as conn:
         conn.execute(sa.update(T_PROJECTS).where(T_PROJECTS.c.slug == slug)
                      .values(status=status))
     return {"truth": scene.truth, "manifest": manifest, "tiles": res.tiles_total}

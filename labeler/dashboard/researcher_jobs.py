@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from labeler.dashboard.models import iso, IngestJob
+from labeler.db import write_tx
 from labeler.models import utcnow
 
 log = logging.getLogger("crowdsight.ingest_jobs")
@@ -92,7 +93,11 @@ def create_job(conn: sa.Connection, *, project_id: int, request: dict[str, Any],
 
 def _update(engine: Engine, job_id: str, **values: Any) -> None:
     values.setdefault("heartbeat_at", utcnow())
-    with engine.begin() as conn:
+    # write_tx (not engine.begin): on SQLite a plain BEGIN can starve in the busy handler
+    # behind labeler writes and fail with "database is locked". Only the UPDATE runs inside;
+    # never call this while the same thread holds write_tx (the writer lock is not
+    # re-entrant) — e.g. not as load_manifest's progress callback.
+    with write_tx(engine) as conn:
         conn.execute(
             sa.update(IngestJob.__table__).where(IngestJob.__table__.c.id == job_id).values(**values)
         )
@@ -187,7 +192,7 @@ def _mark_worker_failure(spec: IngestJobSpec, exc: BaseException | None) -> None
     engine = make_engine(spec.database_url, pool_size=1)
     try:
         t = IngestJob.__table__
-        with engine.begin() as conn:
+        with write_tx(engine) as conn:
             conn.execute(sa.update(t).where(t.c.id == spec.job_id,
                                             t.c.status.in_(("queued", "running"))).values(
                 status="failed", stage="failed", error_code="worker_died",
