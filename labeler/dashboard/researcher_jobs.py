@@ -323,6 +323,9 @@ def publish_staging(spec: IngestJobSpec, engine: Engine, staging: Path,
     their labels were given on); only new files are added, plus the new ``manifest.json``.
     If loading the manifest fails, the added files are removed and the previous manifest is
     restored, so the project and its folder are exactly as before.
+
+    ``progress`` runs inside load_manifest's write transaction: it must not write to the
+    database (e.g. not a :class:`_Reporter`; on SQLite the writer lock is not re-entrant).
     """
     from labeler.manifest import load_manifest
 
