@@ -346,13 +346,24 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
                                f"POST /api/projects/{project.slug}/tutorial")
 
 
-def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-          ahead: bool = False, conn: Any = None) -> dict[str, Any]:
+def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
+                ahead: bool = False, conn: Any = None) -> tuple[list[Any], dict[str, int], int]:
+    """The database half of ``next``: lease the task(s); with ``conn``, inside that (group
+    committed) write transaction. The answer is shaped by :func:`_next_body` afterwards,
+    outside the transaction, so building it does not lengthen the writer's critical
+    section (it holds the cross-process write lock)."""
     _require_tutorial(st, project, vid)
     tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
     prog = st.projects.progress(project.id)
+    n = 0 if tasks else _labelled_by(st.engine, project.id, vid)
+    return tasks, prog, n
+
+
+def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], int],
+               ahead: bool) -> dict[str, Any]:
+    """The answer of ``next`` from :func:`_next_parts` (no database)."""
+    tasks, prog, n = parts
     if not tasks:
-        n = _labelled_by(st.engine, project.id, vid)
         body = {"task_id": None, "done": True, "tiles": [],
                 "progress": {"labelled_by_you": n, "tiles": prog["tiles"], "retired": prog["retired"]}}
     else:
@@ -362,16 +373,28 @@ def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] |
     return body
 
 
-def _next_or_none(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                  ahead: bool, conn: Any = None) -> dict[str, Any] | None:
+def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
+          ahead: bool = False, conn: Any = None) -> dict[str, Any]:
+    return _next_body(project, _next_parts(st, project, vid, near, ahead, conn), ahead)
+
+
+def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
+                        near: tuple[float, float] | None, ahead: bool,
+                        conn: Any = None) -> tuple[list[Any], dict[str, int], int] | None:
     """``next`` after a submission: ``None`` when the project is not live or its tutorial is
     required (the labels are stored either way; ``GET /next`` explains)."""
     if project.status != "live":
         return None
     try:
-        return _next(st, project, vid, near, ahead, conn)
+        return _next_parts(st, project, vid, near, ahead, conn)
     except TutorialRequired:
         return None
+
+
+def _next_or_none(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
+                  ahead: bool, conn: Any = None) -> dict[str, Any] | None:
+    parts = _next_parts_or_none(st, project, vid, near, ahead, conn)
+    return None if parts is None else _next_body(project, parts, ahead)
 
 
 def _parse_flag(request: Request, name: str) -> bool:
@@ -401,7 +424,9 @@ async def next_task(request: Request) -> Response:
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
     ahead = _parse_flag(request, "ahead")
     if st.committer is not None:  # SQLite: claim inside a group-committed transaction
-        body = await st.committer.run(lambda conn: _next(st, project, session.id, near, ahead, conn))
+        parts = await st.committer.run(
+            lambda conn: _next_parts(st, project, session.id, near, ahead, conn))
+        body = _next_body(project, parts, ahead)  # after the commit, outside the write lock
     else:
         body = await _db(request, _next, st, project, session.id, near, ahead)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
@@ -426,12 +451,16 @@ async def submit_labels(request: Request) -> Response:
         # SQLite: store the labels (and claim the next task) in ONE write transaction shared
         # with other volunteers' concurrent requests (labeler.batch: group commit); the answer
         # is sent only after that transaction committed.
-        def store(conn: Any) -> dict[str, Any]:
-            body = submit_in(conn, project, session.id, task_id, labels, task_key=key).to_json()
-            if want_next:
-                body["next"] = _next_or_none(st, project, session.id, near, ahead, conn)
-            return body
-        body = await st.committer.run(store)
+        def store(conn: Any) -> tuple[Any, Any]:
+            result = submit_in(conn, project, session.id, task_id, labels, task_key=key)
+            parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn)
+                     if want_next else None)
+            return result, parts
+        result, parts = await st.committer.run(store)
+        # The answer is built after the commit, outside the writer's critical section.
+        body = result.to_json()
+        if want_next:
+            body["next"] = None if parts is None else _next_body(project, parts, ahead)
         return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
     if not want_next:
         result = await _db(request, partial(submit, task_key=key), st.engine, project, session.id,
@@ -708,6 +737,10 @@ async def tokens_revoke(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
+        # The volunteer hot path first: Starlette tries routes in order (the paths overlap
+        # no other route, so the order changes nothing else).
+        Route("/api/projects/{slug}/labels", submit_labels, methods=["POST"]),
+        Route("/api/projects/{slug}/next", next_task, methods=["GET"]),
         Route("/api/session", start_session, methods=["POST"]),
         Route("/api/session", get_session, methods=["GET"]),
         Route("/api/projects", projects_index, methods=["GET"]),
@@ -715,8 +748,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/projects/{slug}", project_detail, methods=["GET"]),
         Route("/api/projects/{slug}", update_project_ep, methods=["PATCH"]),
         Route("/api/projects/{slug}/tutorial", tutorial, methods=["POST"]),
-        Route("/api/projects/{slug}/next", next_task, methods=["GET"]),
-        Route("/api/projects/{slug}/labels", submit_labels, methods=["POST"]),
         Route("/api/projects/{slug}/publish",
               _status_endpoint("live", "Publish (status live). Role: researcher."), methods=["POST"]),
         Route("/api/projects/{slug}/pause",
