@@ -6,9 +6,10 @@ thread on its own. Under load most of a task's cost was that per-transaction ove
 the lock hand-over between the uvicorn workers, not the statements.
 
 :class:`GroupCommitter` queues those requests for one writer thread per process, which runs
-whatever is queued (up to ``MAX_BATCH``) inside ONE :func:`labeler.db.write_tx`: each request in its own
-``SAVEPOINT`` (so a request that fails — a validation error, an expired lease — is rolled
-back alone and gets its exception), then a single ``COMMIT``. Every request's future is
+whatever is queued (up to ``MAX_BATCH``) inside ONE write transaction
+(:func:`labeler.db.sqlite_write_tx_on`, on a connection the writer thread keeps): each
+request in its own ``SAVEPOINT`` (so a request that fails — a validation error, an expired
+lease — is rolled back alone and gets its exception), then a single ``COMMIT``. Every request's future is
 resolved only after that commit returned, so nothing is acknowledged before it is durable;
 if the commit fails, every request of the batch gets the error and nothing of it is stored
 (clients retry; idempotency keys make retries safe).
@@ -27,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from labeler.db import write_tx
+from labeler.db import sqlite_write_tx_on
 
 #: Most requests committed together; bounds the latency one batch adds to its first member.
 MAX_BATCH = 64
@@ -58,6 +59,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._conn: Connection | None = None  # the writer thread's own, kept across batches
 
     async def run(self, work: Work) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
@@ -86,6 +88,7 @@ class GroupCommitter:
         while True:
             first = self._queue.get()
             if first is None:
+                self._drop_conn()
                 return
             batch = [first]
             stop = False
@@ -108,11 +111,28 @@ class GroupCommitter:
                 except RuntimeError:  # that event loop is closed: nobody is waiting
                     pass
             if stop:
+                self._drop_conn()
                 return
 
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        # One connection for the writer thread's life (no pool checkout and return per
+        # batch); a batch whose BEGIN or COMMIT fails closes it, the next one opens a new one.
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        try:
+            return self._run_batch_on(self._conn, batch)
+        except BaseException:
+            self._drop_conn()
+            raise
+
+    def _run_batch_on(self, conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
-        with write_tx(self.engine) as conn:
+        with sqlite_write_tx_on(conn):
             raw = conn.connection.driver_connection
             for work, _, _ in batch:
                 raw.execute("SAVEPOINT cs_req")

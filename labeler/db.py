@@ -93,15 +93,30 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     # One writer per process at a time: threads queue on a lock instead of spinning in
     # SQLite's busy handler (which sleeps in growing steps and ruins tail latency);
     # BEGIN IMMEDIATE still serialises writers across processes.
-    key = engine.url.database or ""
-    lock = _sqlite_locks.get(key)
-    if lock is None:
-        lock = _sqlite_locks.setdefault(key, _WriterLock(engine.url.database))
-    with lock:
+    with _writer_lock(engine):
         with engine.connect() as conn:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             with conn.begin():
                 yield conn
+
+
+@contextmanager
+def sqlite_write_tx_on(conn: Connection) -> Iterator[Connection]:
+    """:func:`write_tx` on a SQLite connection the caller keeps open (the group committer's
+    writer thread): the same writer lock and ``BEGIN IMMEDIATE``, without a pool checkout
+    and return per transaction."""
+    with _writer_lock(conn.engine):
+        conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+        with conn.begin():
+            yield conn
+
+
+def _writer_lock(engine: Engine) -> "_WriterLock":
+    key = engine.url.database or ""
+    lock = _sqlite_locks.get(key)
+    if lock is None:
+        lock = _sqlite_locks.setdefault(key, _WriterLock(engine.url.database))
+    return lock
 
 
 class _WriterLock:

@@ -6,6 +6,7 @@ transaction."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,3 +56,51 @@ def test_task_answers_are_built_outside_the_group_commit_writer(
     assert len(built_in) == 4  # next: task + ahead; labels?next=1: next + ahead
     assert "crowdsight-group-commit" not in built_in, built_in
 
+
+
+def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from labeler.batch import GroupCommitter
+    from labeler.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}", pool_size=2)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("CREATE TABLE child (p INTEGER REFERENCES parent(id) "
+                             "DEFERRABLE INITIALLY DEFERRED)")
+    checkouts: list[int] = []
+    sa.event.listen(engine, "checkout", lambda *a: checkouts.append(1))
+    gc = GroupCommitter(engine)
+
+    def insert(key: str) -> Any:
+        def work(conn: sa.Connection) -> str:
+            conn.connection.driver_connection.execute("INSERT INTO t (k) VALUES (?)", (key,))
+            return key
+        return work
+
+    def orphan(conn: sa.Connection) -> None:  # violates a deferred FK: COMMIT fails
+        conn.connection.driver_connection.execute("INSERT INTO child (p) VALUES (42)")
+
+    async def main() -> list[Any]:
+        out = [await gc.run(insert(f"k{i}")) for i in range(5)]  # five batches, one by one
+        out.append(await asyncio.gather(gc.run(orphan), return_exceptions=True))
+        out.append(await gc.run(insert("after")))  # a new connection after the failed commit
+        return out
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        gc.close()
+    assert got[:5] == [f"k{i}" for i in range(5)]
+    assert isinstance(got[5][0], sa.exc.IntegrityError)
+    assert got[6] == "after"
+    assert len(checkouts) == 2  # five batches on one connection; one more after the failure
+    with engine.connect() as conn:
+        keys = {r[0] for r in conn.exec_driver_sql("SELECT k FROM t")}
+    assert keys == {"k0", "k1", "k2", "k3", "k4", "after"}
+    assert engine.pool.checkedout() == 0  # closed when the writer stopped
+    engine.dispose()
