@@ -38,3 +38,17 @@ def grid_votes(pattern: list[str], *, z: int = 18, x0: int = 61000, y0: int = 10
             for w, a in enumerate(answers):
                 rows.append((tid, f"w{w}", a))
     return Votes.from_arrays(*zip(*rows))
+
+
+def uniform_crowd(seed: int = 0, n_tasks: int = 1500) -> tuple[Votes, np.ndarray]:
+    """80 volunteers with accuracy uniform in 0.75-0.95 ("maybe" 5 %), 30 % "yes" tiles,
+    8 answers per tile: the retirement tests' crowd."""
+    from consensus.simulate import simulate_votes, volunteer_confusions
+
+    rng = np.random.default_rng(seed)
+    acc = rng.uniform(0.75, 0.95, 80)
+    conf = volunteer_confusions(acc, 2, n_labels=3, maybe_rate=0.05)
+    truth = (rng.random(n_tasks) < 0.3).astype(np.int64)
+    v = simulate_votes(truth, conf, 8, seed=seed + 1, classes=("no", "yes"),
+                       labels=("no", "yes", "maybe"))
+    return v, truth

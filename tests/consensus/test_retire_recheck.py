@@ -8,6 +8,8 @@ from consensus import RetirementPolicy, replay
 from consensus.retirement import recheck
 from consensus.simulate import simulate_votes, volunteer_confusions
 
+from .conftest import uniform_crowd
+
 
 def test_recheck_hand_computed():
     pol = RetirementPolicy(threshold=0.9, min_votes=2, max_votes=4)
@@ -33,13 +35,7 @@ def test_recheck_hand_computed():
 
 
 def _crowd(seed: int = 0, n_tasks: int = 1200):
-    rng = np.random.default_rng(seed)
-    acc = rng.uniform(0.75, 0.95, 80)
-    conf = volunteer_confusions(acc, 2, n_labels=3, maybe_rate=0.05)
-    truth = (rng.random(n_tasks) < 0.3).astype(np.int64)
-    v = simulate_votes(truth, conf, 8, seed=seed + 1, classes=("no", "yes"),
-                       labels=("no", "yes", "maybe"))
-    return v, truth
+    return uniform_crowd(seed, n_tasks)
 
 
 def test_replay_retires_open_tiles_at_refits():

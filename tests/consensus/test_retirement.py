@@ -6,7 +6,8 @@ import pytest
 from consensus import (ConsensusError, FixedPolicy, RetirementPolicy, SkillModel, Votes,
                        aggregate, replay, tile_posterior)
 from consensus.retirement import first_n_per_task
-from consensus.simulate import simulate_votes, volunteer_confusions
+
+from .conftest import uniform_crowd
 
 
 def test_policy_decisions():
@@ -59,13 +60,7 @@ def test_first_n_per_task_uses_time_order():
 
 
 def _crowd(seed: int = 0, n_tasks: int = 1500):
-    rng = np.random.default_rng(seed)
-    acc = rng.uniform(0.75, 0.95, 80)
-    conf = volunteer_confusions(acc, 2, n_labels=3, maybe_rate=0.05)
-    truth = (rng.random(n_tasks) < 0.3).astype(np.int64)
-    v = simulate_votes(truth, conf, 8, seed=seed + 1, classes=("no", "yes"),
-                       labels=("no", "yes", "maybe"))
-    return v, truth
+    return uniform_crowd(seed, n_tasks)
 
 
 def test_replay_saves_votes_at_equal_accuracy():
