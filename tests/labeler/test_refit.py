@@ -185,6 +185,18 @@ def test_too_few_answers_is_a_no_op(settings: Settings, engine) -> None:
     assert _tiles(settings, p.slug) == before
 
 
+class _Reports:
+    """Collects a refresher thread's reports; ``first`` is set by the first one."""
+
+    def __init__(self) -> None:
+        self.got: list[RefitReport] = []
+        self.first = threading.Event()
+
+    def __call__(self, rep: RefitReport) -> None:
+        self.got.append(rep)
+        self.first.set()
+
+
 def test_refresher_refits_when_answers_grew(settings: Settings, engine) -> None:
     p, t = _crowd(settings, {"policy": "adaptive"})
     fixed, _ = _crowd(settings, {"policy": "fixed"})
@@ -196,21 +208,15 @@ def test_refresher_refits_when_answers_grew(settings: Settings, engine) -> None:
     assert SkillRefresher(every=10_000).maybe_refresh(engine) == []
 
     # the lifespan's thread: a fresh refresher refits the project once, then stops when asked
-    got: list[RefitReport] = []
+    reports = _Reports()
     errors: list[BaseException] = []
-    first = threading.Event()
-
-    def on_report(rep: RefitReport) -> None:
-        got.append(rep)
-        first.set()
-
-    stop = start_refresher(engine, interval=0.01, every=100, on_report=on_report,
+    stop = start_refresher(engine, interval=0.01, every=100, on_report=reports,
                            on_error=errors.append)
     try:
-        assert first.wait(timeout=120)
+        assert reports.first.wait(timeout=120)
     finally:
         stop()
-    assert not errors and [r.project for r in got] == [p.slug]
+    assert not errors and [r.project for r in reports.got] == [p.slug]
     assert not any(th.name == "skill-refit" and th.is_alive() for th in threading.enumerate())
 
 
@@ -223,22 +229,16 @@ def test_only_the_lock_holder_refits(settings: Settings, engine, tmp_path) -> No
     lock_path = tmp_path / "skill-refit.lock"
     other = os.open(lock_path, os.O_RDWR | os.O_CREAT)  # another worker holds the lock
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    got: list[RefitReport] = []
-    first = threading.Event()
-
-    def on_report(rep: RefitReport) -> None:
-        got.append(rep)
-        first.set()
-
-    stop = start_refresher(engine, interval=0.01, every=100, on_report=on_report,
+    reports = _Reports()
+    stop = start_refresher(engine, interval=0.01, every=100, on_report=reports,
                            on_error=lambda exc: None, lock_path=lock_path)
     try:
-        assert not first.wait(timeout=1.0) and got == []  # locked out: nothing refitted
+        assert not reports.first.wait(timeout=1.0) and reports.got == []  # locked out
         os.close(other)                                    # that worker exits
-        assert first.wait(timeout=120)                     # this one takes over
+        assert reports.first.wait(timeout=120)             # this one takes over
     finally:
         stop()
-    assert [r.project for r in got] == [p.slug]
+    assert [r.project for r in reports.got] == [p.slug]
     # released on stop: the lock can be taken again
     fd = os.open(lock_path, os.O_RDWR)
     try:
