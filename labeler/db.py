@@ -84,7 +84,8 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False,
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A transaction for claims and label writes: ``BEGIN IMMEDIATE`` on SQLite (takes the
     write lock up front, so read-then-write cannot race), plain ``BEGIN`` on PostgreSQL
-    (callers lock rows with ``FOR UPDATE``)."""
+    (callers lock rows with ``FOR UPDATE``). Not re-entrant on SQLite: opening one inside
+    another in the same thread raises ``RuntimeError`` (it would wait for itself forever)."""
     if engine.dialect.name != "sqlite":
         with engine.connect() as conn:
             with conn.begin():
@@ -128,9 +129,16 @@ class _WriterLock:
         self._thread_lock = threading.Lock()
         self._path = (database + ".writelock") if database and database != ":memory:" else None
         self._fd: int | None = None
+        self._owner: int | None = None
 
     def __enter__(self) -> None:
+        if self._owner == threading.get_ident():
+            # a nested write transaction in the same thread would wait for itself forever
+            raise RuntimeError("write_tx is not re-entrant: this thread already holds the "
+                               "SQLite writer lock (do not write to the database from inside "
+                               "another write transaction, e.g. from a progress callback)")
         self._thread_lock.acquire()
+        self._owner = threading.get_ident()
         if self._path is None:
             return
         try:
@@ -140,6 +148,7 @@ class _WriterLock:
             self._close()
         except BaseException:
             self._close()
+            self._owner = None
             self._thread_lock.release()
             raise
 
@@ -152,6 +161,7 @@ class _WriterLock:
         try:
             self._close()
         finally:
+            self._owner = None
             self._thread_lock.release()
 
 
