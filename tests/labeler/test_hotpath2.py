@@ -60,6 +60,7 @@ def test_task_answers_are_built_outside_the_group_commit_writer(
 
 def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path) -> None:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import sqlalchemy as sa
 
@@ -92,7 +93,10 @@ def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path)
         return out
 
     try:
-        got = asyncio.run(main())
+        # in a thread of its own: a test that ran earlier on this xdist worker (Playwright) may
+        # have left an event loop running in the main thread, where asyncio.run() refuses
+        with ThreadPoolExecutor(1) as pool:
+            got = pool.submit(lambda: asyncio.run(main())).result(timeout=120)
     finally:
         gc.close()
     assert got[:5] == [f"k{i}" for i in range(5)]
