@@ -29,11 +29,11 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mercantile
 import sqlalchemy as sa
@@ -48,6 +48,23 @@ TEST_SECRET = "crowdsight-test-secret-not-for-production"
 # Joplin, Missouri: the shared test imagery's area.
 ORIGIN_LONLAT = (-94.4935, 37.0700)
 TASK_ZOOM = 18
+
+
+_T = TypeVar("_T")
+
+
+def run_async(fn: Callable[[], Awaitable[_T]]) -> _T:
+    """``asyncio.run(fn())`` on a thread of its own. A test cannot call ``asyncio.run`` in the
+    main thread once a Playwright (sync API) test has run on the same pytest-xdist worker: that
+    leaves an event loop running there for the rest of the session."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main() -> _T:
+        return await fn()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="test-run-async") as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 def postgres_url() -> str:

@@ -27,6 +27,7 @@ from labeler.testing import (
     label_for,
     make_settings,
     migrated_database,
+    run_async,
     seed_project,
     start_volunteer,
 )
@@ -594,8 +595,6 @@ def test_promotion_after_real_votes(client, settings, researcher):
 
 
 def test_stream_to_disk_is_atomic_and_checks_length(tmp_path):
-    import anyio
-
     from labeler.dashboard.researcher_errors import NotAGeoTIFF, UploadIncomplete
     from labeler.dashboard.researcher_uploads import display_name, stream_to_disk
 
@@ -604,14 +603,14 @@ def test_stream_to_disk_is_atomic_and_checks_length(tmp_path):
             yield p
 
     dest = tmp_path / "u" / "a.tif"
-    size, sha = anyio.run(lambda: stream_to_disk(chunks(b"II*\x00", b"x" * 100), dest,
+    size, sha = run_async(lambda: stream_to_disk(chunks(b"II*\x00", b"x" * 100), dest,
                                                  max_bytes=1000, declared_length=104))
     assert size == 104 and dest.read_bytes()[:4] == b"II*\x00" and len(sha) == 64
     with pytest.raises(UploadIncomplete):  # the client promised more than it sent
-        anyio.run(lambda: stream_to_disk(chunks(b"MM\x00*", b"y" * 10), tmp_path / "b.tif",
+        run_async(lambda: stream_to_disk(chunks(b"MM\x00*", b"y" * 10), tmp_path / "b.tif",
                                          max_bytes=1000, declared_length=500))
     with pytest.raises(NotAGeoTIFF):  # refused on the first chunk
-        anyio.run(lambda: stream_to_disk(chunks(b"\x89PNG\r\n", b"z" * 10), tmp_path / "c.tif",
+        run_async(lambda: stream_to_disk(chunks(b"\x89PNG\r\n", b"z" * 10), tmp_path / "c.tif",
                                          max_bytes=1000))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.tif"]
     assert display_name("../../etc/passwd") == "passwd"

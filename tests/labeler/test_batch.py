@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from labeler.batch import GroupCommitter
 from labeler.db import make_engine
+from labeler.testing import run_async
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_concurrent_requests_share_a_transaction_and_fail_alone(engine: sa.Engin
             await asyncio.sleep(0.05)
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
-    results = asyncio.run(main())[1:]
+    results = run_async(main)[1:]
     gc.close()
     assert results[:20] == keys[:20]
     assert all(isinstance(r, ValueError) for r in results[20:])
@@ -76,7 +77,7 @@ def test_duplicate_in_batch_is_an_error_for_that_request_only(engine: sa.Engine)
         return await asyncio.gather(gc.run(_insert("a")), gc.run(_insert("a")),
                                     gc.run(_insert("b")), return_exceptions=True)
 
-    a1, a2, b = asyncio.run(main())
+    a1, a2, b = run_async(main)
     gc.close()
     assert a1 == "a" and b == "b"
     assert isinstance(a2, sqlite3.IntegrityError) and "UNIQUE" in str(a2)
@@ -98,7 +99,7 @@ def test_a_failed_commit_acknowledges_nobody(engine: sa.Engine) -> None:
         return await asyncio.gather(gc.run(_insert("x")), gc.run(orphan),
                                     return_exceptions=True)
 
-    x, o = asyncio.run(main())
+    x, o = run_async(main)
     gc.close()
     assert isinstance(x, sa.exc.IntegrityError) and isinstance(o, sa.exc.IntegrityError)
     assert "FOREIGN KEY" in str(o)

@@ -19,7 +19,7 @@ from crowdsight.settings import Settings
 from labeler.app import create_app
 from labeler.assign import recount
 from labeler.db import make_engine
-from labeler.testing import seed_project
+from labeler.testing import run_async, seed_project
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_concurrent_volunteers(live_server: str, settings: Settings, block: dict
         await asyncio.gather(*(_volunteer(live_server, p.slug, acked, errors, i)
                                for i in range(24)))
 
-    asyncio.run(main())
+    run_async(main)
     assert errors == []
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:

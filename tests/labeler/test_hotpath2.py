@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from crowdsight.settings import Settings
 from labeler import api
 from labeler.app import create_app
-from labeler.testing import seed_project, start_volunteer
+from labeler.testing import run_async, seed_project, start_volunteer
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -60,7 +60,6 @@ def test_task_answers_are_built_outside_the_group_commit_writer(
 
 def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path) -> None:
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
     import sqlalchemy as sa
 
@@ -93,10 +92,7 @@ def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path)
         return out
 
     try:
-        # in a thread of its own: a test that ran earlier on this xdist worker (Playwright) may
-        # have left an event loop running in the main thread, where asyncio.run() refuses
-        with ThreadPoolExecutor(1) as pool:
-            got = pool.submit(lambda: asyncio.run(main())).result(timeout=120)
+        got = run_async(main)
     finally:
         gc.close()
     assert got[:5] == [f"k{i}" for i in range(5)]
