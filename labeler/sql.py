@@ -20,7 +20,23 @@ _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _pg_cache: dict[str, str] = {}
 
 
-class _Rows:
+class _RowsAPI:
+    """``one`` / ``scalar_one`` on top of a subclass's ``first``."""
+
+    def first(self) -> Any:
+        raise NotImplementedError
+
+    def one(self) -> Any:
+        r = self.first()
+        if r is None:
+            raise LookupError("expected one row")
+        return r
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+class _Rows(_RowsAPI):
     """The part of SQLAlchemy's result API the hot path uses, over a raw sqlite3 cursor."""
 
     _types: dict[tuple[str, ...], Any] = {}
@@ -47,17 +63,8 @@ class _Rows:
         r = self._cur.fetchone() if self._type else None
         return None if r is None else self._type._make(r)
 
-    def one(self) -> Any:
-        r = self.first()
-        if r is None:
-            raise LookupError("expected one row")
-        return r
 
-    def scalar_one(self) -> Any:
-        return self.one()[0]
-
-
-class _PgRows:
+class _PgRows(_RowsAPI):
     """The same API over a psycopg cursor with named-tuple rows."""
 
     def __init__(self, cursor: Any) -> None:
@@ -72,17 +79,8 @@ class _PgRows:
     def first(self) -> Any:
         return self._cur.fetchone() if self._cur.description else None
 
-    def one(self) -> Any:
-        r = self.first()
-        if r is None:
-            raise LookupError("expected one row")
-        return r
 
-    def scalar_one(self) -> Any:
-        return self.one()[0]
-
-
-class _NoRows:
+class _NoRows(_RowsAPI):
     """The (empty) result of an executemany."""
 
     def __iter__(self) -> Any:
