@@ -52,3 +52,19 @@ def uniform_crowd(seed: int = 0, n_tasks: int = 1500) -> tuple[Votes, np.ndarray
     v = simulate_votes(truth, conf, 8, seed=seed + 1, classes=("no", "yes"),
                        labels=("no", "yes", "maybe"))
     return v, truth
+
+
+def replay_csvs(tmp_path, *, seed: int, per_task: int, accuracy: float) -> tuple[str, str]:
+    """``votes.csv`` (task,worker,label,time) and ``truth.csv`` for the replay CLI: 120 binary
+    tasks (40 % "1"), ``per_task`` of 20 workers each, each right with ``accuracy``."""
+    rng = np.random.default_rng(seed)
+    lines, truth = ["task,worker,label,time"], ["task,label"]
+    for t in range(120):
+        lab = int(rng.random() < 0.4)
+        truth.append(f"t{t},{lab}")
+        for w in rng.choice(20, per_task, replace=False):
+            ans = lab if rng.random() < accuracy else 1 - lab
+            lines.append(f"t{t},w{w},{ans},{rng.random():.6f}")
+    (tmp_path / "v.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "t.csv").write_text("\n".join(truth) + "\n")
+    return str(tmp_path / "v.csv"), str(tmp_path / "t.csv")

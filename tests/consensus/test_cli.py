@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 from crowdsight.cli import main
 
+from .conftest import replay_csvs
+
 
 def _write(path, text):
     path.write_text(text)
@@ -98,19 +100,8 @@ def test_methods_listing():
 
 
 def test_replay(tmp_path):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    lines, truth = ["task,worker,label,time"], ["task,label"]
-    for t in range(120):
-        lab = int(rng.random() < 0.4)
-        truth.append(f"t{t},{lab}")
-        for w in rng.choice(20, 7, replace=False):
-            ans = lab if rng.random() < 0.85 else 1 - lab
-            lines.append(f"t{t},w{w},{ans},{rng.random():.6f}")
-    votes = _write(tmp_path / "v.csv", "\n".join(lines) + "\n")
-    tr = _write(tmp_path / "t.csv", "\n".join(truth) + "\n")
-    r = CliRunner().invoke(main, ["consensus", "replay", str(votes), "--truth", str(tr),
+    votes, tr = replay_csvs(tmp_path, seed=0, per_task=7, accuracy=0.85)
+    r = CliRunner().invoke(main, ["consensus", "replay", votes, "--truth", tr,
                                   "--refit-every", "100"])
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from click.testing import CliRunner
 
 from consensus import RetirementPolicy
 from crowdsight.cli import main
 
+from .conftest import replay_csvs
+
 
 def _files(tmp_path):
-    rng = np.random.default_rng(1)
-    lines, truth = ["task,worker,label,time"], ["task,label"]
-    for t in range(120):
-        lab = int(rng.random() < 0.4)
-        truth.append(f"t{t},{lab}")
-        for w in rng.choice(20, 8, replace=False):
-            ans = lab if rng.random() < 0.8 else 1 - lab
-            lines.append(f"t{t},w{w},{ans},{rng.random():.6f}")
-    (tmp_path / "v.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "t.csv").write_text("\n".join(truth) + "\n")
-    return str(tmp_path / "v.csv"), str(tmp_path / "t.csv")
+    return replay_csvs(tmp_path, seed=1, per_task=8, accuracy=0.8)
 
 
 def _run(args):
