@@ -311,6 +311,19 @@ def seed_project(settings: Settings, *, type: str = "find", slug: str | None = N
                for r in rows})
 
 
+def assert_counters_consistent(settings: Settings) -> None:
+    """The tiles' derived counters (labels, leases, answer counts) equal a recount from scratch
+    (:func:`labeler.assign.recount` finds no drift)."""
+    from labeler.assign import recount
+    from labeler.db import make_engine
+
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        assert recount(engine) == []
+    finally:
+        engine.dispose()
+
+
 def create_token(settings: Settings, role: str, name: str = "test") -> str:
     """A bearer token with ``role`` (researcher/analyst/admin) for ``settings``' database."""
     from labeler.security import create_token as _create

@@ -9,9 +9,8 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from crowdsight.settings import Settings
-from labeler.assign import recount
 from labeler.db import make_engine
-from labeler.testing import create_token, label_for, seed_project, start_volunteer
+from labeler.testing import assert_counters_consistent, create_token, label_for, seed_project, start_volunteer
 
 
 def _db_labels(settings: Settings, slug: str) -> list[sa.Row]:
@@ -23,14 +22,6 @@ def _db_labels(settings: Settings, slug: str) -> list[sa.Row]:
                 "l.idempotency_key, l.is_gold, l.correct, l.time_spent_ms FROM labels l "
                 "JOIN projects p ON p.id = l.project_id WHERE p.slug = :s ORDER BY l.id"),
                 {"s": slug}).all()
-    finally:
-        engine.dispose()
-
-
-def _assert_counters_consistent(settings: Settings) -> None:
-    engine = make_engine(settings.resolved_database_url, pool_size=1)
-    try:
-        assert recount(engine) == []
     finally:
         engine.dispose()
 
@@ -118,7 +109,7 @@ def test_label_every_tile_once_then_done(client: TestClient, settings: Settings)
     stats = client.get("/api/me/stats").json()
     assert stats == {"labels": 5, "projects": {p.slug: 5}, "gold": {"seen": 0, "correct": 0}}
     assert client.get("/api/session").json()["volunteer"]["labels"] == 5
-    _assert_counters_consistent(settings)
+    assert_counters_consistent(settings)
 
 
 def test_next_returns_same_task_until_answered(client: TestClient, settings: Settings) -> None:
@@ -145,7 +136,7 @@ def test_retry_with_same_key_is_success_and_stored_once(client: TestClient, sett
     assert third.status_code == 200 and third.json()["duplicates"] == 1
     rows = _db_labels(settings, p.slug)
     assert len(rows) == 1 and rows[0].answer == "maybe"
-    _assert_counters_consistent(settings)
+    assert_counters_consistent(settings)
 
 
 def test_skip_and_flag(client: TestClient, settings: Settings) -> None:
@@ -168,7 +159,7 @@ def test_skip_and_flag(client: TestClient, settings: Settings) -> None:
         start_volunteer(other)
         got = other.get(f"/api/projects/{p.slug}/next").json()
         assert got["tiles"][0]["tile_id"] == tid  # still open for others (redundancy 1)
-    _assert_counters_consistent(settings)
+    assert_counters_consistent(settings)
 
 
 def test_mark_project_points(client: TestClient, settings: Settings) -> None:
@@ -243,4 +234,4 @@ def test_submit_with_next_returns_the_following_task(client: TestClient, setting
     assert len(_db_labels(settings, p.slug)) == 3
     # The next task from ?next=1 is a real lease: GET /next returns nothing new.
     assert client.get(f"/api/projects/{p.slug}/next").json()["done"] is True
-    _assert_counters_consistent(settings)
+    assert_counters_consistent(settings)

@@ -9,15 +9,7 @@ from starlette.testclient import TestClient
 from crowdsight.settings import Settings
 from labeler.assign import recount
 from labeler.db import make_engine
-from labeler.testing import label_for, seed_project, start_volunteer
-
-
-def _recount_clean(settings: Settings) -> None:
-    engine = make_engine(settings.resolved_database_url, pool_size=1)
-    try:
-        assert recount(engine) == []
-    finally:
-        engine.dispose()
+from labeler.testing import assert_counters_consistent, label_for, seed_project, start_volunteer
 
 
 def _post(c: TestClient, slug: str, h: dict, task: dict, query: str = "", answer: str = "yes"):
@@ -50,7 +42,7 @@ def test_ahead_leases_a_second_distinct_task_and_counts_it(make_client, settings
     assert nxt["task_id"] == ahead["task_id"] and nxt["ahead"] is None
     r = _post(a, p.slug, ha, nxt, "?next=1&ahead=1")
     assert r.json()["next"]["done"] is True and r.json()["next"]["ahead"] is None
-    _recount_clean(settings)
+    assert_counters_consistent(settings)
 
 
 def test_ahead_with_target_two_never_over_target(make_client, settings: Settings) -> None:
@@ -114,7 +106,7 @@ def test_late_label_with_room_is_stored(make_client, settings: Settings) -> None
     retry = a.post(f"/api/projects/{p.slug}/labels", headers=ha, json={
         "task_id": ta["task_id"], "labels": [label_for(ta["tiles"][0])]})
     assert retry.status_code == 200 and retry.json()["duplicates"] == 1
-    _recount_clean(short)
+    assert_counters_consistent(short)
 
 
 def test_late_label_for_a_retired_tile_is_refused(make_client, settings: Settings) -> None:
@@ -134,7 +126,7 @@ def test_late_label_for_a_retired_tile_is_refused(make_client, settings: Setting
                                               "answer": None, "skipped": True,
                                               "idempotency_key": "late-skip-0001"}]})
     assert skip.status_code == 200 and skip.json()["stored"] == 1
-    _recount_clean(short)
+    assert_counters_consistent(short)
 
 
 def test_late_label_needs_a_task_that_was_really_handed_out(make_client, settings: Settings) -> None:
@@ -158,7 +150,7 @@ def test_late_label_needs_a_task_that_was_really_handed_out(make_client, setting
     r = b.post(f"/api/projects/{p.slug}/labels", headers=hb, json={
         "task_id": ta["task_id"], "labels": [label_for(ta["tiles"][0])]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_leased"
-    _recount_clean(short)
+    assert_counters_consistent(short)
 
 
 def test_openapi_lists_the_query_parameters(client: TestClient) -> None:
