@@ -116,17 +116,9 @@ def fit_skills(tile_ids: Sequence[Any], volunteer_ids: Sequence[Any], answers: S
     return npmle_skill_model(v, aggregate(v, method), shrink)
 
 
-def _posterior(skills, volunteer_ids: Sequence[Any], answers: Sequence[str]) -> np.ndarray:
-    known = [i for i, a in enumerate(answers) if str(a) in skills.labels]
-    lab = np.array([skills.labels.index(str(answers[i])) for i in known], dtype=np.int64)
-    w = skills.worker_index([str(volunteer_ids[i]) for i in known]) if known else \
-        np.empty(0, np.int64)
-    return np.asarray(skills.posterior(w, lab), dtype=float)
-
-
 def _posteriors(skills, tiles: Sequence[tuple[Sequence[Any], Sequence[str]]]) -> np.ndarray:
-    """(n_tiles, n_classes) posteriors of many tiles at once; row i equals
-    ``_posterior(skills, *tiles[i])`` (answers the model does not know are ignored)."""
+    """(n_tiles, n_classes) posteriors of tiles given as ``(volunteer_ids, answers)``: row i is
+    ``skills.posterior`` of tile i's answers (answers the model does not know are ignored)."""
     n_classes = skills.log_prior.shape[0]
     label_of = {name: i for i, name in enumerate(skills.labels)}
     tile_idx: list[int] = []
@@ -168,7 +160,7 @@ def evaluate_answers(retirement: Mapping[str, Any], redundancy: int,
         counts[str(a)] = counts.get(str(a), 0) + 1
     if skills is None or retirement.get("policy") != "adaptive" or not answers:
         return evaluate(retirement, redundancy, answer_values, counts)
-    post = _posterior(skills, volunteer_ids, answers)
+    post = _posteriors(skills, [(volunteer_ids, answers)])[0]
     classes = skills.labels[:len(post)]
     best = int(np.argmax(post))
     state = _STATE[policy_for(retirement, redundancy).decide(post, len(answers))]

@@ -79,8 +79,9 @@ def test_skills_are_the_replays_decision_skills() -> None:
 
 
 def test_batch_posteriors_equal_one_tile_at_a_time() -> None:
-    # recheck scores every tile of a project in one vectorised pass; it must give exactly the
-    # per-tile posterior (known and unknown volunteers, "maybe", answers the model lacks, empty)
+    # recheck (and evaluate_answers) score tiles in one vectorised pass; it must give exactly
+    # SkillModel's per-tile posterior (known and unknown volunteers, "maybe", answers the
+    # model lacks, empty tiles)
     sk, _ = _skills()
     rng = np.random.default_rng(3)
     who = ["good1", "good2", "liar", "stranger", "other"]
@@ -93,7 +94,11 @@ def test_batch_posteriors_equal_one_tile_at_a_time() -> None:
     batch = retire._posteriors(sk, tiles)
     assert batch.shape == (len(tiles), 2)
     for row, (vols, answers) in zip(batch, tiles):
-        assert np.allclose(row, retire._posterior(sk, vols, answers), rtol=0, atol=1e-12)
+        # reference: SkillModel.posterior of this tile's known answers alone
+        known = [i for i, a in enumerate(answers) if a in sk.labels]
+        lab = np.array([sk.labels.index(answers[i]) for i in known], dtype=np.int64)
+        w = sk.worker_index([vols[i] for i in known]) if known else np.empty(0, np.int64)
+        assert np.allclose(row, sk.posterior(w, lab), rtol=0, atol=1e-12)
 
 
 def test_recheck_after_refit_reopens_and_retires() -> None:
