@@ -122,33 +122,33 @@ def refit_project(engine: Engine, project: int | str, *, progress: Progress | No
     if progress:
         progress("fit", 1, 1)
     tiles: dict[int, tuple[str, list[int], list[str]]] = {}
-    seen: dict[int, tuple[str, int]] = {}
+    label_count: dict[int, int] = {}   # as read: a tile whose count moved is not touched
     for r in rows:
         if r.gold_answer is not None or r.state not in ("live", "retired"):
             continue
         entry = tiles.get(r.tile_id)
         if entry is None:
             entry = tiles[r.tile_id] = (r.state, [], [])
-            seen[r.tile_id] = (r.state, r.label_count)
+            label_count[r.tile_id] = r.label_count
         entry[1].append(r.volunteer_id)
         entry[2].append(r.answer)
     changes = retire.recheck(cfg.retirement, cfg.redundancy, tiles, skills)
     todo = sorted(changes)
     if progress:
         progress("apply", 0, len(todo))
+    stmt = (sa.update(t)
+            .where(t.c.id == sa.bindparam("tid"), t.c.state == sa.bindparam("old"),
+                   t.c.label_count == sa.bindparam("lc"))
+            .values(state=sa.bindparam("st"), consensus_answer=sa.bindparam("ca"),
+                    confidence=sa.bindparam("cf"), retired_at=sa.bindparam("ra")))
     done = 0
     for i in range(0, len(todo), _CHUNK):
         chunk = todo[i:i + _CHUNK]
         now = utcnow()
-        stmt = (sa.update(t)
-                .where(t.c.id == sa.bindparam("tid"), t.c.state == sa.bindparam("old"),
-                       t.c.label_count == sa.bindparam("lc"))
-                .values(state=sa.bindparam("st"), consensus_answer=sa.bindparam("ca"),
-                        confidence=sa.bindparam("cf"), retired_at=sa.bindparam("ra")))
         with write_tx(engine) as conn:
             for tid in chunk:
                 st, ca, cf = changes[tid]
-                old, lc = seen[tid]
+                old, lc = tiles[tid][0], label_count[tid]
                 n = conn.execute(stmt, {"tid": tid, "old": old, "lc": lc, "st": st, "ca": ca,
                                         "cf": cf, "ra": None if st == "live" else now}).rowcount
                 if n != 1:
