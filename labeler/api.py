@@ -284,7 +284,6 @@ def _tutorial_check(st: Any, project: ProjectConfig, session: VolunteerSession,
     passed = all(x["correct"] for x in results)
     if passed:
         v = Volunteer.__table__  # type: ignore[attr-defined]
-        from labeler.db import write_tx
         with write_tx(st.engine) as conn:
             done = conn.execute(sa.select(v.c.tutorials_passed).where(v.c.id == session.id)).scalar_one_or_none()
             done = list(done or [])
@@ -374,8 +373,8 @@ def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], i
 
 
 def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-          ahead: bool = False, conn: Any = None) -> dict[str, Any]:
-    return _next_body(project, _next_parts(st, project, vid, near, ahead, conn), ahead)
+          ahead: bool = False) -> dict[str, Any]:
+    return _next_body(project, _next_parts(st, project, vid, near, ahead), ahead)
 
 
 def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
@@ -392,8 +391,8 @@ def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
 
 
 def _next_or_none(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                  ahead: bool, conn: Any = None) -> dict[str, Any] | None:
-    parts = _next_parts_or_none(st, project, vid, near, ahead, conn)
+                  ahead: bool) -> dict[str, Any] | None:
+    parts = _next_parts_or_none(st, project, vid, near, ahead)
     return None if parts is None else _next_body(project, parts, ahead)
 
 
@@ -462,23 +461,17 @@ async def submit_labels(request: Request) -> Response:
         if want_next:
             body["next"] = None if parts is None else _next_body(project, parts, ahead)
         return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
+    # PostgreSQL (SQLite always has a group committer, above).
     if not want_next:
         result = await _db(request, partial(submit, task_key=key), st.engine, project, session.id,
                            task_id, labels)
         return JSONResponse(result.to_json())
 
     def submit_then_next() -> dict[str, Any]:
-        if st.engine.dialect.name != "sqlite":
-            # PostgreSQL: labels commit synchronously; claims are autocommit statements on the
-            # lease engine (asynchronous commit), so they stay separate.
-            body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
-            body["next"] = _next_or_none(st, project, session.id, near, ahead)
-            return body
-        # SQLite: store the labels and claim the next task in ONE write transaction (one
-        # writer-lock round and commit per task instead of two).
-        with write_tx(st.engine) as conn:
-            body = submit_in(conn, project, session.id, task_id, labels, task_key=key).to_json()
-            body["next"] = _next_or_none(st, project, session.id, near, ahead, conn)
+        # Labels commit synchronously; claims are autocommit statements on the lease engine
+        # (asynchronous commit), so they stay separate.
+        body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
+        body["next"] = _next_or_none(st, project, session.id, near, ahead)
         return body
     # ?next=1: the next task comes back with the answer — one request per label instead of two.
     return JSONResponse(await _db(request, submit_then_next),
