@@ -104,7 +104,9 @@ class Settings:
 
     @property
     def tile_store_path(self) -> Path:
-        return Path(self.tile_store) if self.tile_store else self.data_dir / "tiles"
+        """The tile store, absolute (like the database path): manifest paths built from it are
+        then unambiguous — a relative one would be read as relative to the store itself."""
+        return (Path(self.tile_store) if self.tile_store else self.data_dir / "tiles").absolute()
 
     def resolved_secret_key(self) -> str:
         """The signing secret; generated once and kept in the data directory if not set."""

@@ -151,3 +151,14 @@ def test_setup_demo_gold_follows_the_scene_truth_and_is_idempotent(tmp_path):
             assert conn.execute(sa.text("SELECT count(*) FROM labels")).scalar_one() == labels[0]
     finally:
         engine.dispose()
+
+
+def test_demo_with_the_default_relative_data_dir(tmp_path):
+    # the README's `./dev demo` runs without --data-dir: ./crowdsight-data, a relative path
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSIGHT_")}
+    r = subprocess.run([sys.executable, "-m", "crowdsight", "demo", "--size", "512", "--no-serve"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=START_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "crowdsight-data" / "tiles" / "demo" / "manifest.json").is_file()
+    assert not (tmp_path / "crowdsight-data" / "tiles" / "crowdsight-data").exists()
