@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -271,20 +272,32 @@ def _client_proc(args: tuple[str, int, str, int, float, int, bool, str, float | 
 
 def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs: int,
           bare: bool, mode: str = "page", rate: float | None = None,
-          labels_per_task: int = 1) -> dict[str, Any]:
+          labels_per_task: int = 1, server_sid: int | None = None) -> dict[str, Any]:
     """Run the volunteers; closed loop, or paced so that all of them together offer ``rate``
     labels/s (each volunteer one task every ``volunteers * labels_per_task / rate`` s)."""
     interval = None if not rate else volunteers * labels_per_task / rate
     # Paced runs open every session first (200 sessions take a while on a busy server).
     start_at = time.time() + (1.5 if interval is None else 5.0)
     shares = [volunteers // procs + (1 if i < volunteers % procs else 0) for i in range(procs)]
+    window: list[float] = []
+    sampler = None
+    if server_sid is not None:  # the server's CPU seconds over the load window
+        def sample() -> None:
+            for t in (start_at, start_at + duration):
+                time.sleep(max(0.0, t - time.time()))
+                window.append(session_cpu(server_sid))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
     with ProcessPoolExecutor(procs) as pool:
         parts = list(pool.map(_client_proc, [(host, port, slug, n, start_at, duration, bare,
                                               mode, interval) for n in shares]))
+    if sampler is not None:
+        sampler.join()
     merged: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
-                              "in_window": 0, "late": 0}
+                              "in_window": 0, "late": 0,
+                              "server_cpu": window[1] - window[0] if len(window) == 2 else None}
     for p in parts:
-        for k in merged:
+        for k in p:
             merged[k] += p[k]
     return merged
 
@@ -312,8 +325,26 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60
     raise RuntimeError("server did not come up")
 
 
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) used so far by every live process of session ``sid`` (the
+    server and its workers: it is started with ``start_new_session``). Linux /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: session id (after pid, comm, state...)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 @contextmanager
-def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[None]:
+def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[int]:
     # The server's stderr goes to a file, not a pipe: a pipe nobody reads fills up (64 KiB)
     # and blocks the server's next log write, which would freeze the run.
     with tempfile.TemporaryFile() as err:
@@ -321,7 +352,7 @@ def server(cmd: list[str], env: dict[str, str], port: int, probe: str) -> Iterat
                                 stderr=err, start_new_session=True)
         try:
             _wait_http(port, probe, proc)
-            yield
+            yield proc.pid
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:
@@ -371,10 +402,10 @@ def run_backend(backend: str, a: argparse.Namespace, work: Path,
                "--port", str(port), "--workers", str(a.workers), "--no-access-log",
                "--log-level", "warning"]
         t0 = time.perf_counter()
-        with server(cmd, env, port, "/api/health"):
+        with server(cmd, env, port, "/api/health") as sid:
             res = drive("127.0.0.1", port, project.slug, a.volunteers, a.duration,
                         a.client_procs, bare=False, mode=a.mode, rate=rate,
-                        labels_per_task=cols * rows)
+                        labels_per_task=cols * rows, server_sid=sid)
         res["wall"] = time.perf_counter() - t0
         engine = make_engine(url, pool_size=1)
         try:
@@ -401,9 +432,9 @@ def run_bare(a: argparse.Namespace, rate: float | None = None) -> dict[str, Any]
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
            "--no-access-log", "--log-level", "warning", "--no-server-header"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with server(cmd, env, port, "/api/projects/x/next"):
+    with server(cmd, env, port, "/api/projects/x/next") as sid:
         return drive("127.0.0.1", port, "bare", a.volunteers, a.duration, a.client_procs, bare=True,
-                     rate=rate)
+                     rate=rate, server_sid=sid)
 
 
 MODES = {"page": "labels?next=1&ahead=1, one request per task, a task held ahead",
@@ -427,7 +458,7 @@ def _print_table(results: dict[str, dict[str, Any]], a: argparse.Namespace,
     hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
            f"{'submit p50':>12}{'submit p99':>12}"
            + (f"{'vs bare':>9}" if rate is None else f"{'late':>7}")
-           + f"{'lost':>6}{'dup':>5}{'over':>6}{'errors':>8}")
+           + f"{'cpu/task':>10}{'lost':>6}{'dup':>5}{'over':>6}{'errors':>8}")
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
@@ -440,12 +471,15 @@ def _print_table(results: dict[str, dict[str, Any]], a: argparse.Namespace,
         n_req = len(r["submit"]) + len(r["next"])
         extra = (f"{ratio:>9.2f}" if rate is None
                  else f"{100 * r['late'] / max(n_req, 1):>6.1f}%")
+        cpu = (f"{r['server_cpu'] * 1000 / len(r['submit']):>8.2f}ms"
+               if r.get("server_cpu") is not None and r["submit"] else f"{'-':>10}")
         print(f"{name:<11}{labels:>10.0f}{tasks:>9.0f}{_pct(r['next'], .5):>10.1f}"
               f"{_pct(r['next'], .99):>10.1f}{_pct(r['submit'], .5):>12.1f}"
-              f"{_pct(r['submit'], .99):>12.1f}{extra}{lost!s:>6}{dup!s:>5}{over!s:>6}"
+              f"{_pct(r['submit'], .99):>12.1f}{extra}{cpu}{lost!s:>6}{dup!s:>5}{over!s:>6}"
               f"{len(r['errors']):>8}")
     if rate is None:
-        print("latencies in ms; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
+        print("latencies in ms; 'cpu/task' = server CPU time (all workers) per task over the load "
+              "window; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
               "'lost' = acknowledged labels missing from the DB; 'dup' = duplicated labels; "
               "'over' = tiles past the redundancy target")
     else:

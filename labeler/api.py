@@ -50,7 +50,7 @@ from labeler.security import (
 
 
 def _st(request: Request) -> Any:
-    return request.state.labeler
+    return request.scope["state"]["labeler"]  # (== request.state.labeler, without the wrapper)
 
 
 async def _db(request: Request, fn: Any, *args: Any) -> Any:

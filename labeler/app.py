@@ -196,7 +196,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             if stop_refits is not None:
                 await anyio.to_thread.run_sync(stop_refits)
             if state is not None and state.committer is not None:
-                await anyio.to_thread.run_sync(state.committer.close)
+                state.committer.close()
             if leases is not None:
                 leases.dispose()
             if own:

@@ -1,18 +1,27 @@
-"""Group commit for SQLite's hot path: many volunteers' writes in one transaction.
+"""Group commit for SQLite's hot path: many volunteers' writes in one transaction, run on
+the event loop.
 
 SQLite serialises writers; every hot-path request (store labels, claim the next task) used to
-take the cross-process write lock, ``BEGIN IMMEDIATE``, and commit on its own — and hop to a
-thread on its own. Under load most of a task's cost was that per-transaction overhead and
-the lock hand-over between the uvicorn workers, not the statements.
+take the cross-process write lock, ``BEGIN IMMEDIATE``, and commit on its own. Under load most
+of a task's cost was that per-transaction overhead and the lock hand-over between the uvicorn
+workers, not the statements.
 
-:class:`GroupCommitter` queues those requests for one writer thread per process, which runs
-whatever is queued (up to ``MAX_BATCH``) inside ONE write transaction
-(:func:`labeler.db.sqlite_write_tx_on`, on a connection the writer thread keeps): each
-request in its own ``SAVEPOINT`` (so a request that fails — a validation error, an expired
-lease — is rolled back alone and gets its exception), then a single ``COMMIT``. Every request's future is
-resolved only after that commit returned, so nothing is acknowledged before it is durable;
-if the commit fails, every request of the batch gets the error and nothing of it is stored
-(clients retry; idempotency keys make retries safe).
+:class:`GroupCommitter` queues those requests per event loop; a drain task takes whatever is
+queued (up to ``max_batch``) and runs it inside ONE write transaction on a connection it keeps:
+each request in its own ``SAVEPOINT`` (so a request that fails — a validation error, an
+expired lease — is rolled back alone and gets its exception), then a single ``COMMIT``. Every
+request's future is resolved only after that commit returned, so nothing is acknowledged
+before it is durable; if the commit fails, every request of the batch gets the error and
+nothing of it is stored (clients retry; idempotency keys make retries safe).
+
+The batch runs on the event loop thread itself, synchronously (a batch of SQLite statements
+takes a few milliseconds; the loop has nothing better to do with the GIL meanwhile). An
+earlier version ran batches on a writer thread per process: the loop and that thread then
+fought over the GIL for every statement, which cost more CPU per label than the statements.
+The writer lock (:class:`labeler.db.WriterLock`: this process's threads, then an ``flock``
+across the uvicorn workers) is taken without blocking when free; when another writer holds it,
+the drain task waits for it in a worker thread, so the loop keeps reading requests (which join
+the next batch) while the other process commits.
 
 Requests of one batch run one after another in the same transaction, so later ones see the
 earlier ones' writes exactly as if they had been separate transactions in that order.
@@ -21,20 +30,20 @@ earlier ones' writes exactly as if they had been separate transactions in that o
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from sqlalchemy.engine import Connection, Engine
 
-from labeler.db import sqlite_write_tx_on
+from labeler.db import writer_lock
 
-#: Most requests committed together; bounds the latency one batch adds to its first member.
+#: Most requests committed together; bounds the latency one batch adds to its first member
+#: (and how long the event loop is busy with one batch).
 MAX_BATCH = 64
 
 Work = Callable[[Connection], Any]
-_Item = tuple[Work, asyncio.Future[Any], asyncio.AbstractEventLoop]
+_Item = tuple[Work, "asyncio.Future[Any]"]
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -47,102 +56,130 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class GroupCommitter:
-    """Per-process batcher of write transactions on one SQLite engine (see module doc).
+    """Per-engine batcher of SQLite write transactions (see the module doc).
 
-    One daemon writer thread (started on first use, stopped by :meth:`close`) takes whatever
-    requests are queued, up to ``max_batch``, and runs them in one transaction; results go
-    back to each request's event loop with ``call_soon_threadsafe``."""
+    ``await run(work)`` queues ``work(conn)``; one drain task per event loop (started on
+    demand, ended when the queue is empty) runs queued work in shared transactions."""
 
     def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._conn: Connection | None = None  # the writer thread's own, kept across batches
+        self._lock = writer_lock(engine)
+        self._queues: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        self._conn: Connection | None = None  # kept across batches
 
     async def run(self, work: Work) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
         transaction is committed (or raise its exception, or the commit's)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    t = threading.Thread(target=self._writer, name="crowdsight-group-commit",
-                                         daemon=True)
-                    t.start()
-                    self._thread = t
-        self._queue.put((work, fut, loop))
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = []
+            loop.create_task(self._drain(loop, queue))
+        queue.append((work, fut))
         return await fut
 
     def close(self) -> None:
-        """Stop the writer thread after the queued requests (idempotent)."""
-        with self._start_lock:
-            t, self._thread = self._thread, None
-        if t is not None:
-            self._queue.put(None)
-            t.join()
-
-    def _writer(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                self._drop_conn()
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            try:
-                outcomes = self._run_batch(batch)
-            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is stored
-                outcomes = [(False, exc)] * len(batch)
-            for (_, fut, loop), (ok, value) in zip(batch, outcomes):
-                try:
-                    loop.call_soon_threadsafe(_resolve, fut, ok, value)
-                except RuntimeError:  # that event loop is closed: nobody is waiting
-                    pass
-            if stop:
-                self._drop_conn()
-                return
-
-    def _drop_conn(self) -> None:
+        """Close the kept connection (idempotent; call when no request is in flight)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
+    async def _drain(self, loop: asyncio.AbstractEventLoop, queue: list[_Item]) -> None:
+        try:
+            while queue:
+                # let the requests read in this loop iteration reach the queue first
+                await asyncio.sleep(0)
+                await self._acquire()
+                try:
+                    batch = queue[:self.max_batch]
+                    del queue[:len(batch)]
+                    try:
+                        outcomes = self._run_batch(batch)
+                    except Exception as exc:  # BEGIN or COMMIT failed: nothing is stored
+                        outcomes = [(False, exc)] * len(batch)
+                finally:
+                    self._lock.release()
+                for (_, fut), (ok, value) in zip(batch, outcomes):
+                    _resolve(fut, ok, value)
+        finally:
+            if self._queues.get(loop) is queue:
+                del self._queues[loop]
+            for _, fut in queue:  # cancelled (the loop is closing): nobody is served
+                _resolve(fut, False, RuntimeError("the server is shutting down"))
+
+    async def _acquire(self) -> None:
+        """Hold the writer lock: at once when free, else after waiting in a worker thread."""
+        if self._lock.try_acquire():
+            return
+        got: list[bool] = []
+
+        def wait() -> None:
+            self._lock.acquire()
+            got.append(True)
+
+        try:
+            await anyio.to_thread.run_sync(wait)
+        except BaseException:
+            if got:  # cancelled once the thread had the lock
+                self._lock.release()
+            raise
+        self._lock.adopt()
+
     def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        # One connection for the writer thread's life (no pool checkout and return per
-        # batch); a batch whose BEGIN or COMMIT fails closes it, the next one opens a new one.
+        # One connection for the committer's life (no pool checkout and return per batch);
+        # a batch whose BEGIN or COMMIT fails closes it, the next one opens a new one.
         if self._conn is None:
             self._conn = self.engine.connect()
         try:
             return self._run_batch_on(self._conn, batch)
         except BaseException:
-            self._drop_conn()
+            self.close()
             raise
 
-    def _run_batch_on(self, conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
-        with sqlite_write_tx_on(conn):
+    @staticmethod
+    def _run_batch_on(conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        # Optimistically without savepoints (two statements per request saved): requests
+        # rarely fail. When one does, the transaction is rolled back and the batch runs again
+        # with a savepoint per request, so only the failed one loses its writes.
+        outcomes = _attempt(conn, batch, savepoints=False)
+        if outcomes is None:
+            outcomes = _attempt(conn, batch, savepoints=True)
+        return outcomes  # type: ignore[return-value]
+
+
+class _Retry(Exception):
+    """A request failed in an optimistic batch: roll it all back and run it again."""
+
+
+def _attempt(conn: Connection, batch: list[_Item], *,
+             savepoints: bool) -> list[tuple[bool, Any]] | None:
+    """Run ``batch`` in one ``BEGIN IMMEDIATE`` transaction; its outcomes, or ``None`` when
+    (without savepoints) a request of a batch of several failed and nothing was kept."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+    try:
+        with conn.begin():
             raw = conn.connection.driver_connection
-            for work, _, _ in batch:
-                raw.execute("SAVEPOINT cs_req")
+            for work, _ in batch:
+                if savepoints:
+                    raw.execute("SAVEPOINT cs_req")
                 try:
                     value = work(conn)
                 except Exception as exc:
+                    if not savepoints:
+                        if len(batch) > 1:
+                            raise _Retry() from exc
+                        outcomes.append((False, exc))  # alone: its writes go with the rollback
+                        raise _Retry() from exc
                     raw.execute("ROLLBACK TO cs_req")
                     raw.execute("RELEASE cs_req")
                     outcomes.append((False, exc))
                 else:
-                    raw.execute("RELEASE cs_req")
+                    if savepoints:
+                        raw.execute("RELEASE cs_req")
                     outcomes.append((True, value))
-        return outcomes
+    except _Retry:
+        return outcomes if len(batch) == 1 else None
+    return outcomes

@@ -21,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-_sqlite_locks: dict[str, "_WriterLock"] = {}
+_sqlite_locks: dict[str, "WriterLock"] = {}
 
 
 def is_sqlite(engine_or_url: Engine | str | sa.URL) -> bool:
@@ -94,36 +94,33 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     # One writer per process at a time: threads queue on a lock instead of spinning in
     # SQLite's busy handler (which sleeps in growing steps and ruins tail latency);
     # BEGIN IMMEDIATE still serialises writers across processes.
-    with _writer_lock(engine):
+    with writer_lock(engine):
         with engine.connect() as conn:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             with conn.begin():
                 yield conn
 
 
-@contextmanager
-def sqlite_write_tx_on(conn: Connection) -> Iterator[Connection]:
-    """:func:`write_tx` on a SQLite connection the caller keeps open (the group committer's
-    writer thread): the same writer lock and ``BEGIN IMMEDIATE``, without a pool checkout
-    and return per transaction."""
-    with _writer_lock(conn.engine):
-        conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            yield conn
-
-
-def _writer_lock(engine: Engine) -> "_WriterLock":
+def writer_lock(engine: Engine) -> "WriterLock":
+    """The process-wide SQLite writer lock of ``engine``'s database file (see
+    :class:`WriterLock`); :func:`write_tx` takes it, the group committer
+    (:mod:`labeler.batch`) takes it without blocking its event loop."""
     key = engine.url.database or ""
     lock = _sqlite_locks.get(key)
     if lock is None:
-        lock = _sqlite_locks.setdefault(key, _WriterLock(engine.url.database))
+        lock = _sqlite_locks.setdefault(key, WriterLock(engine.url.database))
     return lock
 
 
-class _WriterLock:
+
+class WriterLock:
     """Threads of this process queue on a lock; processes (uvicorn workers) queue on an
     ``flock`` of ``{db}.writelock`` — both block in the kernel, in order, instead of polling
-    SQLite's busy handler (whose growing sleeps wreck tail latency)."""
+    SQLite's busy handler (whose growing sleeps wreck tail latency).
+
+    ``with lock:`` blocks; :meth:`try_acquire` does not (an event loop tries that first and
+    waits in a worker thread only when another writer holds the lock); :meth:`release`
+    may be called from another thread than the one that acquired."""
 
     def __init__(self, database: str | None) -> None:
         self._thread_lock = threading.Lock()
@@ -137,32 +134,68 @@ class _WriterLock:
             raise RuntimeError("write_tx is not re-entrant: this thread already holds the "
                                "SQLite writer lock (do not write to the database from inside "
                                "another write transaction, e.g. from a progress callback)")
-        self._thread_lock.acquire()
-        self._owner = threading.get_ident()
-        if self._path is None:
-            return
-        try:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except OSError:  # no flock here: SQLite's own locking still keeps writes correct
-            self._close()
-        except BaseException:
-            self._close()
-            self._owner = None
-            self._thread_lock.release()
-            raise
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing also releases the flock
-            self._fd = None
+        self.acquire()
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        return self._owner is not None
+
+    def acquire(self) -> None:
+        """Block until this thread holds the lock."""
+        self._thread_lock.acquire()
+        try:
+            self._flock(blocking=True)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._owner = threading.get_ident()
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never blocks."""
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        try:
+            got = self._flock(blocking=False)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        if not got:
+            self._thread_lock.release()
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def adopt(self) -> None:
+        """The calling thread now owns the lock another thread acquired for it."""
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
         try:
             self._close()
         finally:
             self._owner = None
             self._thread_lock.release()
+
+    def _flock(self, *, blocking: bool) -> bool:
+        if self._path is None:
+            return True
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it
+            self._close()
+            return False
+        except OSError:  # no flock here: SQLite's own locking still keeps writes correct
+            self._close()
+        return True
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing also releases the flock
+            self._fd = None
 
 
 @contextmanager

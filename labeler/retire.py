@@ -40,8 +40,12 @@ def majority(counts: Mapping[str, int], order: Sequence[str]) -> tuple[str | Non
     total = sum(counts.values())
     if total == 0:
         return None, None
-    best = max(order, key=lambda v: (counts.get(v, 0), -order.index(v)))
-    return best, counts.get(best, 0) / total
+    best, top = None, -1
+    for v in order:  # the most frequent answer; the first in ``order`` on a tie
+        n = counts.get(v, 0)
+        if n > top:
+            best, top = v, n
+    return best, top / total
 
 
 def adaptive_defaults() -> dict[str, Any]:

@@ -39,19 +39,20 @@ class _RowsAPI:
 class _Rows(_RowsAPI):
     """The part of SQLAlchemy's result API the hot path uses, over a raw sqlite3 cursor."""
 
-    _types: dict[tuple[str, ...], Any] = {}
+    #: row type per statement text (a statement's columns never change): the names are not
+    #: rebuilt from ``cursor.description`` for every execution
+    _types: dict[str, Any] = {}
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, sql: str) -> None:
         self._cur = cursor
-        desc = cursor.description
-        if desc:
+        self._type = self._types.get(sql)
+        if self._type is None:
+            desc = cursor.description
+            if not desc:
+                return
             names = tuple(d[0] for d in desc)
-            self._type = self._types.get(names)
-            if self._type is None:
-                self._type = self._types.setdefault(
-                    names, namedtuple("Row", names, rename=True))  # type: ignore[misc]
-        else:
-            self._type = None
+            self._type = self._types.setdefault(
+                sql, namedtuple("Row", names, rename=True))  # type: ignore[misc]
 
     def __iter__(self) -> Any:
         return (self._type._make(r) for r in self._cur) if self._type else iter(())
@@ -106,7 +107,7 @@ def run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
         if isinstance(params, list):
             raw.executemany(sql, params)
             return _NO_ROWS  # type: ignore[return-value]
-        return _Rows(raw.execute(sql, params or {}))  # type: ignore[return-value]
+        return _Rows(raw.execute(sql, params or {}), sql)  # type: ignore[return-value]
     if conn.dialect.name == "postgresql":
         pg = _pg_cache.get(sql)
         if pg is None:
@@ -129,8 +130,28 @@ def ts(conn: Connection, value: datetime | None) -> Any:
     """A UTC timestamp as the driver should receive it."""
     if value is None or conn.dialect.name == "postgresql":
         return value
-    # == strftime("%Y-%m-%d %H:%M:%S.%f"), the text SQLAlchemy's DateTime stores, 4x faster
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return ts_text(value)
+
+
+_last_ts: tuple[datetime | None, str] = (None, "")
+
+
+def ts_text(value: datetime) -> str:
+    """The text SQLAlchemy's DateTime stores on SQLite for an aware UTC ``value``
+    (== ``strftime("%Y-%m-%d %H:%M:%S.%f")``, 4x faster). A request formats the same "now"
+    and expiry several times: the last conversion is remembered."""
+    global _last_ts
+    last = _last_ts  # one tuple read: safe against another thread replacing it meanwhile
+    if last[0] is value:
+        return last[1]
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    _last_ts = (value, text)
+    return text
+
+
+def from_ts_text(text: str) -> datetime:
+    """:func:`ts_text` reversed: the aware UTC datetime of a SQLite timestamp text."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def js(conn: Connection, value: Any) -> Any:

@@ -48,26 +48,66 @@ def test_concurrent_requests_share_a_transaction_and_fail_alone(engine: sa.Engin
 
     gc._run_batch = counting  # type: ignore[method-assign]
     keys = [f"k{i}" for i in range(20)] + ["bad1", "bad2"]
-    hold = __import__("threading").Lock()
-
-    def wait_for_queue(conn: sa.Connection) -> str:  # keeps the writer busy while others queue
-        with hold:
-            return "first"
 
     async def main() -> list[object]:
-        with hold:
-            first = asyncio.ensure_future(gc.run(wait_for_queue))
-            rest = [asyncio.ensure_future(gc.run(_insert(k))) for k in keys]
-            await asyncio.sleep(0.05)
-        return await asyncio.gather(first, *rest, return_exceptions=True)
+        # all queued in the same loop iteration, before the drain task first runs
+        futs = [asyncio.ensure_future(gc.run(_insert(k))) for k in keys]
+        return await asyncio.gather(*futs, return_exceptions=True)
 
-    results = run_async(main)[1:]
+    results = run_async(main)
     gc.close()
     assert results[:20] == keys[:20]
     assert all(isinstance(r, ValueError) for r in results[20:])
     # the failed requests' inserts were rolled back to their savepoints, nobody else's
     assert _keys(engine) == set(keys[:20])
-    assert sum(batches) == len(keys) + 1 and max(batches) == 8 and len(batches) <= 4
+    assert batches == [8, 8, 6]
+
+
+def test_the_event_loop_keeps_running_while_another_writer_holds_the_lock(
+        engine: sa.Engine) -> None:
+    """The batch waits for the writer lock in a worker thread; meanwhile the loop serves
+    other coroutines, and requests arriving then join the batch."""
+    import threading
+
+    from labeler.db import writer_lock
+
+    gc = GroupCommitter(engine)
+    batches: list[int] = []
+    real = gc._run_batch
+    gc._run_batch = lambda batch: (batches.append(len(batch)), real(batch))[1]  # type: ignore
+    lock = writer_lock(engine)
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:  # e.g. another uvicorn worker's batch, or a CLI command
+        with lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_writer)
+    t.start()
+    assert held.wait(10)
+
+    async def main() -> tuple[list[object], int]:
+        first = asyncio.ensure_future(gc.run(_insert("a")))
+        ticks = 0
+        for _ in range(20):  # the loop is not blocked by the waiting batch
+            await asyncio.sleep(0.005)
+            ticks += 1
+        late = [asyncio.ensure_future(gc.run(_insert(k))) for k in ("b", "c")]
+        await asyncio.sleep(0.02)
+        assert not first.done() and _keys(engine) == set()
+        release.set()
+        return await asyncio.gather(first, *late), ticks
+
+    try:
+        results, ticks = run_async(main)
+    finally:
+        release.set()
+        t.join()
+        gc.close()
+    assert results == ["a", "b", "c"] and ticks == 20
+    assert batches == [3]  # the requests that came while waiting went in the same batch
+    assert not lock.held
 
 
 def test_duplicate_in_batch_is_an_error_for_that_request_only(engine: sa.Engine) -> None:
