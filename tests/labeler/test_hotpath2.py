@@ -103,3 +103,51 @@ def test_group_commit_writer_keeps_one_connection_across_batches(tmp_path: Path)
     assert keys == {"k0", "k1", "k2", "k3", "k4", "after"}
     assert engine.pool.checkedout() == 0  # closed when the writer stopped
     engine.dispose()
+
+
+def test_held_tasks_are_renewed_only_when_a_tenth_of_the_lease_has_passed(
+        make_client, settings: Settings) -> None:
+    """Asking again for a freshly leased task does not rewrite its lease (on SQLite: one
+    UPDATE less per answer in the write lock); once less than 90 % of a lease is left it is
+    renewed to a full one. Either way the answer reports the lease's real expiry."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from labeler.db import make_engine
+    from labeler.sql import ts_text
+
+    p = seed_project(settings, n_tiles=4, with_images=False, gold_rate=0)
+    c = make_client()
+    start_volunteer(c)
+    first = c.get(f"/api/projects/{p.slug}/next").json()
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+
+    def expiry() -> datetime:
+        with engine.connect() as conn:
+            v = conn.execute(sa.text("SELECT expires_at FROM leases")).scalar_one()
+        v = datetime.fromisoformat(str(v)) if not isinstance(v, datetime) else v
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+    def reported(body: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(body["lease_expires_at"].replace("Z", "+00:00"))
+
+    try:
+        e1 = expiry()
+        assert abs((reported(first) - e1).total_seconds()) < 0.001
+        again = c.get(f"/api/projects/{p.slug}/next").json()
+        assert again["task_id"] == first["task_id"]
+        if engine.dialect.name == "sqlite":
+            assert expiry() == e1 and reported(again) == reported(first)  # not rewritten
+        # half the lease has gone by: the next ask renews it to a full lease from now
+        half = datetime.now(UTC) + timedelta(seconds=settings.lease_seconds / 2)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE leases SET expires_at = :e"),
+                         {"e": ts_text(half) if engine.dialect.name == "sqlite" else half})
+        later = c.get(f"/api/projects/{p.slug}/next").json()
+        assert later["task_id"] == first["task_id"]
+        e2 = expiry()
+        assert e2 > half + timedelta(seconds=settings.lease_seconds * 0.4)
+        assert abs((reported(later) - e2).total_seconds()) < 0.001
+    finally:
+        engine.dispose()
