@@ -23,13 +23,21 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.warp import reproject
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
 
 from ingest.errors import ReadError, StoreNotWritableError
 from ingest.sources import SourceInfo, _short
 from tiles.encode import ALPHA_FORMATS, encode, load_plugin
 from tiles.errors import StoreError
-from tiles.grid import tile_xy_bounds
+from tiles.grid import tile_bounds, tile_xy_bounds
 from tiles.store import TileStore, atomic_write
 
 WORK_DIR = ".crowdsight"  # {store}/{project}/.crowdsight/{layer}: fingerprint, finished blocks
@@ -88,10 +96,9 @@ class BlockResult:
 
 # ---------------------------------------------------------------------------------------
 def preload(ext: str) -> None:
-    """Import what :func:`render_block` needs and load the tile encoder, e.g. once in the
-    parent before forking workers (they then start working at once instead of each paying
-    for the same imports)."""
-    import rasterio.warp  # noqa: F401
+    """Load the tile encoder and the Pillow plugins :func:`render_block` needs, e.g. once in
+    the parent before forking workers (they then start working at once instead of each
+    paying for the same imports); rasterio and cv2 are imported with this module."""
     from PIL import PngImagePlugin  # noqa: F401  (block tops are stored as PNG)
 
     load_plugin(ext)
@@ -149,15 +156,20 @@ _PREMULTIPLIED_MODES = {2: "La", 4: "RGBa"}
 def downsample2(a: np.ndarray, rows: int = 128) -> np.ndarray:
     """Halve a premultiplied ``(H, W, C+1)`` uint8 array with a 2x2 box filter.
 
-    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Even-sized C-contiguous 2- and
-    4-channel arrays go through Pillow's ``reduce(2)`` in the premultiplied modes ``La`` /
-    ``RGBa`` (its 2x2 box computes exactly that rounded mean and, in those modes, converts
-    nothing; ~2x faster than numpy); anything else through :func:`_downsample2_numpy`.
+    Each output value is ``(sum of the 4 inputs + 2) >> 2``. Even-sized 4-channel arrays go
+    through ``cv2.resize(INTER_AREA)`` (its exact-2x path computes that rounded mean), even
+    C-contiguous 2-channel ones through Pillow's ``reduce(2)`` in the premultiplied mode
+    ``La`` (the same mean, converting nothing; ~2x faster than numpy), anything else through
+    :func:`_downsample2_numpy`.
     """
     h, w = a.shape[:2]
+    even = h % 2 == 0 and w % 2 == 0 and h and w and a.dtype == np.uint8 and a.ndim == 3
+    if even and a.shape[2] == 4:
+        # cv2's INTER_AREA fast path for an exact 2x shrink: the same rounded mean per
+        # channel, ~10x faster than Pillow (not for 2 channels: it rounds those differently)
+        return cv2.resize(a, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     mode = _PREMULTIPLIED_MODES.get(a.shape[2]) if a.ndim == 3 else None
-    if mode and h % 2 == 0 and w % 2 == 0 and h and w and a.dtype == np.uint8 \
-            and a.flags.c_contiguous:
+    if mode and even and a.flags.c_contiguous:
         from PIL import Image
 
         img = Image.frombuffer(mode, (w, h), a, "raw", mode, 0, 1)
@@ -245,13 +257,14 @@ def _source_window(src: SourceInfo, bounds_src: np.ndarray) -> tuple[float, floa
 
 
 def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, ...],
-                 dst_w: int, dst_h: int):
-    """Read the part of ``src`` under the block; return (stack uint8 (C+1,h,w), Affine) or None."""
-    from affine import Affine
-    from rasterio.enums import Resampling
-    from rasterio.warp import transform as warp_transform
-    from rasterio.windows import Window
+                 dst_w: int, dst_h: int) -> _SourceWindow | None:
+    """Read the part of ``src`` under the block (or None when there is nothing to draw).
 
+    The window is decimated with ``Resampling.average`` when the source is finer than the
+    block: to ~1 source pixel per block pixel for the cv2 warp (which, unlike GDAL's warper,
+    does not widen its kernel when shrinking), by an integer factor >= 2 for GDAL's
+    ``average`` resampling (as before).
+    """
     left, bottom, right, top = dst_bounds
     n = 21
     xs = np.concatenate([np.linspace(left, right, n), np.full(n, right),
@@ -275,27 +288,36 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
     if col1 <= col0 or row1 <= row0:
         return None
     w, h = col1 - col0, row1 - row0
-    k = max(1, int(ratio)) if ratio >= 2 else 1
+    if spec.resampling in CV2_INTERPOLATION:
+        k = ratio if ratio > DECIMATE_ABOVE else 1.0
+    else:
+        k = float(max(1, int(ratio))) if ratio >= 2 else 1.0
     out_h, out_w = max(1, math.ceil(h / k)), max(1, math.ceil(w / k))
     window = Window(col0, row0, w, h)
     nb = spec.channels
-    stack = np.empty((nb + 1, out_h, out_w), np.uint8)
+    # pixel-interleaved (h, w, C+1), alpha last: what cv2.remap and the block want; GDAL
+    # reads the colour straight into it through a band-first view
+    stack = np.empty((out_h, out_w, nb + 1), np.uint8)
+    bands = stack.transpose(2, 0, 1)
     try:
-        if k == 1:
-            data = ds.read(list(spec.bands), window=window)
-            mask = ds.dataset_mask(window=window)
+        if spec.stretch_low is None:
+            data = ds.read(list(spec.bands), window=window, out=bands[:nb],
+                           resampling=Resampling.average)
         else:
             data = ds.read(list(spec.bands), window=window, out_shape=(nb, out_h, out_w),
                            resampling=Resampling.average)
+        if all(f == MaskFlags.all_valid for f in ds.mask_flag_enums):
+            mask = None
+        else:
             mask = ds.dataset_mask(window=window, out_shape=(out_h, out_w))
     except Exception as exc:  # rasterio/GDAL raise several types for I/O failures
         raise ReadError(f"{src.path}: read failed (truncated or corrupt file?): {_short(exc)}",
                         src.path) from exc
     if spec.stretch_low is not None:
-        valid = mask > 0
-        if data.dtype.kind == "f":
-            valid &= np.isfinite(data).all(axis=0)
-            mask = np.where(valid, mask, 0).astype(np.uint8)
+        valid = np.isfinite(data).all(axis=0) if data.dtype.kind == "f" else None
+        if valid is not None and not valid.all():
+            mask = np.where(valid & (mask > 0 if mask is not None else True),
+                            mask if mask is not None else 255, 0).astype(np.uint8)
         for b in range(nb):
             lo, hi = spec.stretch_low[b], spec.stretch_high[b]  # type: ignore[index]
             v = data[b].astype(np.float32)
@@ -303,15 +325,14 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
             v *= np.float32(255.0 / (hi - lo))
             np.clip(v, 0, 255, out=v)
             np.nan_to_num(v, copy=False)
-            stack[b] = (v + 0.5).astype(np.uint8)
+            bands[b] = (v + 0.5).astype(np.uint8)
+    opaque = mask is None or int(mask.min()) == 255
+    if opaque:
+        bands[nb] = 255
     else:
-        stack[:nb] = data
-    if int(mask.max()) == 0:
-        return None
-    if int(mask.min()) == 255:
-        stack = stack[:nb]  # all valid: GDAL's faster warp kernels (destination alpha only)
-    else:
-        stack[nb] = mask
+        if int(mask.max()) == 0:
+            return None
+        bands[nb] = mask
     a, b, c, d, e, f = src.transform
     sa, se = w / out_w, h / out_h
     win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c,
@@ -334,22 +355,210 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
         dc0, dr0, dc1, dr1 = 0, 0, dst_w, dst_h
     if dc1 <= dc0 or dr1 <= dr0:
         return None
-    return stack, win_tf, (dc0, dr0, dc1, dr1)
+    return _SourceWindow(stack, win_tf, (dc0, dr0, dc1, dr1), opaque)
+
+
+@dataclass
+class _SourceWindow:
+    """A source window read for one block (see :func:`_read_source`)."""
+
+    stack: np.ndarray  # (h, w, C+1) uint8, alpha last (255 everywhere when opaque), *not* premultiplied
+    transform: Affine  # georeferencing of ``stack`` (decimated window)
+    region: tuple[int, int, int, int]  # destination pixels it can reach: c0, r0, c1, r1
+    opaque: bool
+
+
+# --- the cv2 warp ----------------------------------------------------------------------
+#: ``resampling`` -> cv2 interpolation; anything else (``average``) goes through GDAL
+CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
+                     "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
+#: a source finer than this many pixels per block pixel is read decimated (average) to ~1:1
+DECIMATE_ABOVE = 1.2
+#: destination pixels between exactly transformed grid nodes (halved while the estimated
+#: linear-interpolation error exceeds GRID_TOLERANCE source pixels)
+GRID_STEP = 16
+GRID_TOLERANCE = 0.02
+#: tolerance (source pixels) of the window-extent test in :func:`remap_into`
+EDGE_EPS = 1e-3
+#: output rows per cv2.remap call (bounds the float32 coordinate maps to ~4 MB per strip)
+STRIP_ROWS = 256
+
+
+def coordinate_grid(crs_wkt: str, win_tf: Affine, origin: tuple[float, float],
+                    pixel: tuple[float, float], size: tuple[int, int],
+                    step: int) -> np.ndarray | None:
+    """Exact source pixel coordinates of a coarse grid of destination pixel centres.
+
+    The destination is a north-up Web-Mercator grid: pixel (col, row) covers
+    ``x = origin_x + (col + [0, 1]) * pixel_x``, ``y = origin_y - (row + [0, 1]) * pixel_y``.
+    Node ``k`` sits at destination pixel index ``k * step + (step - 1) / 2`` for
+    ``k = -1 .. ceil(size / step)`` in both directions, so that ``cv2.resize`` by ``step``
+    (INTER_LINEAR: output pixel ``i`` samples input ``(i + 0.5) / step - 0.5``) interpolates
+    the nodes linearly onto pixel indices ``i - step``: see :func:`_maps_for_rows`.
+
+    Returns ``(ny + 2, nx + 2, 2)`` float64 (x, y) in cv2's convention (source pixel
+    *centres* are integers: GDAL's pixel coordinates minus 0.5), or None if any node does
+    not project (poles, outside the source CRS's domain).
+    """
+    w, h = size
+    nx, ny = -(-w // step), -(-h // step)
+    kx = (np.arange(-1, nx + 1) * step + (step - 1) / 2 + 0.5)
+    ky = (np.arange(-1, ny + 1) * step + (step - 1) / 2 + 0.5)
+    xs = origin[0] + kx * pixel[0]
+    ys = origin[1] - ky * pixel[1]
+    gx, gy = np.meshgrid(xs, ys)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sx, sy = warp_transform("EPSG:3857", crs_wkt, gx.ravel(), gy.ravel())
+    except Exception:  # noqa: BLE001 - GDAL's CPLE_* errors (no public base class) when
+        return None    # PROJ cannot transform the points: GDAL's warper gets to decide
+    sx, sy = np.asarray(sx), np.asarray(sy)
+    if not (np.isfinite(sx).all() and np.isfinite(sy).all()):
+        return None
+    inv = ~win_tf
+    grid = np.empty((ny + 2, nx + 2, 2), np.float64)
+    grid[..., 0] = (inv.a * sx + inv.b * sy + inv.c).reshape(ny + 2, nx + 2) - 0.5
+    grid[..., 1] = (inv.d * sx + inv.e * sy + inv.f).reshape(ny + 2, nx + 2) - 0.5
+    return grid
+
+
+def grid_error(grid: np.ndarray) -> float:
+    """Estimated largest error (source pixels) of interpolating ``grid`` bilinearly.
+
+    The nodes at odd positions are compared with the bilinear interpolation of their even
+    neighbours, i.e. the error of a grid twice as coarse; bilinear interpolation's error
+    grows with the square of the spacing, so the grid's own error is about a quarter of it.
+    """
+    if grid.shape[0] < 3 or grid.shape[1] < 3:
+        return 0.0
+    even = grid[::2, ::2]
+    ny, nx = (grid.shape[0] - 1) // 2, (grid.shape[1] - 1) // 2
+    centre = 0.25 * (even[:ny, :nx] + even[1:ny + 1, :nx] + even[:ny, 1:nx + 1]
+                     + even[1:ny + 1, 1:nx + 1])
+    errs = [np.abs(grid[1:2 * ny:2, 1:2 * nx:2] - centre).max()]
+    # mid-edge nodes: 1-D interpolation along rows and along columns
+    errs.append(np.abs(grid[::2, 1:2 * nx:2] - 0.5 * (even[:, :nx] + even[:, 1:nx + 1])).max())
+    errs.append(np.abs(grid[1:2 * ny:2, ::2] - 0.5 * (even[:ny] + even[1:ny + 1])).max())
+    return float(max(errs)) / 4.0
+
+
+def _maps_for_rows(grid32: np.ndarray, step: int, r0: int, r1: int, w: int) -> np.ndarray:
+    """Full-resolution (r1 - r0, w, 2) float32 source coordinates of destination rows
+    ``r0 .. r1 - 1`` (``r0`` a multiple of ``step``), from the nodes of :func:`coordinate_grid`."""
+    k0 = r0 // step
+    k1 = k0 + -(-(r1 - r0) // step) + 2
+    sub = grid32[k0:k1]
+    big = cv2.resize(sub, (sub.shape[1] * step, sub.shape[0] * step),
+                     interpolation=cv2.INTER_LINEAR)
+    return big[step:step + r1 - r0, step:step + w]
+
+
+def plan_grid(crs_wkt: str, win_tf: Affine, origin: tuple[float, float],
+              pixel: tuple[float, float], size: tuple[int, int]
+              ) -> tuple[np.ndarray, int] | None:
+    """The coordinate grid (and its step) for :func:`remap_into`, or None when it cannot be
+    used (some node does not project, or the mapping is too curved even on a 2-pixel grid):
+    the caller then falls back to GDAL's warper."""
+    step = GRID_STEP
+    while True:
+        grid = coordinate_grid(crs_wkt, win_tf, origin, pixel, size, step)
+        if grid is None:
+            return None
+        if grid_error(grid) <= GRID_TOLERANCE:
+            return grid, step
+        if step <= 2:
+            return None
+        step //= 2
+
+
+def remap_into(stack: np.ndarray, plan: tuple[np.ndarray, int], out: np.ndarray,
+               interpolation: int) -> None:
+    """Warp a premultiplied ``(h, w, C+1)`` source window into ``out`` (``(H, W, C+1)``,
+    every pixel written) with ``cv2.remap``, in strips of :data:`STRIP_ROWS` rows.
+
+    Destination pixels whose source point lies outside the window (GDAL's pixel extent
+    ``[0, w) x [0, h)``) get 0 in every channel; inside, the window's edge pixels are
+    replicated for the interpolation kernel, so a file's edge is as hard as GDAL makes it
+    and the files of a mosaic meet without a seam. Nodata/masked pixels carry alpha 0 and
+    colour 0 (premultiplied), so interpolation never bleeds their colour.
+    """
+    grid, step = plan
+    H, W = out.shape[:2]
+    sh, sw = stack.shape[:2]
+    grid32 = grid.astype(np.float32)
+    strip = max(step, STRIP_ROWS // step * step)
+    for r0 in range(0, H, strip):
+        r1 = min(H, r0 + strip)
+        maps = _maps_for_rows(grid32, step, r0, r1, W)
+        dst = out[r0:r1]
+        cv2.remap(stack, maps, None, interpolation, dst=dst, borderMode=cv2.BORDER_REPLICATE)
+        k0 = r0 // step
+        nodes = grid[k0:k0 + -(-(r1 - r0) // step) + 2]
+        for c0, c1 in _columns_to_clip(nodes, step, W, sw, sh):
+            dst[:, c0:c1][_outside(maps[:, c0:c1, 0], maps[:, c0:c1, 1], sw, sh)] = 0
+
+
+def _outside(x: np.ndarray, y: np.ndarray, sw: int, sh: int) -> np.ndarray:
+    """Source points (cv2 pixel coordinates) outside the ``sw x sh`` window's pixel extent
+    ``[-0.5, sw - 0.5) x [-0.5, sh - 0.5)``, give or take :data:`EDGE_EPS` (so that a point
+    on the seam of two files of a mosaic, up to float rounding, is inside both)."""
+    lo = -0.5 - EDGE_EPS
+    return (x < lo) | (x >= sw - 0.5 + EDGE_EPS) | (y < lo) | (y >= sh - 0.5 + EDGE_EPS)
+
+
+def _columns_to_clip(nodes: np.ndarray, step: int, width: int, sw: int,
+                     sh: int) -> list[tuple[int, int]]:
+    """Runs ``[c0, c1)`` of destination columns of a strip that may map outside the
+    ``sw x sh`` window. The maps interpolate the nodes bilinearly, so they stay within the
+    range of the (at most 2 x 2) nodes around each pixel: a pixel column can only leave the
+    window if one of its two node columns has a node outside."""
+    bad = _outside(nodes[..., 0], nodes[..., 1], sw, sh).any(axis=0)
+    if not bad.any():
+        return []
+    # pixel column c samples node columns floor(u), floor(u) + 1 with u = (c + 0.5) / step
+    # + 0.5 (see coordinate_grid / _maps_for_rows)
+    j = ((np.arange(width) + 0.5) / step + 0.5).astype(np.intp)
+    hit = bad[j] | bad[np.minimum(j + 1, bad.size - 1)]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], hit, [False])).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def premultiply_source(stack: np.ndarray) -> None:
+    """In place: colour 0 where alpha is 0, colour * alpha / 255 where it is partial."""
+    alpha = stack[..., -1]
+    np.copyto(stack[..., :-1], 0, where=(alpha == 0)[..., None])
+    premultiply(stack)
+
+
+def _warp_gdal(win: _SourceWindow, src: SourceInfo, spec: LayerSpec, out: np.ndarray,
+               sub_tf: Affine) -> None:
+    """GDAL's warper (``average`` resampling, or where the cv2 grid cannot be used): the
+    not-premultiplied window into the band-first view of ``out`` (zeroed), then premultiplied."""
+    nb = spec.channels
+    stack = win.stack.transpose(2, 0, 1)
+    if win.opaque:
+        stack = stack[:nb]  # GDAL's faster warp kernels (destination alpha only)
+    try:
+        # rasterio may warn NotGeoreferencedWarning while wrapping the arrays in MEM
+        # datasets (seen in dask worker threads) although both transforms are given
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            reproject(stack, out.transpose(2, 0, 1), src_transform=win.transform,
+                      src_crs=src.crs_wkt, dst_transform=sub_tf, dst_crs="EPSG:3857",
+                      resampling=Resampling[spec.resampling],
+                      src_alpha=0 if win.opaque else nb + 1, dst_alpha=nb + 1,
+                      num_threads=1, init_dest_nodata=False)
+    except RasterioError as exc:
+        raise ReadError(f"{src.path}: cannot warp to Web Mercator ({_short(exc)})",
+                        src.path) from exc
+    premultiply(out)
 
 
 def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
     """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
 
-    The colour is *not* premultiplied yet: :func:`render_block` does that per tile, only
-    where the alpha is partial."""
-    import rasterio
-    from affine import Affine
-    from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-    from rasterio.warp import reproject
-
-    from tiles.grid import tile_bounds
-
+    The colour is premultiplied by alpha (see :func:`premultiply`)."""
     spec = job.layer
     z, B = spec.task_zoom, job.size
     x0, y0 = job.bx * B, job.by * B
@@ -359,7 +568,7 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
     _, bs, be, _ = tile_bounds(z, x0 + B - 1, y0 + B - 1)
     px, py = (right - left) / size_px, (top - bottom) / size_px
     nb = spec.channels
-    resampling = Resampling[spec.resampling]
+    interpolation = CV2_INTERPOLATION.get(spec.resampling)
     canvas: np.ndarray | None = None
     have_data = False  # some source put alpha > 0 into the canvas
     with rasterio.Env(**GDAL_ENV):
@@ -372,41 +581,33 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
             except RasterioError as exc:
                 raise ReadError(f"{src.path}: cannot open ({_short(exc)})", src.path) from exc
             with ds:
-                got = _read_source(ds, src, spec, (left, bottom, right, top), size_px, size_px)
-            if got is None:
+                win = _read_source(ds, src, spec, (left, bottom, right, top), size_px, size_px)
+            if win is None:
                 continue
-            stack, src_tf, (c0, r0, c1, r1) = got
+            c0, r0, c1, r1 = win.region
             if canvas is None:
                 canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
             region = canvas[r0:r1, c0:c1]
-            # the first source with data is warped straight into the (zeroed) pixel-interleaved
-            # canvas through a band-first view (GDAL writes it with strides: no temporary, no
-            # transposing copy); later ones into a temporary, then mosaicked
-            out = (region.transpose(2, 0, 1) if not have_data
-                   else np.zeros((nb + 1, r1 - r0, c1 - c0), np.uint8))
-            sub_tf = Affine(px, 0.0, left + c0 * px, 0.0, -py, top - r0 * py)
-            try:
-                # rasterio may warn NotGeoreferencedWarning while wrapping the arrays in MEM
-                # datasets (seen in dask worker threads) although both transforms are given
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    reproject(stack, out, src_transform=src_tf, src_crs=src.crs_wkt,
-                              dst_transform=sub_tf, dst_crs="EPSG:3857", resampling=resampling,
-                              src_alpha=nb + 1 if len(stack) > nb else 0, dst_alpha=nb + 1,
-                              num_threads=1, init_dest_nodata=False)
-            except RasterioError as exc:
-                raise ReadError(f"{src.path}: cannot warp to Web Mercator ({_short(exc)})",
-                                src.path) from exc
-            if int(out[nb].max()) == 0:
-                if not have_data:
-                    region[...] = 0  # nothing from this source: leave the canvas all zero
+            # the first source with data is warped straight into the (zeroed) canvas; later
+            # ones into a temporary, then mosaicked
+            out = region if not have_data else np.zeros((r1 - r0, c1 - c0, nb + 1), np.uint8)
+            origin = (left + c0 * px, top - r0 * py)
+            plan = None if interpolation is None else plan_grid(
+                src.crs_wkt, win.transform, origin, (px, py), (c1 - c0, r1 - r0))
+            if plan is not None:
+                if not win.opaque:
+                    premultiply_source(win.stack)
+                remap_into(win.stack, plan, out, interpolation)
+            else:
+                _warp_gdal(win, src, spec, out,
+                           Affine(px, 0.0, origin[0], 0.0, -py, origin[1]))
+            if int(out[..., nb].max()) == 0:
                 continue
             if not have_data:
                 have_data = True
                 continue
             # mosaic: take the new source where it is more opaque than what is there
-            new = out.transpose(1, 2, 0)
-            np.copyto(region, new, where=(new[..., nb] > region[..., nb])[..., None])
+            np.copyto(region, out, where=(out[..., nb] > region[..., nb])[..., None])
     return canvas if have_data else None
 
 
@@ -450,13 +651,6 @@ def render_block(job: BlockJob) -> BlockResult:
             stats = tile_stats(level[..., -1], ts, with_sum=lv == 0)
             amax, amin = stats[0].tolist(), stats[1].tolist()
             asum = stats[2].tolist() if lv == 0 else None
-            if lv == 0:
-                # premultiply (see premultiply()) only the tiles that can hold partly
-                # transparent pixels: not the opaque ones, not the empty ones
-                for j in range(n):
-                    for i in range(n):
-                        if amax[j][i] > 0 and amin[j][i] < 255:
-                            premultiply(tile_array(level, i, j, ts))
             for j in range(n):
                 for i in range(n):
                     if amax[j][i] == 0:
