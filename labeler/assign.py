@@ -234,6 +234,15 @@ _LEASE_SQL = (
     "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
     "expires_at, created_at) VALUES (:task_id, :p, :tile_id, :v, :g, :r, :c, :e, :now)")
 
+# A gold tile this volunteer has not seen, in a per-volunteer pseudo-random order; reads only
+# the project's gold tiles (partial index ``ix_tiles_gold``).
+_GOLD_SQL = (
+    f"SELECT {_TILE_COLS} FROM tiles t WHERE t.project_id = :p AND t.gold_answer IS NOT NULL "
+    "AND NOT t.tutorial "
+    "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v) "
+    "AND NOT EXISTS (SELECT 1 FROM leases s WHERE s.tile_id = t.id AND s.volunteer_id = :v) "
+    "ORDER BY (t.id * 7919 + :v * 104729) % 1000003 LIMIT 1")
+
 _ELIGIBLE = """
     t.project_id = :p AND t.state = 'live' AND t.gold_answer IS NULL AND NOT t.tutorial
     AND t.label_count + t.lease_count < :target
@@ -431,14 +440,7 @@ class Assigner:
                     is_gold=bool(rows and rows[0].is_gold), labelled_by_you=n_done)
 
     def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int) -> list[TaskTile]:
-        # A per-volunteer pseudo-random order, so gold tiles are not seen in the same sequence.
-        r = run(conn, (
-            f"SELECT {_TILE_COLS} FROM tiles t WHERE t.project_id = :p AND t.gold_answer IS NOT NULL "
-            "AND NOT t.tutorial "
-            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v) "
-            "AND NOT EXISTS (SELECT 1 FROM leases s WHERE s.tile_id = t.id AND s.volunteer_id = :v) "
-            "ORDER BY (t.id * 7919 + :v * 104729) % 1000003 LIMIT 1"),
-            {"p": project.id, "v": volunteer_id}).first()
+        r = run(conn, _GOLD_SQL, {"p": project.id, "v": volunteer_id}).first()
         return [_task_tile(r)] if r else []
 
     def _claim_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,

@@ -151,3 +151,22 @@ def test_held_tasks_are_renewed_only_when_a_tenth_of_the_lease_has_passed(
         assert abs((reported(later) - e2).total_seconds()) < 0.001
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_gold_turn_reads_only_the_gold_tiles(settings: Settings) -> None:
+    """The gold claim (every 10th task by default) uses the partial index on gold tiles: it
+    used to scan every tile of the project, inside the write lock, when there were few or no
+    gold tiles."""
+    from labeler.assign import _GOLD_SQL
+    from labeler.db import make_engine
+
+    seed_project(settings, n_tiles=50, gold=2, with_images=False)
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            plan = " | ".join(r[3] for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + _GOLD_SQL, {"p": 1, "v": 1}).all())
+    finally:
+        engine.dispose()
+    assert "USING INDEX ix_tiles_gold" in plan, plan
