@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
 from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
@@ -374,8 +375,6 @@ def _prune(ts: TileStore, project: str, layer: str, keep: dict[int, set[tuple[in
 
 def _manifest(project, specs, infos, stretches, footprints, written, coverage, zoom,
               min_zoom, tile_size, aoi) -> dict:
-    from crowdsight import __version__
-
     layers_out: dict[str, Any] = {}
     for name, spec in specs.items():
         counts = {str(z): len(v) for z, v in sorted(written[name].items()) if v}
