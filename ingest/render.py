@@ -297,17 +297,9 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
     out_h, out_w = max(1, math.ceil(h / k)), max(1, math.ceil(w / k))
     window = Window(col0, row0, w, h)
     nb = spec.channels
-    # pixel-interleaved (h, w, C+1), alpha last: what cv2.remap and the block want; GDAL
-    # reads the colour straight into it through a band-first view
-    stack = np.empty((out_h, out_w, nb + 1), np.uint8)
-    bands = stack.transpose(2, 0, 1)
     try:
-        if spec.stretch_low is None:
-            data = ds.read(list(spec.bands), window=window, out=bands[:nb],
-                           resampling=Resampling.average)
-        else:
-            data = ds.read(list(spec.bands), window=window, out_shape=(nb, out_h, out_w),
-                           resampling=Resampling.average)
+        data = ds.read(list(spec.bands), window=window, out_shape=(nb, out_h, out_w),
+                       resampling=Resampling.average)
         if all(f == MaskFlags.all_valid for f in ds.mask_flag_enums):
             mask = None
         else:
@@ -315,11 +307,14 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
     except Exception as exc:  # rasterio/GDAL raise several types for I/O failures
         raise ReadError(f"{src.path}: read failed (truncated or corrupt file?): {_short(exc)}",
                         src.path) from exc
-    if spec.stretch_low is not None:
+    if spec.stretch_low is None:
+        channels = list(data)
+    else:
         valid = np.isfinite(data).all(axis=0) if data.dtype.kind == "f" else None
         if valid is not None and not valid.all():
             mask = np.where(valid & (mask > 0 if mask is not None else True),
                             mask if mask is not None else 255, 0).astype(np.uint8)
+        channels = []
         for b in range(nb):
             lo, hi = spec.stretch_low[b], spec.stretch_high[b]  # type: ignore[index]
             v = data[b].astype(np.float32)
@@ -327,14 +322,15 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
             v *= np.float32(255.0 / (hi - lo))
             np.clip(v, 0, 255, out=v)
             np.nan_to_num(v, copy=False)
-            bands[b] = (v + 0.5).astype(np.uint8)
+            channels.append((v + 0.5).astype(np.uint8))
     opaque = mask is None or int(mask.min()) == 255
-    if opaque:
-        bands[nb] = 255
-    else:
-        if int(mask.max()) == 0:
-            return None
-        bands[nb] = mask
+    if not opaque and int(mask.max()) == 0:
+        return None
+    alpha = np.full((out_h, out_w), 255, np.uint8) if opaque else mask
+    # pixel-interleaved (h, w, C+1), alpha last, as cv2.remap and the block want it (a
+    # band-sequential read plus cv2.merge is ~5x faster than GDAL reading into an
+    # interleaved buffer)
+    stack = cv2.merge([*channels, alpha])
     a, b, c, d, e, f = src.transform
     sa, se = w / out_w, h / out_h
     win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c,
