@@ -353,9 +353,32 @@ def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, fl
     section (it holds the cross-process write lock)."""
     _require_tutorial(st, project, vid)
     tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
-    prog = st.projects.progress(project.id)
+    # Inside a group-committed transaction the progress counters are left to
+    # :func:`_with_progress`, after the commit: on a cache miss they are an aggregate over the
+    # project's tiles, which must not run while this worker holds the write lock.
+    prog = None if conn is not None else st.projects.progress(project.id)
     n = 0 if tasks else _labelled_by(st.engine, project.id, vid)
     return tasks, prog, n
+
+
+async def _with_progress(request: Request, project: ProjectConfig,
+                         parts: tuple[list[Any], dict[str, int] | None, int] | None
+                         ) -> tuple[list[Any], dict[str, int], int] | None:
+    """``parts`` with the project's progress filled in: from the per-process cache when
+    fresh, else read once in a thread for all the requests of this event loop waiting on it."""
+    if parts is None or parts[1] is not None:
+        return parts  # type: ignore[return-value]
+    st = _st(request)
+    prog = st.projects.peek_progress(project.id)
+    if prog is None:
+        key = (id(asyncio.get_running_loop()), "progress", project.id)
+        fut = st.refreshing.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(run_in_threadpool(st.projects.progress, project.id))
+            st.refreshing[key] = fut
+            fut.add_done_callback(lambda _f: st.refreshing.pop(key, None))
+        prog = await asyncio.shield(fut)
+    return parts[0], prog, parts[2]
 
 
 def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], int],
@@ -425,6 +448,7 @@ async def next_task(request: Request) -> Response:
     if st.committer is not None:  # SQLite: claim inside a group-committed transaction
         parts = await st.committer.run(
             lambda conn: _next_parts(st, project, session.id, near, ahead, conn))
+        parts = await _with_progress(request, project, parts)
         body = _next_body(project, parts, ahead)  # after the commit, outside the write lock
     else:
         body = await _db(request, _next, st, project, session.id, near, ahead)
@@ -456,6 +480,7 @@ async def submit_labels(request: Request) -> Response:
                      if want_next else None)
             return result, parts
         result, parts = await st.committer.run(store)
+        parts = await _with_progress(request, project, parts)
         # The answer is built after the commit, outside the writer's critical section.
         body = result.to_json()
         if want_next:

@@ -420,6 +420,13 @@ class ProjectCache:
             self._configs[slug] = (now, cfg)
         return cfg
 
+    def peek_progress(self, project_id: int) -> dict[str, int] | None:
+        """The cached progress counters if still fresh (no database access), else ``None``."""
+        hit = self._progress.get(project_id)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        return None
+
     def progress(self, project_id: int) -> dict[str, int]:
         now = time.monotonic()
         hit = self._progress.get(project_id)

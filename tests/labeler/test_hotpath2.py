@@ -170,3 +170,35 @@ def test_a_gold_turn_reads_only_the_gold_tiles(settings: Settings) -> None:
     finally:
         engine.dispose()
     assert "USING INDEX ix_tiles_gold" in plan, plan
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_progress_counters_are_not_read_under_the_write_lock(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a cache miss the progress counters are an aggregate over the project's tiles: it
+    runs after the group commit (once per event loop), never while the writer lock is held."""
+    from labeler import db
+    from labeler.projects import ProjectCache
+
+    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
+    held: list[bool] = []
+    real = ProjectCache.progress
+
+    def spy(self: ProjectCache, project_id: int) -> dict[str, int]:
+        held.append(any(lock.held for lock in db._sqlite_locks.values()))
+        self._progress.clear()  # always a miss: the aggregate runs every time
+        return real(self, project_id)
+
+    monkeypatch.setattr(ProjectCache, "progress", spy)
+    monkeypatch.setattr(ProjectCache, "peek_progress", lambda self, project_id: None)
+    with TestClient(create_app(settings)) as client:
+        h = start_volunteer(client)
+        task = client.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+        assert task["progress"]["tiles"] == 6
+        r = client.post(f"/api/projects/{p.slug}/labels?next=1&ahead=1", headers=h, json={
+            "task_id": task["task_id"], "labels": [
+                {"tile_id": task["tiles"][0]["tile_id"], "answer": "yes",
+                 "idempotency_key": "key-progress-1"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["next"]["progress"] == {"labelled_by_you": 1, "tiles": 6, "retired": 0}
+    assert held and not any(held), held
