@@ -202,3 +202,18 @@ def test_progress_counters_are_not_read_under_the_write_lock(
         assert r.status_code == 200, r.text
         assert r.json()["next"]["progress"] == {"labelled_by_you": 1, "tiles": 6, "retired": 0}
     assert held and not any(held), held
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_server_process_freezes_its_startup_objects_for_the_gc(settings: Settings) -> None:
+    import gc
+
+    before = gc.get_freeze_count()
+    try:
+        with TestClient(create_app(settings)):
+            assert gc.get_freeze_count() == before  # tests and embedders: untouched
+        with TestClient(create_app(settings, freeze_gc=True)) as client:
+            assert gc.get_freeze_count() > max(before, 10_000)
+            assert client.get("/api/health").status_code == 200
+    finally:
+        gc.unfreeze()
