@@ -22,8 +22,8 @@ from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
 from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
-                           downsample2, encode_tile, preload, render_block,
-                           work_dir)
+                           cv2_single_threaded, downsample2, encode_tile, preload,
+                           render_block, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -506,15 +506,16 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
     # fork is cheap and safe while we are single-threaded; otherwise use a clean forkserver
     method = "fork" if threading.active_count() == 1 and os.name == "posix" else "forkserver"
     ctx = multiprocessing.get_context(method)
-    pool = ctx.Pool(n, maxtasksperchild=64)
-    try:
-        yield from pool.imap_unordered(render_block, all_jobs, chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    with cv2_single_threaded():  # for the pool's whole life: it forks new workers later too
+        pool = ctx.Pool(n, maxtasksperchild=64)
+        try:
+            yield from pool.imap_unordered(render_block, all_jobs, chunksize=1)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
 
 
 def _run_dask(all_jobs: list[BlockJob], address: str) -> Iterator[BlockResult]:

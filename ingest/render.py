@@ -20,8 +20,10 @@ import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -102,6 +104,23 @@ def preload(ext: str) -> None:
     from PIL import PngImagePlugin  # noqa: F401  (block tops are stored as PNG)
 
     load_plugin(ext)
+
+
+@contextmanager
+def cv2_single_threaded() -> Iterator[None]:
+    """cv2 without its worker threads while a process pool forks from this process.
+
+    A worker forked while cv2's thread pool is alive inherits the pool's state without its
+    threads (calling ``cv2.setNumThreads(1)`` *in* such a worker deadlocks at once). Setting
+    one thread here, before forking, stops the pool's threads; forked workers inherit that
+    (one process per core needs no more); the previous setting is restored afterwards.
+    """
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def block_dir(store_root: str | Path, project: str, layer: str) -> Path:

@@ -223,3 +223,32 @@ def test_other_resamplings_render_the_same_picture(tmp_path, make_tif, tile_read
         both = (got[..., 3] == 255) & (want[..., 3] == 255)
         if both.sum() > 1000:
             assert np.abs(got[..., :3].astype(int) - want[..., :3])[both].mean() < 6
+
+
+def _cv2_threads(_: int) -> int:
+    import cv2
+
+    return cv2.getNumThreads()
+
+
+def test_pool_workers_fork_from_a_single_threaded_cv2_and_the_setting_is_restored():
+    """Forking while cv2's thread pool is alive can hang cv2 calls in the child: the ingest's
+    pool is created under cv2_single_threaded, its workers run with one cv2 thread, and
+    the caller's setting comes back afterwards."""
+    import multiprocessing
+
+    import cv2
+
+    from ingest.render import cv2_single_threaded
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        cv2.resize(np.zeros((512, 512, 4), np.uint8), (256, 256))  # the pool is running
+        with cv2_single_threaded():
+            assert cv2.getNumThreads() == 1
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                assert pool.map(_cv2_threads, range(4)) == [1, 1, 1, 1]
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
