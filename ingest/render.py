@@ -2,12 +2,14 @@
 
 A *block* is ``B x B`` task-zoom tiles aligned on multiples of ``B`` (8 x 256 px = 2048 px by
 default). For each source file of the layer that intersects the block, the matching source
-window is read once (decimated when the source is much finer than the block), converted to
-8-bit (percentile stretch for 16-bit/float data), stacked with the source's validity mask
-(nodata, alpha band or internal mask: GDAL's ``dataset_mask``) and warped into the block's
-Web-Mercator grid with the mask as alpha. Tiles are sliced from the block, empty ones skipped,
-and the block is reduced 2x2 -> 1 (alpha-weighted) for the pyramid levels inside it. Memory is
-bounded by the block size, never by the image size.
+window is read once (decimated when the source is finer than the block), converted to 8-bit
+(percentile stretch for 16-bit/float data), stacked with the source's validity mask (nodata,
+alpha band or internal mask: GDAL's ``dataset_mask``) as alpha, premultiplied, and warped into
+the block's Web-Mercator grid with ``cv2.remap`` over an exact coarse coordinate grid
+(:func:`plan_grid`, :func:`remap_into`; GDAL's warper for ``average`` resampling or where the
+grid cannot be used). Tiles are sliced from the (premultiplied) block, empty ones skipped, and
+the block is reduced 2x2 -> 1 for the pyramid levels inside it. Memory is bounded by the block
+size, never by the image size (see docs/ingest.md).
 
 :func:`render_block` is a plain top-level function over picklable dataclasses, so the same
 work runs in-process, in a multiprocessing pool or on a dask.distributed cluster.
@@ -379,7 +381,7 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
 class _SourceWindow:
     """A source window read for one block (see :func:`_read_source`)."""
 
-    stack: np.ndarray  # (h, w, C+1) uint8, alpha last (255 everywhere when opaque), *not* premultiplied
+    stack: np.ndarray  # (h, w, C+1) uint8, alpha last (all 255 when opaque), not premultiplied
     transform: Affine  # georeferencing of ``stack`` (decimated window)
     region: tuple[int, int, int, int]  # destination pixels it can reach: c0, r0, c1, r1
     opaque: bool
