@@ -23,7 +23,7 @@ from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, Op
                            StoreNotWritableError)
 from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
                            cv2_single_threaded, downsample2, encode_tile, preload,
-                           render_block, work_dir)
+                           render_block, render_block_in_worker, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -509,7 +509,7 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
     with cv2_single_threaded():  # for the pool's whole life: it forks new workers later too
         pool = ctx.Pool(n, maxtasksperchild=64)
         try:
-            yield from pool.imap_unordered(render_block, all_jobs, chunksize=1)
+            yield from pool.imap_unordered(render_block_in_worker, all_jobs, chunksize=1)
             pool.close()
         except BaseException:
             pool.terminate()
@@ -529,7 +529,7 @@ def _run_dask(all_jobs: list[BlockJob], address: str) -> Iterator[BlockResult]:
     except (OSError, TimeoutError) as exc:
         raise OptionError(f"--scheduler {address}: cannot connect ({exc})") from None
     try:
-        futures = client.map(render_block, all_jobs, pure=False)
+        futures = client.map(render_block_in_worker, all_jobs, pure=False)
         for fut in as_completed(futures, loop=client.loop):
             yield fut.result()
     finally:

@@ -37,7 +37,7 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from ingest.errors import ReadError, StoreNotWritableError
+from ingest.errors import IngestError, ReadError, StoreNotWritableError
 from ingest.sources import SourceInfo, _short
 from tiles.encode import ALPHA_FORMATS, encode, load_plugin
 from tiles.errors import StoreError
@@ -692,6 +692,27 @@ def render_block(job: BlockJob) -> BlockResult:
     except StoreError as exc:
         raise StoreNotWritableError(str(exc)) from exc
     return res
+
+
+def render_block_in_worker(job: BlockJob) -> BlockResult:
+    """:func:`render_block` for a pool or dask worker: an :class:`IngestError` leaves it
+    without its chained exceptions (``__cause__``/``__context__``).
+
+    Once ``distributed`` is imported (``--scheduler``, or any earlier dask use in the process)
+    tblib's pickling support is installed for every exception class, so an error pickled in a
+    worker carries its cause, e.g. rasterio's ``CPLE_AppDefinedError``, which tblib cannot
+    unpickle (``property 'args' ... has no setter``). In a multiprocessing pool that kills the
+    parent's result-handler thread and the ingest waits forever (seen under ``pytest -n 2``:
+    test_dask then a truncated file with ``jobs=2``). The message already names the file and
+    the problem.
+    """
+    try:
+        return render_block(job)
+    except IngestError as exc:
+        error = exc
+    error.__cause__ = None
+    error.__context__ = None
+    raise error
 
 
 def _save_record(record: Path, res: BlockResult) -> None:

@@ -245,3 +245,47 @@ def test_no_georeference_is_clean_under_warnings_as_errors(tmp_path, make_tif, p
             assert "gdalwarp" in str(ei.value)
         with pytest.raises(NoGeoreferenceError):
             ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
+
+
+def test_worker_errors_leave_without_their_chained_exceptions(monkeypatch):
+    """What a worker raises crosses the process boundary without __cause__/__context__ (a
+    rasterio error there cannot be unpickled once dask's tblib support is installed)."""
+    from ingest import render
+
+    def failing(job):
+        try:
+            raise RuntimeError("GDAL said no")
+        except RuntimeError as exc:
+            raise ReadError("x.tif: read failed", "x.tif") from exc
+
+    monkeypatch.setattr(render, "render_block", failing)
+    with pytest.raises(ReadError, match="x.tif: read failed") as ei:
+        render.render_block_in_worker(None)
+    assert ei.value.__cause__ is None and ei.value.__context__ is None
+    assert ei.value.path == "x.tif"
+
+
+def test_truncated_file_in_a_pool_after_dask_was_imported(tmp_path, make_tif, pattern_fn):
+    """Importing distributed installs tblib's exception pickling for every class; a pool
+    worker's ReadError (caused by a rasterio error) then used to kill the pool's result
+    thread, and the ingest hung. Run in a subprocess (the patch is process-wide)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("distributed")
+    cut = _truncated(tmp_path, make_tif, pattern_fn)
+    code = (
+        "import sys, rasterio, ingest.pipeline as p, ingest.errors as e\n"
+        "import distributed  # noqa: F401  (installs tblib pickling for existing classes)\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        f"        p.ingest({{'image': [{str(cut)!r}]}}, {str(tmp_path / 's')!r}, 'p', jobs=2,\n"
+        "                 block=2)\n"
+        "    except e.ReadError as exc:\n"
+        "        print('ReadError', exc.path)\n"
+    )
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == f"ReadError {cut}", out.stderr[-2000:]
