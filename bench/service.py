@@ -535,21 +535,21 @@ def main() -> None:
     if "paced" in a.runs and a.rate > 0:
         runs.append(a.rate)
     work = Path(tempfile.mkdtemp(prefix="cs-bench-"))
-    tables: list[tuple[float | None, dict[str, dict[str, Any]]]] = []
+    tables: dict[float | None, dict[str, dict[str, Any]]] = {rate: {} for rate in runs}
     try:
-        for rate in runs:
-            what = "closed loop" if rate is None else f"paced at {rate:.0f} labels/s"
-            results: dict[str, dict[str, Any]] = {}
-            print(f"bare Starlette ceiling, {what}: {a.volunteers} volunteers, {a.duration} s ...",
-                  file=sys.stderr)
-            results["bare"] = run_bare(a, rate)
-            for b in backends:
-                print(f"{b}, {what}: {a.volunteers} volunteers, {a.duration} s ...", file=sys.stderr)
-                results[b] = run_backend(b, a, work, rate)
-            tables.append((rate, results))
+        # One target at a time, all its runs back to back: a PostgreSQL run leaves the server
+        # flushing and vacuuming for a while, which must not land in the next SQLite run.
+        for target in ["bare", *backends]:
+            for rate in runs:
+                what = "closed loop" if rate is None else f"paced at {rate:.0f} labels/s"
+                name = "bare Starlette ceiling" if target == "bare" else target
+                print(f"{name}, {what}: {a.volunteers} volunteers, {a.duration} s ...",
+                      file=sys.stderr)
+                tables[rate][target] = (run_bare(a, rate) if target == "bare"
+                                        else run_backend(target, a, work, rate))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for rate, results in tables:
+    for rate, results in tables.items():
         _print_table(results, a, rate)
 
 
