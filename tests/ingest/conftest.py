@@ -81,6 +81,24 @@ def pattern_fn() -> Callable[..., np.ndarray]:
     return pattern
 
 
+@pytest.fixture
+def two_file_mosaic(make_tif: Callable[..., Path]) -> Callable[..., tuple[Path, Path, Path]]:
+    """``split(data)``: a (3, 256, 512) array written as two side-by-side 256-px files (UTM
+    35N, 0.5 m, near 24.3 E 13.4 N) and as one file of the whole; ``(left, right, whole)``."""
+    from affine import Affine
+    from rasterio.warp import transform as warp_transform
+
+    def split(data: np.ndarray) -> tuple[Path, Path, Path]:
+        (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32635", [24.3], [13.4])
+        left = Affine(0.5, 0, cx - 128, 0, -0.5, cy + 64)
+        right = Affine(0.5, 0, cx, 0, -0.5, cy + 64)
+        a = make_tif(np.ascontiguousarray(data[:, :, :256]), transform=left)
+        b = make_tif(np.ascontiguousarray(data[:, :, 256:]), transform=right)
+        return a, b, make_tif(data, transform=left)
+
+    return split
+
+
 def read_tile(store: Path, project: str, layer: str, z: int, x: int, y: int,
               ext: str = "png") -> np.ndarray:
     from tiles.encode import decode

@@ -220,16 +220,10 @@ def test_pyramid_built_from_children(tmp_path, make_tif, pattern_fn, tile_reader
     assert np.abs(got[..., :3][full] - expect[full]).max() <= 2
 
 
-def test_mosaic_of_two_files_is_seamless(tmp_path, make_tif, pattern_fn, tile_reader):
+def test_mosaic_of_two_files_is_seamless(tmp_path, two_file_mosaic, tile_reader):
     rows, cols = np.mgrid[0:256, 0:512]
     data = np.stack([20 + cols * 0.4, 20 + rows * 0.8, 200 - cols * 0.3]).astype(np.uint8)
-    (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32635", [24.3], [13.4])
-    from affine import Affine
-    left = Affine(0.5, 0, cx - 128, 0, -0.5, cy + 64)
-    right = Affine(0.5, 0, cx, 0, -0.5, cy + 64)
-    a = make_tif(np.ascontiguousarray(data[:, :, :256]), transform=left)
-    b = make_tif(np.ascontiguousarray(data[:, :, 256:]), transform=right)
-    whole = make_tif(data, transform=left)
+    a, b, whole = two_file_mosaic(data)
     # nearest: every output pixel comes from exactly one source pixel, so the mosaic must equal
     # the single-file rendering (bilinear differs within 1 px of the seam, as files are
     # resampled separately)

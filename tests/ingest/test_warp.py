@@ -181,17 +181,12 @@ def test_masked_pixels_do_not_bleed_into_valid_ones(tmp_path, make_tif, tile_rea
     assert partial > 100  # the hole's edge is anti-aliased, not hard
 
 
-def test_bilinear_mosaic_has_no_seam(tmp_path, make_tif, tile_reader):
+def test_bilinear_mosaic_has_no_seam(tmp_path, two_file_mosaic, tile_reader):
     """Two files side by side, bilinear: every pixel well inside their union is opaque (a
     seam of half-transparent pixels would appear if each file's edge faded out) and the
     colours match the single-file rendering."""
     data = _textured(256, 512, seed=5)
-    (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32635", [24.3], [13.4])
-    left = Affine(0.5, 0, cx - 128, 0, -0.5, cy + 64)
-    right = Affine(0.5, 0, cx, 0, -0.5, cy + 64)
-    a = make_tif(np.ascontiguousarray(data[:, :, :256]), transform=left)
-    b = make_tif(np.ascontiguousarray(data[:, :, 256:]), transform=right)
-    whole = make_tif(data, transform=left)
+    a, b, whole = two_file_mosaic(data)
     mm = ingest({"image": [a, b]}, tmp_path / "m", "p", fmt="png", jobs=1)
     ingest({"image": [whole]}, tmp_path / "w", "p", fmt="png", jobs=1)
     inner = 0
