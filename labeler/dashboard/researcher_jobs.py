@@ -255,6 +255,9 @@ def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
         # no progress callback here: load_manifest holds a write transaction (on SQLite the
         # whole database), so the job row cannot be updated until it commits
         result = publish_staging(spec, engine, staging, manifest)
+        # consumed before the job says it is done: a client that sees "succeeded" finds
+        # the uploads gone (they were deleted after the status, in ``finally``: a race)
+        _delete_sources(spec)
         _update(engine, spec.job_id, status="succeeded", stage="done", progress=1.0,
                 message="finished", result=result, finished_at=utcnow())
         return result
@@ -266,6 +269,7 @@ def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
         if not known:
             log.error("ingest job %s failed:\n%s", spec.job_id, traceback.format_exc())
             code, message = "ingest_failed", f"the ingest failed unexpectedly: {message}"
+        _delete_sources(spec)
         try:
             _update(engine, spec.job_id, status="failed", stage="failed", error_code=code[:64],
                     error_message=message, message="failed; the project was left unchanged",
@@ -277,11 +281,19 @@ def run_ingest_job(spec: IngestJobSpec) -> dict[str, Any]:
         return {"error": {"code": code, "message": message}}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if spec.delete_sources:
-            for paths in spec.layers.values():
-                for p in paths:
-                    Path(p).unlink(missing_ok=True)
+        _delete_sources(spec)  # (already done unless the job was interrupted)
         engine.dispose()
+
+
+def _delete_sources(spec: IngestJobSpec) -> None:
+    """Remove the job's uploaded files when it owns them (idempotent)."""
+    if spec.delete_sources:
+        for paths in spec.layers.values():
+            for p in paths:
+                try:
+                    Path(p).unlink(missing_ok=True)
+                except OSError as exc:  # never mask the job's own outcome
+                    log.warning("could not remove upload %s: %s", p, exc)
 
 
 # The two steps below are the glue to ``ingest`` and the labeler's manifest loader.

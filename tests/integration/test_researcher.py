@@ -652,3 +652,35 @@ def test_silent_job_is_reported_interrupted_and_does_not_block(settings):
         assert out["status"] == "failed" and out["error"]["code"] == "worker_died"
     finally:
         eng.dispose()
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_a_job_consumes_its_uploads_before_it_reports_the_outcome(
+        settings, tmp_path, monkeypatch, outcome):
+    """Whoever sees the job done finds its uploads gone (they used to be removed just after
+    the final status was written: a client polling the job could still see them)."""
+    from labeler.dashboard import researcher_jobs as jobs
+    from labeler.errors import ManifestError
+
+    upload = tmp_path / "up.tif"
+    upload.write_bytes(b"II*\0")
+    seen: list[tuple[str, bool]] = []
+
+    def spy(engine, job_id, **fields):
+        if "status" in fields:
+            seen.append((fields["status"], upload.exists()))
+
+    def publish(*args, **kwargs):
+        if outcome == "failed":
+            raise ManifestError("simulated failure while loading")
+        return {"tiles_added": 1}
+
+    monkeypatch.setattr(jobs, "_update", spy)
+    monkeypatch.setattr(jobs, "ingest_to_staging", lambda spec, staging, progress: staging)
+    monkeypatch.setattr(jobs, "publish_staging", publish)
+    spec = jobs.IngestJobSpec(job_id="j1", project_id=1, slug="p",
+                              database_url=settings.resolved_database_url,
+                              tile_store=str(tmp_path / "store"),
+                              layers={"image": [str(upload)]})
+    jobs.run_ingest_job(spec)
+    assert seen == [("running", True), (outcome, False)]
