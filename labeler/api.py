@@ -193,24 +193,30 @@ async def _project(request: Request, principal: Principal | None = None) -> Proj
     return project
 
 
+async def _single_flight(request: Request, key: tuple[Any, ...], fn: Any) -> Any:
+    """``fn()`` in the thread pool, once for all the requests of this event loop that ask
+    for the same ``key`` while it runs (the others await the same result)."""
+    st = _st(request)
+    key = (id(asyncio.get_running_loop()), *key)
+    fut = st.refreshing.get(key)
+    if fut is None:
+        fut = asyncio.ensure_future(run_in_threadpool(fn))
+        st.refreshing[key] = fut
+        fut.add_done_callback(lambda _f: st.refreshing.pop(key, None))
+    return await asyncio.shield(fut)
+
+
 async def _refresh_project(request: Request, slug: str) -> None:
     """Refresh the project cache (and the private-project cache) for ``slug``, once for all
     the requests of this event loop waiting on it. Errors are left to the caller's own
     lookup (``_visible_project``), which raises them for its request."""
-    st = _st(request)
-    key = (id(asyncio.get_running_loop()), slug)
-    fut = st.refreshing.get(key)
-    if fut is None:
-        def refresh() -> None:
-            try:
-                _visible_project(request, slug, None)  # reads both caches through
-            except Exception:  # noqa: BLE001 - reported by the caller's own lookup
-                pass
+    def refresh() -> None:
+        try:
+            _visible_project(request, slug, None)  # reads both caches through
+        except Exception:  # noqa: BLE001 - reported by the caller's own lookup
+            pass
 
-        fut = asyncio.ensure_future(run_in_threadpool(refresh))
-        st.refreshing[key] = fut
-        fut.add_done_callback(lambda _f: st.refreshing.pop(key, None))
-    await asyncio.shield(fut)
+    await _single_flight(request, ("project", slug), refresh)
 
 
 def _maybe_private(request: Request, project_id: int) -> bool:
@@ -368,16 +374,11 @@ async def _with_progress(request: Request, project: ProjectConfig,
     fresh, else read once in a thread for all the requests of this event loop waiting on it."""
     if parts is None or parts[1] is not None:
         return parts  # type: ignore[return-value]
-    st = _st(request)
-    prog = st.projects.peek_progress(project.id)
+    projects = _st(request).projects
+    prog = projects.peek_progress(project.id)
     if prog is None:
-        key = (id(asyncio.get_running_loop()), "progress", project.id)
-        fut = st.refreshing.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(run_in_threadpool(st.projects.progress, project.id))
-            st.refreshing[key] = fut
-            fut.add_done_callback(lambda _f: st.refreshing.pop(key, None))
-        prog = await asyncio.shield(fut)
+        prog = await _single_flight(request, ("progress", project.id),
+                                    partial(projects.progress, project.id))
     return parts[0], prog, parts[2]
 
 

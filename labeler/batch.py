@@ -7,9 +7,11 @@ of a task's cost was that per-transaction overhead and the lock hand-over betwee
 workers, not the statements.
 
 :class:`GroupCommitter` queues those requests per event loop; a drain task takes whatever is
-queued (up to ``max_batch``) and runs it inside ONE write transaction on a connection it keeps:
-each request in its own ``SAVEPOINT`` (so a request that fails — a validation error, an
-expired lease — is rolled back alone and gets its exception), then a single ``COMMIT``. Every
+queued (up to ``max_batch``) and runs it inside ONE write transaction on a connection it keeps,
+then a single ``COMMIT``. A request that fails — a validation error, an expired lease — is
+rolled back alone and gets its exception: the batch runs optimistically without savepoints,
+and when one of its requests fails it is rolled back and run again with a ``SAVEPOINT`` per
+request. Every
 request's future is resolved only after that commit returned, so nothing is acknowledged
 before it is durable; if the commit fails, every request of the batch gets the error and
 nothing of it is stored (clients retry; idempotency keys make retries safe).
@@ -168,14 +170,11 @@ def _attempt(conn: Connection, batch: list[_Item], *,
                 try:
                     value = work(conn)
                 except Exception as exc:
-                    if not savepoints:
-                        if len(batch) > 1:
-                            raise _Retry() from exc
-                        outcomes.append((False, exc))  # alone: its writes go with the rollback
+                    outcomes.append((False, exc))
+                    if not savepoints:  # its writes (and the batch's) go with the rollback
                         raise _Retry() from exc
                     raw.execute("ROLLBACK TO cs_req")
                     raw.execute("RELEASE cs_req")
-                    outcomes.append((False, exc))
                 else:
                     if savepoints:
                         raw.execute("RELEASE cs_req")

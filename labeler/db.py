@@ -114,7 +114,6 @@ def writer_lock(engine: Engine) -> "WriterLock":
     return lock
 
 
-
 class WriterLock:
     """Threads of this process queue on a lock; processes (uvicorn workers) queue on an
     ``flock`` of ``{db}.writelock`` — both block in the kernel, in order, instead of polling

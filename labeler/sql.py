@@ -133,20 +133,10 @@ def ts(conn: Connection, value: datetime | None) -> Any:
     return ts_text(value)
 
 
-_last_ts: tuple[datetime | None, str] = (None, "")
-
-
 def ts_text(value: datetime) -> str:
     """The text SQLAlchemy's DateTime stores on SQLite for an aware UTC ``value``
-    (== ``strftime("%Y-%m-%d %H:%M:%S.%f")``, 4x faster). A request formats the same "now"
-    and expiry several times: the last conversion is remembered."""
-    global _last_ts
-    last = _last_ts  # one tuple read: safe against another thread replacing it meanwhile
-    if last[0] is value:
-        return last[1]
-    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-    _last_ts = (value, text)
-    return text
+    (== ``strftime("%Y-%m-%d %H:%M:%S.%f")``, 4x faster)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def from_ts_text(text: str) -> datetime:
