@@ -56,9 +56,6 @@ class Settings:
     debug: bool = False
     # Trust X-Forwarded-For from these proxies (comma separated), for rate limits behind a proxy.
     forwarded_allow_ips: str = ""
-    # Hot-path database transactions running at once per worker; 0 = auto (SQLite 1, since its
-    # writes are serialised anyway; PostgreSQL 8).
-    db_concurrency: int = 0
     # Manifest tasks whose valid-pixel coverage is below this (0..1) are not loaded as tiles.
     min_task_coverage: float = 0.5
     # Seconds between checks for adaptive projects due a skill refit (labeler.refit); 0 = off.

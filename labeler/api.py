@@ -9,7 +9,6 @@ import math
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -25,7 +24,7 @@ from labeler.errors import (
     ValidationError,
 )
 from labeler.db import write_tx
-from labeler.labels import parse_submission, submit, submit_in, volunteer_stats
+from labeler.labels import parse_submission, submit_in, volunteer_stats
 from labeler.manifest import check_min_coverage, load_manifest
 from labeler.models import Label, Tile, Volunteer
 from labeler.projects import (
@@ -42,7 +41,6 @@ from labeler.security import (
     VolunteerSession,
     clean_display_name,
     create_token,
-    create_volunteer,
     insert_volunteer,
     list_tokens,
     revoke_token,
@@ -51,13 +49,6 @@ from labeler.security import (
 
 def _st(request: Request) -> Any:
     return request.scope["state"]["labeler"]  # (== request.state.labeler, without the wrapper)
-
-
-async def _db(request: Request, fn: Any, *args: Any) -> Any:
-    """Run a hot-path database call in the thread pool, at most ``db_concurrency`` at a time
-    per worker: beyond that, extra requests wait cheaply in the event loop instead of piling
-    up threads and database sessions that only fight over the same cores and row locks."""
-    return await anyio.to_thread.run_sync(partial(fn, *args), limiter=_st(request).db_limiter)
 
 
 async def read_json(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -126,11 +117,8 @@ async def start_session(request: Request) -> Response:
     status = 200
     if not volunteer:
         st.ip_limiter.hit("session:" + _ip(request))
-        if st.committer is not None:  # SQLite: shares a group-committed write transaction
-            session = await st.committer.run(partial(insert_volunteer, display_name=name))
-        else:  # bounded like the hot path: a burst of new sessions must not open (and then
-            # drop) a database connection per waiting thread
-            session = await _db(request, create_volunteer, st.engine, name)
+        # shares a group-committed write transaction (labeler.batch)
+        session = await st.committer.run(partial(insert_volunteer, display_name=name))
         # What _volunteer_json reads back for a volunteer created just now.
         volunteer = {"display_name": name, "labels": 0, "tutorials_passed": []}
         status = 201
@@ -396,11 +384,6 @@ def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], i
     return body
 
 
-def _next(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-          ahead: bool = False) -> dict[str, Any]:
-    return _next_body(project, _next_parts(st, project, vid, near, ahead), ahead)
-
-
 def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
                         near: tuple[float, float] | None, ahead: bool,
                         conn: Any = None) -> tuple[list[Any], dict[str, int], int] | None:
@@ -412,12 +395,6 @@ def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
         return _next_parts(st, project, vid, near, ahead, conn)
     except TutorialRequired:
         return None
-
-
-def _next_or_none(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                  ahead: bool) -> dict[str, Any] | None:
-    parts = _next_parts_or_none(st, project, vid, near, ahead)
-    return None if parts is None else _next_body(project, parts, ahead)
 
 
 def _parse_flag(request: Request, name: str) -> bool:
@@ -446,13 +423,11 @@ async def next_task(request: Request) -> Response:
     if project.status != "live":
         raise ProjectNotLive(f"project '{project.slug}' is {project.status}, not live")
     ahead = _parse_flag(request, "ahead")
-    if st.committer is not None:  # SQLite: claim inside a group-committed transaction
-        parts = await st.committer.run(
-            lambda conn: _next_parts(st, project, session.id, near, ahead, conn))
-        parts = await _with_progress(request, project, parts)
-        body = _next_body(project, parts, ahead)  # after the commit, outside the write lock
-    else:
-        body = await _db(request, _next, st, project, session.id, near, ahead)
+    # claim inside a group-committed transaction (labeler.batch)
+    parts = await st.committer.run(
+        lambda conn: _next_parts(st, project, session.id, near, ahead, conn))
+    parts = await _with_progress(request, project, parts)
+    body = _next_body(project, parts, ahead)  # after the commit, outside the batch
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -471,37 +446,21 @@ async def submit_labels(request: Request) -> Response:
     ahead = _parse_flag(request, "ahead") if want_next else False
     near = _parse_near(request.query_params.get("near")) if want_next else None
     key = st.assigner.task_key
-    if st.committer is not None:
-        # SQLite: store the labels (and claim the next task) in ONE write transaction shared
-        # with other volunteers' concurrent requests (labeler.batch: group commit); the answer
-        # is sent only after that transaction committed.
-        def store(conn: Any) -> tuple[Any, Any]:
-            result = submit_in(conn, project, session.id, task_id, labels, task_key=key)
-            parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn)
-                     if want_next else None)
-            return result, parts
-        result, parts = await st.committer.run(store)
-        parts = await _with_progress(request, project, parts)
-        # The answer is built after the commit, outside the writer's critical section.
-        body = result.to_json()
-        if want_next:
-            body["next"] = None if parts is None else _next_body(project, parts, ahead)
-        return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
-    # PostgreSQL (SQLite always has a group committer, above).
-    if not want_next:
-        result = await _db(request, partial(submit, task_key=key), st.engine, project, session.id,
-                           task_id, labels)
-        return JSONResponse(result.to_json())
-
-    def submit_then_next() -> dict[str, Any]:
-        # Labels commit synchronously; claims are autocommit statements on the lease engine
-        # (asynchronous commit), so they stay separate.
-        body = submit(st.engine, project, session.id, task_id, labels, task_key=key).to_json()
-        body["next"] = _next_or_none(st, project, session.id, near, ahead)
-        return body
-    # ?next=1: the next task comes back with the answer — one request per label instead of two.
-    return JSONResponse(await _db(request, submit_then_next),
-                        headers={"Cache-Control": "no-store"})
+    # Store the labels (and claim the next task) in ONE write transaction shared with other
+    # volunteers' concurrent requests (labeler.batch: group commit); the answer is sent only
+    # after that transaction committed.
+    def store(conn: Any) -> tuple[Any, Any]:
+        result = submit_in(conn, project, session.id, task_id, labels, task_key=key)
+        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn)
+                 if want_next else None)
+        return result, parts
+    result, parts = await st.committer.run(store, locks=[lb.tile_id for lb in labels])
+    parts = await _with_progress(request, project, parts)
+    # The answer is built after the commit, outside the batch's transaction.
+    body = result.to_json()
+    if want_next:  # the next task comes back with the answer: one request per task, not two
+        body["next"] = None if parts is None else _next_body(project, parts, ahead)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
 
 
 _NEAR = ("string", "lon,lat: start near this place (projects with a task zoom)")

@@ -34,6 +34,7 @@ from labeler.auth import TokenCache
 from labeler.batch import GroupCommitter
 from labeler.db import make_engine
 from labeler.errors import LabelerError, RateLimited, status_for
+from labeler.labels import lock_tiles
 from labeler.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from labeler.migrate import check_migrated
 from labeler.projects import ProjectCache
@@ -66,10 +67,8 @@ class LabelerState:
     volunteer_limiter: RateLimiter
     ip_limiter: RateLimiter
     trusted_proxies: frozenset[str]
-    db_limiter: anyio.CapacityLimiter
-    #: SQLite: hot-path writes of concurrent requests share one transaction (group commit);
-    #: ``None`` on PostgreSQL, which group-commits by itself.
-    committer: GroupCommitter | None = None
+    #: Hot-path writes of concurrent requests share one transaction (group commit).
+    committer: GroupCommitter
     #: Project-cache refreshes in flight (one per slug and event loop; see ``api._project``).
     refreshing: dict[tuple[int, str], "asyncio.Future[None]"] = field(default_factory=dict)
 
@@ -85,11 +84,11 @@ class State(TypedDict):
     projects: ProjectCache
 
 
-def build_state(settings: Settings, engine: Engine, lease_engine: Engine | None = None) -> LabelerState:
+def build_state(settings: Settings, engine: Engine) -> LabelerState:
     return LabelerState(
         settings=settings, engine=engine, tile_store=settings.tile_store_path.resolve(),
         signer=Signer(settings.resolved_secret_key()), projects=ProjectCache(engine),
-        assigner=Assigner(engine, settings.lease_seconds, lease_engine=lease_engine,
+        assigner=Assigner(engine, settings.lease_seconds,
                           task_key=hashlib.sha256(
                               b"crowdsight.task:" + settings.resolved_secret_key().encode()).digest()),
         tokens=TokenCache(),
@@ -97,13 +96,7 @@ def build_state(settings: Settings, engine: Engine, lease_engine: Engine | None 
         ip_limiter=RateLimiter(settings.rate_limit_ip),
         trusted_proxies=frozenset(h.strip() for h in settings.forwarded_allow_ips.split(",")
                                   if h.strip()),
-        # Concurrent hot-path transactions per worker. Measured on 2 cores: SQLite is fastest
-        # with 1 (its writes are serialised; more threads only fight over the GIL and the
-        # lock), PostgreSQL with ~8 (overlapping round trips) — both far better than 40.
-        db_limiter=anyio.CapacityLimiter(
-            settings.db_concurrency if settings.db_concurrency > 0
-            else (1 if engine.dialect.name == "sqlite" else 8)),
-        committer=GroupCommitter(engine) if engine.dialect.name == "sqlite" else None,
+        committer=GroupCommitter(engine, lock_rows=lock_tiles),
     )
 
 
@@ -182,14 +175,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = engine is None
         eng = engine if engine is not None else make_engine(settings.resolved_database_url)
-        # PostgreSQL: leases are written through a second, asynchronous-commit engine.
-        leases = (make_engine(eng.url.render_as_string(hide_password=False), durable=False)
-                  if eng.dialect.name == "postgresql" else None)
         state: LabelerState | None = None
         stop_refits = None
         try:
             check_migrated(eng)
-            state = build_state(settings, eng, leases)
+            state = build_state(settings, eng)
             if settings.skill_refit_interval > 0:
                 from labeler.refit import start_refresher
 
@@ -205,10 +195,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         finally:
             if stop_refits is not None:
                 await anyio.to_thread.run_sync(stop_refits)
-            if state is not None and state.committer is not None:
+            if state is not None:
                 state.committer.close()
-            if leases is not None:
-                leases.dispose()
             if own:
                 eng.dispose()
 
@@ -230,7 +218,7 @@ def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory labeler.app:app_from_env`` (multi-worker serving)."""
     import sys
 
-    # Thread-pool threads (PostgreSQL's hot path, the writer-lock wait) and the event loop
+    # Thread-pool threads (the SQLite writer-lock wait, other endpoints' calls) and the loop
     # hand the GIL back and forth after every driver call; a short switch interval keeps a
     # thread from waiting milliseconds for the loop to let go (chosen for the earlier writer
     # thread; 5 ms measured the same since). This process serves only the labeler.

@@ -22,11 +22,10 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mercantile
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -198,29 +197,32 @@ def _volunteer_state(conn: Connection, params: dict[str, Any]
     return int(rows[0].n), live, expired
 
 
-# PostgreSQL: the same state, and the oldest ``:n`` live tasks renewed, in one round trip
-# (k = 0: labels given; k = 1: renewed leases with their tiles; k = 2: expired leases).
+# PostgreSQL: the same state in one round trip, the oldest ``:n`` live tasks renewed when less
+# than ``RENEW_BELOW`` of a lease is left (``:fresh``), as on SQLite (k = 0: labels given;
+# k = 1: the leases of those tasks with their tiles and (new) expiry; k = 2: expired leases).
 _STATE_RENEW_PG = (
-    "WITH live AS (SELECT task_id FROM leases WHERE volunteer_id = :v AND project_id = :p "
-    "AND expires_at > :now GROUP BY task_id ORDER BY min(id) LIMIT :n), "
+    "WITH live AS (SELECT task_id, min(expires_at) AS exp FROM leases WHERE volunteer_id = :v "
+    "AND project_id = :p AND expires_at > :now GROUP BY task_id ORDER BY min(id) LIMIT :n), "
     "ren AS (UPDATE leases SET expires_at = :e WHERE volunteer_id = :v "
-    "AND task_id IN (SELECT task_id FROM live) "
-    "RETURNING id, task_id, tile_id, block_row, block_col, is_gold) "
-    "SELECT 0 AS k, count(*) AS n, NULL AS task_id, NULL AS block_row, NULL AS block_col, "
-    "NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, NULL AS west, "
-    "NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
+    "AND task_id IN (SELECT task_id FROM live WHERE exp <= :fresh)) "
+    "SELECT 0 AS k, count(*) AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
+    "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
+    "NULL AS west, NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
     "FROM labels WHERE volunteer_id = :v AND project_id = :p "
-    f"UNION ALL SELECT 1, r.id, r.task_id, r.block_row, r.block_col, r.is_gold, {_TILE_COLS} "
-    "FROM ren r JOIN tiles t ON t.id = r.tile_id "
-    "UNION ALL SELECT 2, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    "UNION ALL SELECT 1, s.id, s.task_id, CASE WHEN l.exp <= :fresh THEN :e ELSE l.exp END, "
+    f"s.block_row, s.block_col, s.is_gold, {_TILE_COLS} "
+    "FROM live l JOIN leases s ON s.task_id = l.task_id AND s.volunteer_id = :v "
+    "JOIN tiles t ON t.id = s.tile_id "
+    "UNION ALL SELECT 2, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
     "NULL, NULL, NULL, NULL FROM leases WHERE volunteer_id = :v AND project_id = :p "
     "AND expires_at <= :now ORDER BY 1, 2")
 
 
-def _volunteer_state_pg(conn: Connection, params: dict[str, Any], want: int, expires: datetime
-                        ) -> tuple[int, dict[str, list[Any]], int]:
-    """:func:`_volunteer_state` for PostgreSQL, renewing the oldest ``want`` live tasks."""
-    rows = run(conn, _STATE_RENEW_PG, {**params, "n": want, "e": expires}).all()
+def _volunteer_state_pg(conn: Connection, params: dict[str, Any], want: int, expires: datetime,
+                        fresh: datetime) -> tuple[int, dict[str, list[Any]], int]:
+    """:func:`_volunteer_state` for PostgreSQL: the oldest ``want`` live tasks, those with at
+    most ``fresh`` left renewed to ``expires`` (each row's ``expires_at`` is its task's)."""
+    rows = run(conn, _STATE_RENEW_PG, {**params, "n": want, "e": expires, "fresh": fresh}).all()
     live: dict[str, list[Any]] = {}
     for r in rows[1:-1]:
         live.setdefault(r.task_id, []).append(r)
@@ -233,6 +235,8 @@ _RENEW_SQL = ("UPDATE leases SET expires_at = :e WHERE task_id = :t AND voluntee
 _LEASE_SQL = (
     "INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, block_row, block_col, "
     "expires_at, created_at) VALUES (:task_id, :p, :tile_id, :v, :g, :r, :c, :e, :now)")
+
+_GOLD_LEASE_SQL = _LEASE_SQL + " ON CONFLICT DO NOTHING RETURNING id"
 
 # A gold tile this volunteer has not seen, in a per-volunteer pseudo-random order; reads only
 # the project's gold tiles (partial index ``ix_tiles_gold``).
@@ -255,15 +259,10 @@ class Assigner:
     """Claims tasks for volunteers. One per app (holds a little per-process timing state)."""
 
     def __init__(self, engine: Engine, lease_seconds: int, *,
-                 lease_engine: Engine | None = None, task_key: bytes | None = None) -> None:
-        """``lease_engine``: where claims are written; on PostgreSQL the app passes an engine
-        with asynchronous commit (see :func:`labeler.db.make_engine`), since a lease lost in
-        a crash only returns its tile to the queue. Defaults to ``engine``.
-
-        ``task_key``: secret signing task ids (:func:`sign_task`); the app derives it from the
+                 task_key: bytes | None = None) -> None:
+        """``task_key``: secret signing task ids (:func:`sign_task`); the app derives it from the
         service secret so every worker agrees. Without one, a random per-process key is used."""
         self.engine = engine
-        self.lease_engine = lease_engine or engine
         self.lease_seconds = lease_seconds
         self.task_key = task_key or os.urandom(32)
         self._last_reclaim: dict[int, float] = {}
@@ -281,9 +280,10 @@ class Assigner:
         (leases renewed), then newly claimed ones. Every task is a separate lease counted
         against the tiles' targets, and never repeats a tile the volunteer holds or did.
 
-        ``conn``: an open SQLite write transaction (``labeler.db.write_tx``) to claim in, e.g.
-        the one that just stored the volunteer's labels — one transaction per task instead of
-        two. Ignored on PostgreSQL, whose claims run in autocommit on the lease engine."""
+        ``conn``: an open write transaction (``labeler.db.write_tx``, or a group-committed
+        batch, :mod:`labeler.batch`) to claim in, e.g. the one that just stored the volunteer's
+        labels — one transaction per task instead of two. Without one, the claim runs in a
+        write transaction of its own."""
         now = now or utcnow()
         expires = now + timedelta(seconds=self.lease_seconds)
         near_xy = None
@@ -291,51 +291,35 @@ class Assigner:
             t = mercantile.tile(near[0], near[1], project.task_zoom)
             near_xy = (t.x, t.y)
         want = 1 + max(0, ahead)
-        if self.lease_engine.dialect.name == "postgresql":
-            try:  # (the caller's ``conn`` is not used: claims here are autocommit statements)
-                tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
-            except (sa.exc.IntegrityError, psycopg.IntegrityError):
-                # The same volunteer's parallel request leased this tile a moment ago:
-                # answer with that task instead.
-                tasks = self._fill_pg(project, volunteer_id, near_xy, now, expires, want)
-        elif conn is not None:
-            tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
-                               reclaim=lambda vid=None: reclaim_expired(
-                                   conn, project.id, now, volunteer_id=vid))
+        if conn is not None:
+            tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want)
         else:
-            with write_tx(self.lease_engine) as tx:
-                tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want,
-                                   reclaim=lambda vid=None: reclaim_expired(
-                                       tx, project.id, now, volunteer_id=vid))
+            with write_tx(self.engine) as tx:
+                tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want)
         if project.context:
             for task in tasks:
                 if len(task.tiles) == 1 and not task.context:
                     task.context = self._context(project, task.tiles[0])
         return tasks
 
-    def _fill_pg(self, project: ProjectConfig, volunteer_id: int, near_xy: tuple[int, int] | None,
-                 now: datetime, expires: datetime, want: int) -> list[Task]:
-        """PostgreSQL: each step is one self-contained statement in autocommit mode, so the
-        common case costs two round trips (state, claim) and no BEGIN/COMMIT. The claim
-        statement locks, bumps the counter and inserts the lease atomically; what is read
-        before it (the volunteer's own state) can only be stale through that same volunteer's
-        parallel requests, which the unique (tile, volunteer) lease constraint still guards."""
-        with self.lease_engine.connect() as c:
-            conn = c.execution_options(isolation_level="AUTOCOMMIT")
-            return self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
-                              reclaim=lambda vid=None: self._reclaim(project.id, now, vid))
-
     def _fill(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
-              near_xy: tuple[int, int] | None, now: datetime, expires: datetime, want: int,
-              reclaim: Any) -> list[Task]:
+              near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
+              want: int) -> list[Task]:
         pg = _pg(conn)
+
+        def reclaim(vid: int | None = None) -> int:
+            return reclaim_expired(conn, project.id, now, volunteer_id=vid)
+
         now_db, expires_db = ts(conn, now), ts(conn, expires)
         params = {"v": volunteer_id, "p": project.id, "now": now_db}
         tasks = []
         if pg:  # state and renewal in one round trip
-            n_done, live, n_expired = _volunteer_state_pg(conn, params, want, expires)
+            n_done, live, n_expired = _volunteer_state_pg(
+                conn, params, want, expires,
+                now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
             for lid, rows in live.items():
-                tasks.append(self._task_of(project, lid, rows, volunteer_id, expires, n_done))
+                tasks.append(self._task_of(project, lid, rows, volunteer_id,
+                                           rows[0].expires_at.astimezone(UTC), n_done))
         else:
             n_done, live, n_expired = _volunteer_state(conn, params)
             fresh = ts(conn, now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
@@ -363,11 +347,8 @@ class Assigner:
             tiles: list[TaskTile] = []
             is_gold = False
             if gold_turn(n_before, project.gold_rate):
-                tiles = self._claim_gold(conn, project, volunteer_id)
-                if tiles:
-                    is_gold = True
-                    run(conn, _LEASE_SQL, dict(lease, p=project.id, tile_id=tiles[0].tile_id,
-                                               v=volunteer_id, g=True, r=0, c=0))
+                tiles = self._claim_gold(conn, project, volunteer_id, lease)
+                is_gold = bool(tiles)
             if not tiles:
                 tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
                 if not tiles and not reclaimed and reclaim():
@@ -417,10 +398,6 @@ class Assigner:
             return True
         return False
 
-    def _reclaim(self, project_id: int, now: datetime, volunteer_id: int | None = None) -> int:
-        with write_tx(self.engine) as tx:
-            return reclaim_expired(tx, project_id, now, volunteer_id=volunteer_id)
-
     # -- pieces --------------------------------------------------------------------------
     def _renew(self, conn: Connection, project: ProjectConfig, lease_id: str, rows: list[Any],
                volunteer_id: int, expires: datetime, n_done: int) -> Task:
@@ -439,9 +416,16 @@ class Assigner:
         return Task(task_id=task_id, expires_at=expires, tiles=tiles,
                     is_gold=bool(rows and rows[0].is_gold), labelled_by_you=n_done)
 
-    def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int) -> list[TaskTile]:
+    def _claim_gold(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
+                    lease: dict[str, Any]) -> list[TaskTile]:
+        """Lease a gold tile this volunteer has not seen. Gold tiles are not locked (no
+        counters change): should a parallel request of the same volunteer lease the same tile
+        first, the insert does nothing and the turn falls back to a normal task."""
         r = run(conn, _GOLD_SQL, {"p": project.id, "v": volunteer_id}).first()
-        return [_task_tile(r)] if r else []
+        if r is None or run(conn, _GOLD_LEASE_SQL, dict(
+                lease, p=project.id, tile_id=r.id, v=volunteer_id, g=True, r=0, c=0)).first() is None:
+            return []
+        return [_task_tile(r)]
 
     def _claim_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                   near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:

@@ -1,29 +1,40 @@
-"""Group commit for SQLite's hot path: many volunteers' writes in one transaction, run on
-the event loop.
+"""Group commit for the hot path: many volunteers' writes in one transaction, run on the
+event loop (SQLite and PostgreSQL).
 
-SQLite serialises writers; every hot-path request (store labels, claim the next task) used to
-take the cross-process write lock, ``BEGIN IMMEDIATE``, and commit on its own. Under load most
-of a task's cost was that per-transaction overhead and the lock hand-over between the uvicorn
-workers, not the statements.
+Every hot-path request (store labels, claim the next task) used to run its own transaction:
+on SQLite the cross-process write lock, ``BEGIN IMMEDIATE`` and a commit each; on PostgreSQL a
+thread-pool hop, ``BEGIN``, four statements and a ``COMMIT`` (a WAL flush) each, with the
+worker threads and the event loop handing the GIL back and forth after every round trip.
+Under load most of a task's cost was that per-transaction and per-hop overhead, not the
+statements.
 
 :class:`GroupCommitter` queues those requests per event loop; a drain task takes whatever is
-queued (up to ``max_batch``) and runs it inside ONE write transaction on a connection it keeps,
+queued (up to ``max_batch``) and runs it inside ONE transaction on a connection it keeps,
 then a single ``COMMIT``. A request that fails — a validation error, an expired lease — is
 rolled back alone and gets its exception: the batch runs optimistically without savepoints,
 and when one of its requests fails it is rolled back and run again with a ``SAVEPOINT`` per
-request. Every
-request's future is resolved only after that commit returned, so nothing is acknowledged
-before it is durable; if the commit fails, every request of the batch gets the error and
-nothing of it is stored (clients retry; idempotency keys make retries safe).
+request. Every request's future is resolved only after that commit returned, so nothing is
+acknowledged before it is durable; if the commit fails, every request of the batch gets the
+error and nothing of it is stored (clients retry; idempotency keys make retries safe).
 
-The batch runs on the event loop thread itself, synchronously (a batch of SQLite statements
-takes a few milliseconds; the loop has nothing better to do with the GIL meanwhile). An
-earlier version ran batches on a writer thread per process: the loop and that thread then
-fought over the GIL for every statement, which cost more CPU per label than the statements.
-The writer lock (:class:`labeler.db.WriterLock`: this process's threads, then an ``flock``
-across the uvicorn workers) is taken without blocking when free; when another writer holds it,
-the drain task waits for it in a worker thread, so the loop keeps reading requests (which join
-the next batch) while the other process commits.
+The batch runs on the event loop thread itself, synchronously: a batch of statements takes a
+few milliseconds and the loop has nothing better to do with the GIL meanwhile (requests
+arriving in that time join the next batch). An earlier version ran batches on a writer thread
+per process: the loop and that thread then fought over the GIL for every statement, which
+cost more CPU per label than the statements.
+
+SQLite: the writer lock (:class:`labeler.db.WriterLock`: this process's threads, then an
+``flock`` across the uvicorn workers) is taken without blocking when free; when another writer
+holds it, the drain task waits for it in a worker thread, so the loop keeps reading requests
+while the other process commits.
+
+PostgreSQL: the workers' batches run concurrently, kept apart by row locks. A request may name
+the rows it will lock (``run(work, locks=...)``, e.g. the tiles a submission labels); the batch
+locks all of them first, in one statement and in key order, so two batches can never take the
+same rows in opposite orders (a deadlock, which PostgreSQL would break only after
+``deadlock_timeout``). Claims lock with ``SKIP LOCKED`` and never wait. Should a deadlock or a
+serialization failure happen anyway, the whole batch runs again (at most ``TRANSIENT_TRIES``
+times).
 
 Requests of one batch run one after another in the same transaction, so later ones see the
 earlier ones' writes exactly as if they had been separate transactions in that order.
@@ -32,20 +43,26 @@ earlier ones' writes exactly as if they had been separate transactions in that o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
 from sqlalchemy.engine import Connection, Engine
 
-from labeler.db import writer_lock
+from labeler.db import is_sqlite, writer_lock
 
 #: Most requests committed together; bounds the latency one batch adds to its first member
 #: (and how long the event loop is busy with one batch).
 MAX_BATCH = 64
+#: PostgreSQL: runs of a batch that hit a deadlock or serialization failure before its
+#: requests get that error.
+TRANSIENT_TRIES = 3
 
 Work = Callable[[Connection], Any]
-_Item = tuple[Work, "asyncio.Future[Any]"]
+#: ``lock_rows(conn, keys)``: lock the rows named by ``keys`` (sorted, distinct) for the rest
+#: of the transaction (PostgreSQL batches, see the module doc).
+LockRows = Callable[[Connection, list[Any]], None]
+_Item = tuple[Work, "asyncio.Future[Any]", tuple[Any, ...]]
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -58,28 +75,35 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class GroupCommitter:
-    """Per-engine batcher of SQLite write transactions (see the module doc).
+    """Per-engine batcher of write transactions (see the module doc).
 
     ``await run(work)`` queues ``work(conn)``; one drain task per event loop (started on
-    demand, ended when the queue is empty) runs queued work in shared transactions."""
+    demand, ended when the queue is empty) runs queued work in shared transactions.
 
-    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
+    ``lock_rows``: how a PostgreSQL batch locks the rows its requests name (``run(...,
+    locks=)``) before running them; unused on SQLite, whose writers are serialised."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH,
+                 lock_rows: LockRows | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._lock = writer_lock(engine)
+        self.sqlite = is_sqlite(engine)
+        self._lock = writer_lock(engine) if self.sqlite else None
+        self._lock_rows = None if self.sqlite else lock_rows
         self._queues: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._conn: Connection | None = None  # kept across batches
 
-    async def run(self, work: Work) -> Any:
+    async def run(self, work: Work, *, locks: Iterable[Any] = ()) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
-        transaction is committed (or raise its exception, or the commit's)."""
+        transaction is committed (or raise its exception, or the commit's). ``locks``: keys
+        of rows ``work`` will lock (PostgreSQL: locked up front, with the batch's others)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         queue = self._queues.get(loop)
         if queue is None:
             queue = self._queues[loop] = []
             loop.create_task(self._drain(loop, queue))
-        queue.append((work, fut))
+        queue.append((work, fut, tuple(locks)))
         return await fut
 
     def close(self) -> None:
@@ -93,7 +117,8 @@ class GroupCommitter:
             while queue:
                 # let the requests read in this loop iteration reach the queue first
                 await asyncio.sleep(0)
-                await self._acquire()
+                if self._lock is not None:
+                    await self._acquire(self._lock)
                 try:
                     batch = queue[:self.max_batch]
                     del queue[:len(batch)]
@@ -102,32 +127,34 @@ class GroupCommitter:
                     except Exception as exc:  # BEGIN or COMMIT failed: nothing is stored
                         outcomes = [(False, exc)] * len(batch)
                 finally:
-                    self._lock.release()
-                for (_, fut), (ok, value) in zip(batch, outcomes):
+                    if self._lock is not None:
+                        self._lock.release()
+                for (_, fut, _), (ok, value) in zip(batch, outcomes):
                     _resolve(fut, ok, value)
         finally:
             if self._queues.get(loop) is queue:
                 del self._queues[loop]
-            for _, fut in queue:  # cancelled (the loop is closing): nobody is served
+            for _, fut, _ in queue:  # cancelled (the loop is closing): nobody is served
                 _resolve(fut, False, RuntimeError("the server is shutting down"))
 
-    async def _acquire(self) -> None:
+    @staticmethod
+    async def _acquire(lock: Any) -> None:
         """Hold the writer lock: at once when free, else after waiting in a worker thread."""
-        if self._lock.try_acquire():
+        if lock.try_acquire():
             return
         got: list[bool] = []
 
         def wait() -> None:
-            self._lock.acquire()
+            lock.acquire()
             got.append(True)
 
         try:
             await anyio.to_thread.run_sync(wait)
         except BaseException:
             if got:  # cancelled once the thread had the lock
-                self._lock.release()
+                lock.release()
             raise
-        self._lock.adopt()
+        lock.adopt()
 
     def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         # One connection for the committer's life (no pool checkout and return per batch);
@@ -140,45 +167,68 @@ class GroupCommitter:
             self.close()
             raise
 
-    @staticmethod
-    def _run_batch_on(conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
+    def _run_batch_on(self, conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
         # Optimistically without savepoints (two statements per request saved): requests
         # rarely fail. When one does, the transaction is rolled back and the batch runs again
         # with a savepoint per request, so only the failed one loses its writes.
-        outcomes = _attempt(conn, batch, savepoints=False)
-        if outcomes is None:
-            outcomes = _attempt(conn, batch, savepoints=True)
-        return outcomes  # type: ignore[return-value]
+        locks = sorted({k for _, _, keys in batch for k in keys}) if self._lock_rows else []
+        for tries in range(1, TRANSIENT_TRIES + 1):
+            try:
+                outcomes = self._attempt(conn, batch, locks, savepoints=False)
+                if outcomes is None:
+                    outcomes = self._attempt(conn, batch, locks, savepoints=True)
+                return outcomes
+            except Exception as exc:
+                if tries == TRANSIENT_TRIES or not _transient(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _attempt(self, conn: Connection, batch: list[_Item], locks: list[Any], *,
+                 savepoints: bool) -> list[tuple[bool, Any]] | None:
+        """Run ``batch`` in one transaction (``BEGIN IMMEDIATE`` on SQLite); its outcomes, or
+        ``None`` when (without savepoints) a request of a batch of several failed and nothing
+        was kept. A deadlock or serialization failure is raised (the caller runs the batch
+        again)."""
+        outcomes: list[tuple[bool, Any]] = []
+        if self.sqlite:
+            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+        try:
+            with conn.begin():
+                raw = conn.connection.driver_connection
+                if locks:
+                    self._lock_rows(conn, locks)  # type: ignore[misc]
+                for work, _, _ in batch:
+                    if savepoints:
+                        raw.execute("SAVEPOINT cs_req")
+                    try:
+                        value = work(conn)
+                    except Exception as exc:
+                        if _transient(exc):
+                            raise  # the transaction is lost: the whole batch runs again
+                        outcomes.append((False, exc))
+                        if not savepoints:  # its writes (and the batch's) go with the rollback
+                            raise _Retry() from exc
+                        raw.execute("ROLLBACK TO cs_req")
+                        raw.execute("RELEASE cs_req")
+                    else:
+                        if savepoints:
+                            raw.execute("RELEASE cs_req")
+                        outcomes.append((True, value))
+        except _Retry:
+            return outcomes if len(batch) == 1 else None
+        return outcomes
 
 
 class _Retry(Exception):
     """A request failed in an optimistic batch: roll it all back and run it again."""
 
 
-def _attempt(conn: Connection, batch: list[_Item], *,
-             savepoints: bool) -> list[tuple[bool, Any]] | None:
-    """Run ``batch`` in one ``BEGIN IMMEDIATE`` transaction; its outcomes, or ``None`` when
-    (without savepoints) a request of a batch of several failed and nothing was kept."""
-    outcomes: list[tuple[bool, Any]] = []
-    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-    try:
-        with conn.begin():
-            raw = conn.connection.driver_connection
-            for work, _ in batch:
-                if savepoints:
-                    raw.execute("SAVEPOINT cs_req")
-                try:
-                    value = work(conn)
-                except Exception as exc:
-                    outcomes.append((False, exc))
-                    if not savepoints:  # its writes (and the batch's) go with the rollback
-                        raise _Retry() from exc
-                    raw.execute("ROLLBACK TO cs_req")
-                    raw.execute("RELEASE cs_req")
-                else:
-                    if savepoints:
-                        raw.execute("RELEASE cs_req")
-                    outcomes.append((True, value))
-    except _Retry:
-        return outcomes if len(batch) == 1 else None
-    return outcomes
+def _transient(exc: BaseException) -> bool:
+    """A PostgreSQL deadlock or serialization failure: the transaction may succeed if run
+    again (SQLSTATE class 40)."""
+    while exc is not None:
+        code = getattr(exc, "sqlstate", None)
+        if isinstance(code, str) and code.startswith("40"):
+            return True
+        exc = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's
+    return False

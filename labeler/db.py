@@ -30,15 +30,8 @@ def is_sqlite(engine_or_url: Engine | str | sa.URL) -> bool:
     return sa.make_url(str(engine_or_url)).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, pool_size: int = 10, echo: bool = False,
-                durable: bool = True) -> Engine:
-    """Create an engine for ``url`` with the pragmas/pooling crowdsight relies on.
-
-    ``durable=False`` (PostgreSQL only) makes every commit on this engine asynchronous
-    (``synchronous_commit=off``: no wait for the WAL flush, still atomic and crash-safe
-    for consistency). The labeler uses such an engine only for leases, which may be lost in
-    a server crash without harm (the tile goes back to the queue); labels always go through
-    the durable engine."""
+def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
+    """Create an engine for ``url`` with the pragmas/pooling crowdsight relies on."""
     u = sa.make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -73,12 +66,10 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False,
         return engine
     if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
-    connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
     return sa.create_engine(
         u, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size,
         # No pre-ping (a round trip per checkout on the hot path); recycle instead.
         pool_pre_ping=False, pool_recycle=1800,
-        connect_args=connect_args,
     )
 
 

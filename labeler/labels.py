@@ -217,6 +217,13 @@ def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[Label
     return dup
 
 
+def lock_tiles(conn: Connection, tile_ids: list[int]) -> None:
+    """Lock the rows of ``tile_ids`` (PostgreSQL, in id order) until the transaction ends: a
+    group-committed batch (:mod:`labeler.batch`) takes its submissions' tiles up front."""
+    run(conn, "SELECT id FROM tiles WHERE id = ANY(:ids) ORDER BY id FOR UPDATE",
+        {"ids": [int(t) for t in tile_ids]})
+
+
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
            labels: list[LabelIn], *, task_key: bytes | None = None) -> SubmitResult:
     """Store ``labels`` (already shape-checked by :func:`parse_submission`) all-or-nothing.
