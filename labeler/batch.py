@@ -29,12 +29,15 @@ holds it, the drain task waits for it in a worker thread, so the loop keeps read
 while the other process commits.
 
 PostgreSQL: the workers' batches run concurrently, kept apart by row locks. A request may name
-the rows it will lock (``run(work, locks=...)``, e.g. the tiles a submission labels); the batch
-locks all of them first, in one statement and in key order, so two batches can never take the
-same rows in opposite orders (a deadlock, which PostgreSQL would break only after
-``deadlock_timeout``). Claims lock with ``SKIP LOCKED`` and never wait. Should a deadlock or a
-serialization failure happen anyway, the whole batch runs again (at most ``TRANSIENT_TRIES``
-times).
+the rows it will lock (``run(work, locks=...)``, e.g. the tiles a submission labels). A batch
+first locks all of them in one statement, in key order, with ``SKIP LOCKED``: the requests
+whose rows it got run now; those whose rows another worker's batch holds go back to the front
+of the queue for the next batch (at most ``MAX_DEFER`` times; then the batch waits for their
+rows in a worker thread, the loop still reading requests). So the two workers run their
+batches side by side on different tiles instead of one after the other, and never wait for
+each other while holding rows (no deadlocks). Claims lock with ``SKIP LOCKED`` too. Should a
+deadlock or a serialization failure happen anyway, the whole batch runs again (at most
+``TRANSIENT_TRIES`` times).
 
 Requests of one batch run one after another in the same transaction, so later ones see the
 earlier ones' writes exactly as if they had been separate transactions in that order.
@@ -57,12 +60,25 @@ MAX_BATCH = 64
 #: PostgreSQL: runs of a batch that hit a deadlock or serialization failure before its
 #: requests get that error.
 TRANSIENT_TRIES = 3
+#: PostgreSQL: batches a request may be put off to because another worker's batch holds its
+#: rows; the next one waits for them.
+MAX_DEFER = 3
 
 Work = Callable[[Connection], Any]
-#: ``lock_rows(conn, keys)``: lock the rows named by ``keys`` (sorted, distinct) for the rest
-#: of the transaction (PostgreSQL batches, see the module doc).
-LockRows = Callable[[Connection, list[Any]], None]
-_Item = tuple[Work, "asyncio.Future[Any]", tuple[Any, ...]]
+#: ``lock_rows(conn, keys, wait)``: lock the rows named by ``keys`` (sorted, distinct) for the
+#: rest of the transaction and return the keys locked (PostgreSQL batches, see the module
+#: doc); without ``wait``, rows another transaction holds are skipped (``SKIP LOCKED``).
+LockRows = Callable[[Connection, list[Any], bool], Iterable[Any]]
+
+
+class _Item:
+    __slots__ = ("work", "fut", "keys", "deferred")
+
+    def __init__(self, work: Work, fut: "asyncio.Future[Any]", keys: tuple[Any, ...]) -> None:
+        self.work = work
+        self.fut = fut
+        self.keys = keys
+        self.deferred = 0
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -91,7 +107,8 @@ class GroupCommitter:
         self._lock = writer_lock(engine) if self.sqlite else None
         self._lock_rows = None if self.sqlite else lock_rows
         self._queues: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
-        self._conn: Connection | None = None  # kept across batches
+        # one connection per event loop, kept across batches
+        self._conns: dict[asyncio.AbstractEventLoop, Connection] = {}
 
     async def run(self, work: Work, *, locks: Iterable[Any] = ()) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
@@ -103,12 +120,16 @@ class GroupCommitter:
         if queue is None:
             queue = self._queues[loop] = []
             loop.create_task(self._drain(loop, queue))
-        queue.append((work, fut, tuple(locks)))
+        queue.append(_Item(work, fut, tuple(locks)))
         return await fut
 
     def close(self) -> None:
-        """Close the kept connection (idempotent; call when no request is in flight)."""
-        conn, self._conn = self._conn, None
+        """Close the kept connections (idempotent; call when no request is in flight)."""
+        for loop in list(self._conns):
+            self._close(loop)
+
+    def _close(self, loop: asyncio.AbstractEventLoop) -> None:
+        conn = self._conns.pop(loop, None)
         if conn is not None:
             conn.close()
 
@@ -123,19 +144,20 @@ class GroupCommitter:
                     batch = queue[:self.max_batch]
                     del queue[:len(batch)]
                     try:
-                        outcomes = self._run_batch(batch)
+                        batch, outcomes, later = await self._run_batch(loop, batch)
+                        queue[:0] = later  # their rows were taken: first in the next batch
                     except Exception as exc:  # BEGIN or COMMIT failed: nothing is stored
                         outcomes = [(False, exc)] * len(batch)
                 finally:
                     if self._lock is not None:
                         self._lock.release()
-                for (_, fut, _), (ok, value) in zip(batch, outcomes):
-                    _resolve(fut, ok, value)
+                for item, (ok, value) in zip(batch, outcomes):
+                    _resolve(item.fut, ok, value)
         finally:
             if self._queues.get(loop) is queue:
                 del self._queues[loop]
-            for _, fut, _ in queue:  # cancelled (the loop is closing): nobody is served
-                _resolve(fut, False, RuntimeError("the server is shutting down"))
+            for item in queue:  # cancelled (the loop is closing): nobody is served
+                _resolve(item.fut, False, RuntimeError("the server is shutting down"))
 
     @staticmethod
     async def _acquire(lock: Any) -> None:
@@ -156,52 +178,85 @@ class GroupCommitter:
             raise
         lock.adopt()
 
-    def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        # One connection for the committer's life (no pool checkout and return per batch);
-        # a batch whose BEGIN or COMMIT fails closes it, the next one opens a new one.
-        if self._conn is None:
-            self._conn = self.engine.connect()
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]
+                         ) -> tuple[list[_Item], list[tuple[bool, Any]], list[_Item]]:
+        """``(items run, their outcomes, items put off to the next batch)``."""
+        # One connection for the committer's life in this loop (no pool checkout and return
+        # per batch); a batch whose BEGIN or COMMIT fails closes it, the next one opens anew.
+        conn = self._conns.get(loop)
+        if conn is None:
+            conn = self._conns[loop] = self.engine.connect()
         try:
-            return self._run_batch_on(self._conn, batch)
+            return await self._run_batch_on(conn, batch)
         except BaseException:
-            self.close()
+            self._close(loop)
             raise
 
-    def _run_batch_on(self, conn: Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
+    async def _run_batch_on(self, conn: Connection, batch: list[_Item]
+                            ) -> tuple[list[_Item], list[tuple[bool, Any]], list[_Item]]:
         # Optimistically without savepoints (two statements per request saved): requests
         # rarely fail. When one does, the transaction is rolled back and the batch runs again
         # with a savepoint per request, so only the failed one loses its writes.
-        locks = sorted({k for _, _, keys in batch for k in keys}) if self._lock_rows else []
+        later: list[_Item] = []
         for tries in range(1, TRANSIENT_TRIES + 1):
             try:
-                outcomes = self._attempt(conn, batch, locks, savepoints=False)
-                if outcomes is None:
-                    outcomes = self._attempt(conn, batch, locks, savepoints=True)
-                return outcomes
+                outcomes = None
+                for savepoints in (False, True):
+                    batch, put_off = await self._lock_first(conn, batch)
+                    later += put_off
+                    outcomes = self._attempt(conn, batch, savepoints=savepoints)
+                    if outcomes is not None:
+                        break
+                return batch, outcomes, later  # type: ignore[return-value]
             except Exception as exc:
                 if tries == TRANSIENT_TRIES or not _transient(exc):
                     raise
         raise AssertionError("unreachable")
 
-    def _attempt(self, conn: Connection, batch: list[_Item], locks: list[Any], *,
+    async def _lock_first(self, conn: Connection, batch: list[_Item]
+                          ) -> tuple[list[_Item], list[_Item]]:
+        """Open the batch's transaction by locking the rows its requests name (PostgreSQL);
+        ``(requests to run now, requests put off)``. Rows no other transaction holds are
+        taken at once, on the loop; a request whose rows are held elsewhere is put off to the
+        next batch, unless it was put off ``MAX_DEFER`` times already or nothing else could
+        run: then the rows are waited for in a worker thread, so this loop keeps reading
+        requests meanwhile. The transaction is the driver's implicit one, which
+        :meth:`_attempt` continues."""
+        keys = sorted({k for item in batch for k in item.keys}) if self._lock_rows else []
+        if not keys:
+            return batch, []
+        lock_rows: LockRows = self._lock_rows  # type: ignore[assignment]
+        if all(item.deferred < MAX_DEFER for item in batch):
+            got = set(lock_rows(conn, keys, False))
+            if len(got) == len(keys):
+                return batch, []
+            now = [item for item in batch if got.issuperset(item.keys)]
+            if now:
+                later = [item for item in batch if not got.issuperset(item.keys)]
+                for item in later:
+                    item.deferred += 1
+                return now, later
+            conn.connection.driver_connection.rollback()  # nothing could run: wait instead
+        await anyio.to_thread.run_sync(lock_rows, conn, keys, True)
+        return batch, []
+
+    def _attempt(self, conn: Connection, batch: list[_Item], *,
                  savepoints: bool) -> list[tuple[bool, Any]] | None:
-        """Run ``batch`` in one transaction (``BEGIN IMMEDIATE`` on SQLite); its outcomes, or
-        ``None`` when (without savepoints) a request of a batch of several failed and nothing
-        was kept. A deadlock or serialization failure is raised (the caller runs the batch
-        again)."""
+        """Run ``batch`` in one transaction (``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL the
+        one :meth:`_lock_first` may have opened); its outcomes, or ``None`` when (without
+        savepoints) a request of a batch of several failed and nothing was kept. A deadlock
+        or serialization failure is raised (the caller runs the batch again)."""
         outcomes: list[tuple[bool, Any]] = []
         if self.sqlite:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
         try:
             with conn.begin():
                 raw = conn.connection.driver_connection
-                if locks:
-                    self._lock_rows(conn, locks)  # type: ignore[misc]
-                for work, _, _ in batch:
+                for item in batch:
                     if savepoints:
                         raw.execute("SAVEPOINT cs_req")
                     try:
-                        value = work(conn)
+                        value = item.work(conn)
                     except Exception as exc:
                         if _transient(exc):
                             raise  # the transaction is lost: the whole batch runs again

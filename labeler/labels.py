@@ -217,11 +217,13 @@ def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[Label
     return dup
 
 
-def lock_tiles(conn: Connection, tile_ids: list[int]) -> None:
-    """Lock the rows of ``tile_ids`` (PostgreSQL, in id order) until the transaction ends: a
-    group-committed batch (:mod:`labeler.batch`) takes its submissions' tiles up front."""
-    run(conn, "SELECT id FROM tiles WHERE id = ANY(:ids) ORDER BY id FOR UPDATE",
-        {"ids": [int(t) for t in tile_ids]})
+def lock_tiles(conn: Connection, tile_ids: list[int], wait: bool = True) -> list[int]:
+    """Lock the rows of ``tile_ids`` (PostgreSQL, in id order) until the transaction ends and
+    return the ids locked: a group-committed batch (:mod:`labeler.batch`) takes its
+    submissions' tiles up front. Without ``wait``, rows another transaction holds are skipped."""
+    return [r[0] for r in run(
+        conn, "SELECT id FROM tiles WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        + ("" if wait else " SKIP LOCKED"), {"ids": [int(t) for t in tile_ids]})]
 
 
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,

@@ -1,16 +1,24 @@
-"""Group commit (labeler.batch): one transaction per batch, one savepoint per request."""
+"""Group commit (labeler.batch): one transaction per batch, one savepoint per request.
+
+The tests on ``any_engine`` run on SQLite and PostgreSQL: there the two workers' batches run
+side by side, so a batch locks the rows its requests name up front, in key order, skipping
+rows another batch holds (their requests wait for the next batch), and runs again after a
+deadlock or serialization failure."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from labeler.batch import GroupCommitter
 from labeler.db import make_engine
+from labeler.sql import run
 from labeler.testing import run_async
 
 
@@ -32,6 +40,22 @@ def _insert(key: str):  # type: ignore[no-untyped-def]
     return work
 
 
+@pytest.fixture
+def any_engine(db_url: str):  # type: ignore[no-untyped-def]
+    eng = make_engine(db_url, pool_size=3)
+    with eng.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (k VARCHAR(20) PRIMARY KEY)")
+    yield eng
+    eng.dispose()
+
+
+def _insert_any(key: str):  # type: ignore[no-untyped-def]
+    def work(conn: sa.Connection) -> str:
+        run(conn, "INSERT INTO t (k) VALUES (:k)", {"k": key})
+        return key
+    return work
+
+
 def _keys(engine: sa.Engine) -> set[str]:
     with engine.connect() as conn:
         return {r[0] for r in conn.exec_driver_sql("SELECT k FROM t")}
@@ -42,9 +66,9 @@ def test_concurrent_requests_share_a_transaction_and_fail_alone(engine: sa.Engin
     batches: list[int] = []
     real = gc._run_batch
 
-    def counting(batch):  # type: ignore[no-untyped-def]
+    async def counting(loop, batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
-        return real(batch)
+        return await real(loop, batch)
 
     gc._run_batch = counting  # type: ignore[method-assign]
     keys = [f"k{i}" for i in range(20)] + ["bad1", "bad2"]
@@ -74,7 +98,7 @@ def test_the_event_loop_keeps_running_while_another_writer_holds_the_lock(
     gc = GroupCommitter(engine)
     batches: list[int] = []
     real = gc._run_batch
-    gc._run_batch = lambda batch: (batches.append(len(batch)), real(batch))[1]  # type: ignore
+    gc._run_batch = lambda loop, batch: (batches.append(len(batch)), real(loop, batch))[1]  # type: ignore
     lock = writer_lock(engine)
     held, release = threading.Event(), threading.Event()
 
@@ -144,3 +168,135 @@ def test_a_failed_commit_acknowledges_nobody(engine: sa.Engine) -> None:
     assert isinstance(x, sa.exc.IntegrityError) and isinstance(o, sa.exc.IntegrityError)
     assert "FOREIGN KEY" in str(o)
     assert _keys(engine) == set()
+
+
+def test_a_failing_request_is_rolled_back_alone_and_rows_are_locked_in_key_order(
+        any_engine: sa.Engine) -> None:
+    engine = any_engine
+    locked: list[list[int]] = []
+    gc = GroupCommitter(engine, lock_rows=lambda conn, keys, wait: locked.append(keys) or keys)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(  # queued in the same loop iteration: one batch
+            gc.run(_insert_any("a"), locks=[7, 3]), gc.run(_insert_any("a")),
+            gc.run(_insert_any("b"), locks=[3, 5]), return_exceptions=True)
+
+    try:
+        got = run_async(main)
+    finally:
+        gc.close()
+    assert got[0] == "a" and got[2] == "b"
+    assert isinstance(got[1], Exception) and "unique" in str(got[1]).lower()
+    assert sorted(_keys(engine)) == ["a", "b"]
+    if engine.dialect.name == "postgresql":
+        # the optimistic run (failed) and the run with savepoints each lock all the rows the
+        # batch names, once, sorted: two workers' batches never lock in opposite orders
+        assert locked == [[3, 5, 7], [3, 5, 7]]
+    else:  # SQLite serialises writers with its write lock instead
+        assert locked == []
+
+
+def test_a_batch_runs_again_after_a_deadlock(any_engine: sa.Engine) -> None:
+    """A deadlock (or serialization failure) loses the whole transaction, not one request's
+    writes: the batch runs again from the start, and every write lands exactly once."""
+    engine = any_engine
+    gc = GroupCommitter(engine)
+    calls: list[int] = []
+
+    def victim(conn: sa.Connection) -> str:
+        calls.append(1)
+        run(conn, "INSERT INTO t (k) VALUES (:k)", {"k": f"v{len(calls)}"})
+        if len(calls) < 3:  # twice: a second run with savepoints would hand it the error
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "ok"
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(gc.run(_insert_any("x")), gc.run(victim), gc.run(_insert_any("y")))
+
+    try:
+        got = run_async(main)
+    finally:
+        gc.close()
+    assert got == ["x", "ok", "y"]
+    assert len(calls) == 3
+    assert sorted(_keys(engine)) == ["v3", "x", "y"]  # the failed runs' writes were all rolled back
+
+
+def test_a_batch_gives_up_after_repeated_deadlocks(any_engine: sa.Engine) -> None:
+    from labeler import batch
+
+    engine = any_engine
+    gc = GroupCommitter(engine)
+    calls: list[int] = []
+
+    def always(conn: sa.Connection) -> None:
+        calls.append(1)
+        raise psycopg.errors.SerializationFailure("could not serialize access")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(gc.run(_insert_any("x")), gc.run(always),
+                                    return_exceptions=True)
+
+    try:
+        got = run_async(main)
+    finally:
+        gc.close()
+    assert all(isinstance(g, psycopg.errors.SerializationFailure) for g in got)
+    assert len(calls) == batch.TRANSIENT_TRIES
+    assert sorted(_keys(engine)) == []
+
+
+def test_requests_whose_rows_another_batch_holds_go_to_the_next_batch(any_engine: sa.Engine) -> None:
+    """Rows held elsewhere are skipped, not waited for: the requests that got theirs run; the
+    others run in the next batch — waiting for their rows (in a worker thread) only once
+    nothing else could run."""
+    engine = any_engine
+    calls: list[tuple[list[int], bool]] = []
+
+    def lock_rows(conn: sa.Connection, keys: list[int], wait: bool) -> list[int]:
+        calls.append((keys, wait))
+        return keys if wait else [k for k in keys if k != 2]  # row 2: "held by the other"
+
+    gc = GroupCommitter(engine, lock_rows=lock_rows)
+    order: list[str] = []
+
+    def step(key: str) -> Any:
+        def work(conn: sa.Connection) -> str:
+            order.append(key)
+            return _insert_any(key)(conn)
+        return work
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(gc.run(step("a"), locks=[1]), gc.run(step("b"), locks=[2]),
+                                    gc.run(step("c")))
+
+    try:
+        got = run_async(main)
+    finally:
+        gc.close()
+    assert got == ["a", "b", "c"]
+    assert sorted(_keys(engine)) == ["a", "b", "c"]
+    if engine.dialect.name == "postgresql":
+        assert order == ["a", "c", "b"]  # b was put off to the next batch
+        assert calls == [([1, 2], False), ([2], False), ([2], True)]
+    else:
+        assert order == ["a", "b", "c"] and calls == []
+
+
+def test_lock_tiles_skips_rows_another_transaction_holds(settings: Any) -> None:
+    from labeler.labels import lock_tiles
+    from labeler.testing import seed_project
+
+    seed_project(settings, n_tiles=3, with_images=False)
+    engine = make_engine(settings.resolved_database_url, pool_size=3)
+    if engine.dialect.name != "postgresql":
+        engine.dispose()
+        pytest.skip("SQLite has no row locks (its writers are serialised)")
+    try:
+        with engine.connect() as conn:
+            ids = sorted(r[0] for r in conn.exec_driver_sql("SELECT id FROM tiles"))
+        with engine.begin() as other, engine.begin() as conn:
+            lock_tiles(other, [ids[1]])
+            assert lock_tiles(conn, [ids[2], ids[0], ids[1]], wait=False) == [ids[0], ids[2]]
+    finally:
+        engine.dispose()
