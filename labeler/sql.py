@@ -14,6 +14,7 @@ from collections import namedtuple
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.rows import tuple_row
 from sqlalchemy.engine import Connection, CursorResult
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -36,23 +37,29 @@ class _RowsAPI:
         return self.one()[0]
 
 
+#: row type per statement text (a statement's columns never change): the names are not
+#: rebuilt from ``cursor.description`` for every execution (psycopg builds a ``Column`` per
+#: column and call); ``False`` for a statement that returns no rows. One cache per backend:
+#: the two may name an unaliased column differently.
+_types: dict[str, Any] = {}
+_pg_types: dict[str, Any] = {}
+
+
+def _row_type(cursor: Any, sql: str, cache: dict[str, Any]) -> Any:
+    t = cache.get(sql)
+    if t is None:
+        desc = cursor.description
+        t = cache.setdefault(sql, namedtuple("Row", tuple(d[0] for d in desc), rename=True)
+                             if desc else False)  # type: ignore[misc]
+    return t
+
+
 class _Rows(_RowsAPI):
     """The part of SQLAlchemy's result API the hot path uses, over a raw sqlite3 cursor."""
 
-    #: row type per statement text (a statement's columns never change): the names are not
-    #: rebuilt from ``cursor.description`` for every execution
-    _types: dict[str, Any] = {}
-
     def __init__(self, cursor: Any, sql: str) -> None:
         self._cur = cursor
-        self._type = self._types.get(sql)
-        if self._type is None:
-            desc = cursor.description
-            if not desc:
-                return
-            names = tuple(d[0] for d in desc)
-            self._type = self._types.setdefault(
-                sql, namedtuple("Row", names, rename=True))  # type: ignore[misc]
+        self._type = _row_type(cursor, sql, _types)
 
     def __iter__(self) -> Any:
         return (self._type._make(r) for r in self._cur) if self._type else iter(())
@@ -66,19 +73,21 @@ class _Rows(_RowsAPI):
 
 
 class _PgRows(_RowsAPI):
-    """The same API over a psycopg cursor with named-tuple rows."""
+    """The same API over a psycopg cursor (tuple rows, made named tuples here)."""
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, sql: str) -> None:
         self._cur = cursor
+        self._type = _row_type(cursor, sql, _pg_types)
 
     def __iter__(self) -> Any:
-        return iter(self._cur.fetchall() if self._cur.description else ())
+        return iter(self.all())
 
     def all(self) -> list[Any]:
-        return self._cur.fetchall() if self._cur.description else []
+        return list(map(self._type._make, self._cur.fetchall())) if self._type else []
 
     def first(self) -> Any:
-        return self._cur.fetchone() if self._cur.description else None
+        r = self._cur.fetchone() if self._type else None
+        return None if r is None else self._type._make(r)
 
 
 class _NoRows(_RowsAPI):
@@ -115,14 +124,12 @@ def run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
             _pg_cache[sql] = pg
         # Straight to psycopg too, inside the connection's current transaction (or autocommit):
         # SQLAlchemy's per-statement result bookkeeping cost more than the statement.
-        from psycopg.rows import namedtuple_row
-
-        cur = conn.connection.driver_connection.cursor(row_factory=namedtuple_row)
+        cur = conn.connection.driver_connection.cursor(row_factory=tuple_row)
         if isinstance(params, list):
             cur.executemany(pg, params)
             return _NO_ROWS  # type: ignore[return-value]
         cur.execute(pg, params if params is not None else {})
-        return _PgRows(cur)  # type: ignore[return-value]
+        return _PgRows(cur, sql)  # type: ignore[return-value]
     return conn.exec_driver_sql(sql, params if params is not None else {})
 
 
