@@ -7,10 +7,11 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import shutil
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,9 +22,9 @@ import numpy as np
 from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError)
-from ingest.render import (BlockJob, BlockResult, LayerSpec, block_dir, block_levels,
-                           cv2_single_threaded, downsample2, encode_tile, preload,
-                           render_block, render_block_in_worker, work_dir)
+from ingest.render import (BlockJob, BlockResult, BlockWork, LayerSpec, block_dir, block_levels,
+                           cv2_single_threaded, downsample2, encode_tile, open_sources,
+                           preload, render_block, render_block_in_worker, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -33,7 +34,7 @@ from tiles.store import TileStore, atomic_write_json, check_layer, check_project
 
 ProgressFn = Callable[[int, int, str], None]
 MANIFEST_FORMAT = "crowdsight-manifest/1"
-RENDER_VERSION = 3  # bump when tile rendering changes, so old tiles are re-rendered
+RENDER_VERSION = 4  # bump when tile rendering changes, so old tiles are re-rendered
 DEFAULT_MAX_PIXELS = 2_000_000_000
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "lanczos", "average")
 
@@ -144,6 +145,7 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         specs: dict[str, LayerSpec] = {}
         jobs_by_layer: dict[str, list[BlockJob]] = {}
         stretches: dict[str, dict | None] = {}
+        fresh: set[str] = set()
         for name, li in infos.items():
             stretch = percentile_stretch(li, layer_bands[name])
             stretches[name] = stretch
@@ -155,6 +157,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                 min_zoom=min_zoom, resampling=resampling,
                 store_root=str(Path(store).absolute()), project=project)
             specs[name] = spec
+            if not ts.layer_dir(project, name).exists():
+                fresh.add(name)  # no tile of this layer on disk yet: nothing to prune later
             resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
             blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
             for x, y in candidates[name]:
@@ -202,7 +206,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
 
         # 6. prune stale tiles (other options / zooms), write the manifest ----------------
         for name in names:
-            _prune(ts, project, name, written[name], ext)
+            if name not in fresh:
+                _prune(ts, project, name, written[name], ext)
         manifest = _manifest(project, specs, infos, stretches, footprints, written, coverage,
                              zoom, min_zoom, tile_size, aoi)
         manifest["ingest_stats"] = {
@@ -491,7 +496,8 @@ def _jobs(jobs: int | None) -> int:
 
 def _run(all_jobs: list[BlockJob], jobs: int | None,
          scheduler: str | None) -> Iterator[BlockResult]:
-    """Yield block results as they finish: in-process, a process pool, or dask.distributed."""
+    """Yield block results as they finish: in-process, in this process plus forked workers,
+    or on dask.distributed."""
     if not all_jobs:
         return
     if scheduler:
@@ -499,23 +505,253 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
         return
     n = min(_jobs(jobs), len(all_jobs))
     if n == 1:
-        for job in all_jobs:
-            yield render_block(job)
+        with open_sources():
+            for job in all_jobs:
+                yield render_block(job)
         return
+    if os.environ.get("CROWDSIGHT_INGEST_WORKERS", "threads") == "processes":
+        yield from _run_processes(all_jobs, n)
+    else:
+        yield from _run_threads(all_jobs, n)
+
+
+def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
+    """``n`` threads render the blocks: this one and ``n - 1`` helpers, sharing tiles.
+
+    A thread that finds no tile waiting takes the next block and warps it
+    (:class:`~ingest.render.BlockWork`); the block's tiles then go to a shared queue that
+    every thread serves before it starts another block, so the work balances tile by tile
+    (the last block of a run is encoded by all threads) and at most about ``n`` blocks are in
+    memory. The heavy steps (GDAL reads, cv2, Pillow's encoders, file writes) release the
+    GIL. This thread yields finished blocks between its own work units, so the consumer's
+    pyramid runs here. An error stops every thread after its current unit and is raised here;
+    so is an interrupt of this thread.
+    """
+    preload(all_jobs[0].layer.ext)
+    cond = threading.Condition()
+    tiles: deque[tuple[BlockWork, Any]] = deque()  # (block, tile task) waiting
+    finished: deque[BlockResult] = deque()
+    remaining: dict[int, int] = {}  # id(block) -> tiles not yet written
+    state = {"next": 0, "busy": 0, "error": None, "stop": False}
+    total = len(all_jobs)
+
+    def idle() -> bool:  # under cond: nothing left to start
+        return not tiles and state["next"] >= total
+
+    def step() -> bool:
+        """Run one unit of work (a tile, or a new block); False when none is available."""
+        with cond:
+            if state["stop"]:
+                return False
+            if tiles:
+                work, task = tiles.popleft()
+                job = None
+            elif state["next"] < total:
+                job = all_jobs[state["next"]]
+                state["next"] += 1
+            else:
+                return False
+            state["busy"] += 1
+        try:
+            if job is not None:
+                work = BlockWork(job)
+                if work.tasks:
+                    with cond:
+                        remaining[id(work)] = len(work.tasks)
+                        tiles.extend((work, t) for t in work.tasks)
+                        cond.notify_all()
+                    return True
+            else:
+                work.write_tile(task)
+                with cond:
+                    remaining[id(work)] -= 1
+                    if remaining[id(work)]:
+                        return True
+                    del remaining[id(work)]
+            res = work.finish()
+            with cond:
+                finished.append(res)
+            return True
+        except BaseException as exc:
+            with cond:
+                if state["error"] is None:
+                    state["error"] = exc
+                state["stop"] = True
+            raise
+        finally:
+            with cond:
+                state["busy"] -= 1
+                cond.notify_all()
+
+    def helper() -> None:
+        with open_sources():
+            while True:
+                try:
+                    if step():
+                        continue
+                except BaseException:  # noqa: BLE001 - recorded in state, raised by the caller
+                    return
+                with cond:
+                    while not state["stop"] and idle() and state["busy"]:
+                        cond.wait()  # more tiles may come from a block being warped
+                    if state["stop"] or (idle() and not state["busy"]):
+                        return
+
+    helpers = [threading.Thread(target=helper, name=f"crowdsight-ingest-{k}", daemon=True)
+               for k in range(n - 1)]
+    with cv2_single_threaded():  # the threads are the parallelism (see cv2_single_threaded)
+        for t in helpers:
+            t.start()
+        try:
+            with open_sources():
+                while True:
+                    ran = step()
+                    while finished:
+                        yield finished.popleft()
+                    if ran:
+                        continue
+                    with cond:
+                        if state["error"] is not None:
+                            raise state["error"]
+                        if finished or not idle():
+                            continue  # a helper finished a block or queued tiles meanwhile
+                        if not state["busy"]:
+                            break
+                        cond.wait()
+            with cond:
+                if state["error"] is not None:
+                    raise state["error"]
+            while finished:
+                yield finished.popleft()
+        finally:
+            with cond:
+                state["stop"] = True
+                cond.notify_all()
+            for t in helpers:
+                t.join()
+
+
+def _run_processes(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
+    """``n`` processes render the blocks: this one and ``n - 1`` forked workers.
+
+    Each process takes the next unclaimed block (a shared counter) until none is left, so
+    the work balances itself block by block; workers send their results through a queue,
+    which this process drains after each of its own blocks and at the end. This process
+    working too (instead of waiting on a pool of ``n``) spares a fork, a pool's start-up and
+    the pickling of its own results; it also runs the consumer's pyramid steps between its
+    blocks. On an error or interrupt the workers are stopped at once (SIGTERM), as a pool's
+    ``terminate()`` would; a worker that dies without reporting fails the ingest instead of
+    hanging it.
+    """
     preload(all_jobs[0].layer.ext)  # once here, inherited by forked workers
     # fork is cheap and safe while we are single-threaded; otherwise use a clean forkserver
     method = "fork" if threading.active_count() == 1 and os.name == "posix" else "forkserver"
     ctx = multiprocessing.get_context(method)
-    with cv2_single_threaded():  # for the pool's whole life: it forks new workers later too
-        pool = ctx.Pool(n, maxtasksperchild=64)
+    counter = ctx.Value("q", 0)  # index of the next unclaimed job
+    results = ctx.Queue()
+    total = len(all_jobs)
+    with cv2_single_threaded():  # workers fork with cv2's threads stopped (see docstring)
+        workers = [ctx.Process(target=_worker, args=(all_jobs, counter, results),
+                               name=f"crowdsight-ingest-{k}", daemon=True)
+                   for k in range(n - 1)]
+        for w in workers:
+            w.start()
+        pending = total
         try:
-            yield from pool.imap_unordered(render_block_in_worker, all_jobs, chunksize=1)
-            pool.close()
+            with open_sources():
+                while (i := _claim(counter, total)) is not None:
+                    res = render_block(all_jobs[i])
+                    pending -= 1
+                    yield res
+                    while pending:
+                        try:
+                            msg = results.get_nowait()
+                        except queue.Empty:
+                            break
+                        pending -= 1
+                        yield _unwrap(msg)
+            while pending:
+                try:
+                    msg = results.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers) and results.empty():
+                        codes = ", ".join(str(w.exitcode) for w in workers)
+                        raise IngestError(
+                            f"{pending} block(s) were never rendered: a worker process "
+                            f"ended early (exit codes {codes}; out of memory?); re-run the "
+                            "ingest to complete it") from None
+                    continue
+                pending -= 1
+                yield _unwrap(msg)
         except BaseException:
-            pool.terminate()
+            _stop(counter, total)
+            for w in workers:
+                if w.is_alive():
+                    w.terminate()
             raise
         finally:
-            pool.join()
+            for w in workers:
+                w.join()
+            results.close()
+            results.join_thread()
+
+
+def _claim(counter: Any, total: int) -> int | None:
+    """The next job index, or None when every job has been claimed."""
+    with counter.get_lock():
+        i = counter.value
+        if i >= total:
+            return None
+        counter.value = i + 1
+    return i
+
+
+def _stop(counter: Any, total: int) -> None:
+    """No process claims another job (a worker holding the lock is given 1 s)."""
+    lock = counter.get_lock()
+    if lock.acquire(timeout=1.0):
+        try:
+            counter.value = total
+        finally:
+            lock.release()
+
+
+def _worker(all_jobs: list[BlockJob], counter: Any, results: Any) -> None:
+    """A forked worker: render unclaimed blocks; send ``("ok", result)`` for each, or
+    ``("error", exception)`` and stop."""
+    try:
+        with open_sources():
+            while (i := _claim(counter, len(all_jobs))) is not None:
+                try:
+                    res = render_block_in_worker(all_jobs[i])
+                except KeyboardInterrupt:
+                    return  # Ctrl-C reaches the whole process group: the parent reports it
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    results.put(("error", _picklable(exc)))
+                    return
+                results.put(("ok", res))
+    finally:
+        results.close()
+        results.join_thread()  # every result is in the pipe before this process ends
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (as every IngestError does), else a RuntimeError
+    carrying its type and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _unwrap(msg: tuple[str, Any]) -> BlockResult:
+    kind, value = msg
+    if kind == "error":
+        raise value
+    return value
 
 
 def _run_dask(all_jobs: list[BlockJob], address: str) -> Iterator[BlockResult]:

@@ -61,12 +61,14 @@ def load_plugin(fmt: str) -> None:
         from PIL import WebPImagePlugin  # noqa: F401  (registers the WEBP encoder)
 
 
-def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> bytes:
+def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None, *,
+           opaque: bool | None = None) -> bytes:
     """Encode an ``(H, W)`` or ``(H, W, C)`` uint8 array (C = 1, 2, 3 or 4; 2/4 carry alpha).
 
     JPEG cannot store alpha: transparent pixels are composited over black. PNG and WebP keep
     alpha; a fully opaque alpha channel is dropped to save bytes. ``quality`` applies to JPEG
-    and WebP (defaults 85 / 80); PNG is lossless.
+    and WebP (defaults 85 / 80); PNG is lossless. ``opaque`` (every alpha is 255) spares the
+    check when the caller already knows it; it must be true to the array.
     """
     fmt = check_format(fmt)
     if array.dtype != np.uint8:
@@ -76,7 +78,9 @@ def encode(array: np.ndarray, fmt: str = "jpg", quality: int | None = None) -> b
     if array.ndim != 3 or array.shape[2] not in _MODES:
         raise EncodeError(f"tile array must be (H, W, 1..4), got shape {array.shape}")
     channels = array.shape[2]
-    if channels in (2, 4) and (fmt not in ALPHA_FORMATS or array[..., -1].min() == 255):
+    if opaque is None and channels in (2, 4):
+        opaque = bool(array[..., -1].min() == 255)
+    if channels in (2, 4) and (fmt not in ALPHA_FORMATS or opaque):
         array = flatten_alpha(array)
         channels -= 1
     if channels == 1:

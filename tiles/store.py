@@ -54,9 +54,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     The temporary name is ``.{name}.{pid}-{n}.tmp``, created with ``O_EXCL`` (unique per
     process without ``tempfile``'s random names and extra ``chmod``); no fsync.
     """
-    path = Path(path)
+    directory, name = os.path.split(os.fspath(path))
+    _atomic_write_in(directory, name, data)
+
+
+def _atomic_write_in(directory: str, name: str, data: bytes) -> None:
+    """:func:`atomic_write` of ``directory/name`` (plain strings: no ``Path`` objects)."""
+    path = os.path.join(directory, name)
     while True:
-        tmp = os.path.join(path.parent, f".{path.name}.{os.getpid()}-{next(_tmp_counter)}.tmp")
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}-{next(_tmp_counter)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
             break
@@ -159,6 +165,11 @@ class TileStore:
                              f"check that {self.root} is writable and has free space") from exc
         return path
 
+    def layer_writer(self, project: str, layer: str, ext: str) -> "LayerWriter":
+        """A :class:`LayerWriter` for many tiles of one layer and format (checks the names
+        once, then builds plain string paths)."""
+        return LayerWriter(str(self.layer_dir(project, layer)), check_ext(ext))
+
     def check_writable(self, project: str) -> Path:
         """Create the project folder and prove we can write in it (raises StoreError)."""
         pdir = self.project_dir(project)
@@ -171,3 +182,30 @@ class TileStore:
             raise StoreError(f"tile store {pdir} is not writable ({exc.strerror or exc}); "
                              "choose another --store or fix its permissions") from exc
         return pdir
+
+
+class LayerWriter:
+    """Writes and checks the tiles of one layer and format, like :meth:`TileStore.write` and
+    :meth:`TileStore.exists` (same validation, same atomic writes, same errors), without
+    building and re-validating a ``Path`` per tile."""
+
+    def __init__(self, base: str, ext: str) -> None:
+        self.base, self.ext = base, ext
+        self._made: set[str] = set()
+
+    def exists(self, z: int, x: int, y: int) -> bool:
+        check_tile(z, x, y)
+        return os.path.isfile(f"{self.base}/{z}/{x}/{y}.{self.ext}")
+
+    def write(self, z: int, x: int, y: int, data: bytes) -> None:
+        check_tile(z, x, y)
+        directory = f"{self.base}/{z}/{x}"
+        name = f"{y}.{self.ext}"
+        try:
+            if directory not in self._made:
+                os.makedirs(directory, exist_ok=True)
+                self._made.add(directory)
+            _atomic_write_in(directory, name, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write tile {directory}/{name}: {exc.strerror or exc}; "
+                             f"check that {self.base} is writable and has free space") from exc

@@ -65,3 +65,41 @@ def test_tile_stats_match_per_tile_reductions() -> None:
     assert (mx[0, 0], mn[0, 0], mx[0, 1]) == (255, 255, 0)
     assert tile_coverage(alpha[2 * ts:, 2 * ts:]) == 0.001
     assert len(tile_stats(alpha, ts, with_sum=False)) == 2
+
+
+def test_unpremultiply_matches_the_rounded_division() -> None:
+    from ingest.render import unpremultiply
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    a[..., 3] = np.arange(64 * 64).reshape(64, 64) % 256  # every alpha value, 0 and 255 too
+    a[a[..., 3] == 0, :3] = 0  # premultiplied: no colour without alpha
+    a[..., :3] = np.minimum(a[..., :3], a[..., 3:])  # premultiplied colour <= alpha
+    view = a[:, :32]  # a strided view, as a tile of a block
+    got = unpremultiply(view)
+    al = view[..., 3:].astype(np.uint32)
+    want = view.copy()
+    partial = (view[..., 3] > 0) & (view[..., 3] < 255)
+    calc = np.minimum(255, (view[..., :3].astype(np.uint32) * 255 + al // 2) // np.maximum(al, 1))
+    want[partial, :3] = calc[partial]
+    assert got.flags.c_contiguous and np.array_equal(got, want)
+    assert np.array_equal(view, a[:, :32])  # the input is left alone
+
+
+def test_inside_is_the_complement_of_outside_at_the_float32_bounds() -> None:
+    from ingest.render import EDGE_EPS, _inside, _outside
+
+    sw, sh = 300, 200
+    rng = np.random.default_rng(6)
+    maps = rng.uniform(-3, 303, (40, 50, 2)).astype(np.float32)
+    edges = [np.float32(-0.5 - EDGE_EPS), np.float32(sw - 0.5 + EDGE_EPS),
+             np.float32(sh - 0.5 + EDGE_EPS)]
+    k = 0
+    for e in edges:  # each bound and its float32 neighbours, in x and in y
+        for v in (np.nextafter(e, np.float32(-1e9)), e, np.nextafter(e, np.float32(1e9))):
+            maps[k, 0] = (v, 10.0)
+            maps[k, 1] = (10.0, v)
+            k += 1
+    want = ~_outside(maps[..., 0], maps[..., 1], sw, sh)
+    assert np.array_equal(_inside(maps, sw, sh) > 0, want)
+    assert not want.all() and want.any()

@@ -69,3 +69,13 @@ def test_errors_and_media_types():
         encode(np.zeros((4, 4, 3), np.uint16), "png")
     with pytest.raises(EncodeError, match="shape"):
         encode(np.zeros((4, 4, 5), np.uint8), "png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpg"])
+def test_opaque_hint_gives_the_same_bytes(fmt):
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    a[..., 3] = 255
+    assert encode(a, fmt, opaque=True) == encode(a, fmt)
+    a[0, 0, 3] = 7
+    assert encode(a, fmt, opaque=False) == encode(a, fmt)

@@ -90,3 +90,21 @@ def test_check_writable(tmp_path):
     blocker.write_text("not a dir")
     with pytest.raises(StoreError, match="not writable"):
         TileStore(blocker).check_writable("proj")
+
+
+def test_layer_writer_writes_like_the_store(tmp_path):
+    s = TileStore(tmp_path)
+    w = s.layer_writer("p", "l", "png")
+    assert not w.exists(3, 1, 2)
+    w.write(3, 1, 2, b"abc")
+    assert w.exists(3, 1, 2) and s.read("p", "l", 3, 1, 2, "png") == b"abc"
+    w.write(3, 1, 2, b"new")  # replaced atomically
+    assert s.read("p", "l", 3, 1, 2, "png") == b"new"
+    assert [f for f in os.listdir(tmp_path / "p" / "l" / "3" / "1")] == ["2.png"]
+    with pytest.raises(InvalidTileError):
+        w.write(3, 8, 0, b"x")  # x out of range at z3
+    with pytest.raises(InvalidTileError):
+        s.layer_writer("p", "../x", "png")
+    (tmp_path / "p" / "l" / "4").write_text("a file where a folder should be")
+    with pytest.raises(StoreError, match="cannot write tile"):
+        w.write(4, 0, 0, b"x")

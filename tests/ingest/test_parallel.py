@@ -1,0 +1,194 @@
+"""Local parallel ingests: helper threads (default) and forked worker processes give the
+same tiles as an in-process run; errors, interrupts and dead workers end the run cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import ingest.pipeline as pipeline
+import ingest.render as render
+from ingest import ingest
+from ingest.errors import IngestError, StoreNotWritableError
+
+
+def _tiles(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.glob("p/*/*/*/*.*")}
+
+
+@pytest.fixture
+def mosaic(two_file_mosaic, pattern_fn):
+    """Two side-by-side files: blocks read one or both, so a tile may need two warps."""
+    left, right, _ = two_file_mosaic(pattern_fn(256, 512, 3))
+    return [left, right]
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_parallel_runs_give_byte_identical_tiles(tmp_path, monkeypatch, mosaic, workers, fmt):
+    one = ingest({"image": mosaic}, tmp_path / "one", "p", fmt=fmt, jobs=1, block=2, zoom=19)
+    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", workers)
+    two = ingest({"image": mosaic}, tmp_path / "two", "p", fmt=fmt, jobs=2, block=2, zoom=19)
+    a, b = _tiles(tmp_path / "one"), _tiles(tmp_path / "two")
+    assert len(a) > 8 and a == b
+    assert one["tasks"] == two["tasks"]
+    assert one["layers"]["image"]["tile_counts"] == two["layers"]["image"]["tile_counts"]
+
+
+def test_threads_share_the_tiles_of_a_block(tmp_path, make_tif, pattern_fn, monkeypatch):
+    """One big block and two threads: both threads encode tiles of it (the tail of a run is
+    balanced tile by tile, not block by block)."""
+    src = make_tif(pattern_fn(600, 600, 3))
+    who: dict[str, int] = {}
+    real = render.BlockWork.write_tile
+
+    def spy(self, task):
+        name = threading.current_thread().name
+        who[name] = who.get(name, 0) + 1
+        threading.Event().wait(0.002)  # leave the other thread time to take a tile
+        return real(self, task)
+
+    monkeypatch.setattr(render.BlockWork, "write_tile", spy)
+    m = ingest({"image": [src]}, tmp_path, "p", fmt="png", jobs=2, block=8)
+    assert 0 < sum(who.values()) <= m["ingest_stats"]["tiles_written"]
+    assert len(who) == 2, who
+
+
+def test_error_in_a_helper_thread_stops_the_run(tmp_path, mosaic, monkeypatch):
+    real = render.BlockWork.write_tile
+    before = threading.active_count()
+
+    def failing(self, task):
+        if threading.current_thread() is not threading.main_thread():
+            raise StoreNotWritableError("disk full (test)")
+        return real(self, task)
+
+    monkeypatch.setattr(render.BlockWork, "write_tile", failing)
+    with pytest.raises(StoreNotWritableError, match="disk full"):
+        ingest({"image": mosaic}, tmp_path, "p", fmt="png", jobs=2, block=1, zoom=19)
+    assert threading.active_count() == before
+    assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic):
+    before = threading.active_count()
+
+    def stop(done, total, stage):
+        if total and done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19, progress=stop)
+    assert threading.active_count() == before
+    done = ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19)
+    assert done["ingest_stats"]["blocks_resumed"] >= 1
+
+
+def _in_a_subprocess(tmp_path, mosaic, body: str) -> str:
+    """Run ``body`` in a fresh interpreter (single-threaded, so workers are forked and inherit
+    its monkeypatching; pytest-xdist's own threads would make the pool use a forkserver)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "os.environ['CROWDSIGHT_INGEST_WORKERS'] = 'processes'\n"
+        "import time\n"
+        "import ingest.pipeline as p, ingest.errors as e\n"
+        "real = p.render_block\n"
+        "def slow(job):  # so that the worker surely claims a block too\n"
+        "    time.sleep(0.05)\n"
+        "    return real(job)\n"
+        "p.render_block = slow\n"
+        f"{body}\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        f"        p.ingest({{'image': {[str(m) for m in mosaic]!r}}}, {str(tmp_path / 's')!r},"
+        " 'p', jobs=2, block=1, zoom=19)\n"
+        "        print('no error')\n"
+        "    except e.IngestError as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    return out.stdout.strip() + out.stderr[-2000:]
+
+
+def test_a_worker_process_that_dies_fails_the_ingest(tmp_path, mosaic):
+    """Without the liveness check the parent would wait for the lost block forever."""
+    out = _in_a_subprocess(tmp_path, mosaic,
+                           "p.render_block_in_worker = lambda job: os._exit(3)")
+    assert out.startswith("IngestError") and "ended early" in out, out
+    assert not (tmp_path / "s" / "p" / "manifest.json").exists()
+
+
+def test_error_in_a_worker_process_is_raised_in_the_parent(tmp_path, mosaic):
+    out = _in_a_subprocess(tmp_path, mosaic,
+                           "def failing(job):\n"
+                           "    raise e.StoreNotWritableError('no space (test)')\n"
+                           "p.render_block_in_worker = failing")
+    assert out.startswith("StoreNotWritableError no space (test)"), out
+
+
+def test_source_files_are_closed_after_the_ingest(tmp_path, mosaic):
+    ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19)
+    ingest({"image": mosaic}, tmp_path / "b", "p", jobs=1, block=1, zoom=19)
+    targets = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert not targets & {str(p) for p in mosaic}
+
+
+def test_open_sources_reuses_and_closes_datasets(make_tif):
+    from ingest.sources import describe
+
+    info = describe(make_tif(), 10**9)
+    with render.open_sources():
+        a, close_a = render._open_source(info)
+        b, close_b = render._open_source(info)
+        assert a is b and not close_a and not close_b
+    assert a.closed
+    c, close_c = render._open_source(info)  # outside: opened for one use
+    assert close_c
+    c.close()
+
+
+def test_all_valid_sources_skip_the_mask_read(tmp_path, make_tif, monkeypatch):
+    """GDAL reports one list of mask flags per band: an all-valid file needs no mask read."""
+    import rasterio.io
+
+    def no_mask(*a, **k):
+        raise AssertionError("dataset_mask read for an all-valid file")
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "dataset_mask", no_mask)
+    m = ingest({"image": [make_tif()]}, tmp_path, "p", fmt="png", jobs=1)
+    assert m["task_count"] > 0
+
+
+def test_block_records_store_the_top_raw_and_old_png_tops_still_resume(tmp_path, make_tif,
+                                                                       pattern_fn):
+    from PIL import Image
+
+    src = make_tif(pattern_fn(700, 700, 3))
+    store = tmp_path / "s"
+    first = ingest({"image": [src]}, store, "p", fmt="png", jobs=1, block=2)
+    blocks = store / "p" / ".crowdsight" / "image" / "blocks"
+    tops = sorted(blocks.glob("*.npy"))
+    assert tops and not list(blocks.glob("*.png"))
+    # a record from before this format: the top as PNG
+    top = np.load(tops[0])
+    tops[0].unlink()
+    Image.fromarray(top).save(tops[0].with_suffix(".png"))
+    rec = tops[0].with_suffix(".json")
+    body = json.loads(rec.read_text())
+    body["top"] = tops[0].with_suffix(".png").name
+    rec.write_text(json.dumps(body))
+    again = ingest({"image": [src]}, store, "p", fmt="png", jobs=1, block=2)
+    assert again["ingest_stats"]["tiles_written"] == 0
+    assert again["ingest_stats"]["blocks_resumed"] == len(list(blocks.glob("*.json")))
+    assert again["tasks"] == first["tasks"]
