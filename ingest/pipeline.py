@@ -509,10 +509,18 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
             for job in all_jobs:
                 yield render_block(job)
         return
-    if os.environ.get("CROWDSIGHT_INGEST_WORKERS", "threads") == "processes":
-        yield from _run_processes(all_jobs, n)
-    else:
+    forced = os.environ.get("CROWDSIGHT_INGEST_WORKERS")  # "threads" / "processes": tests, A/B
+    if forced == "threads" or (forced != "processes"
+                               and len(all_jobs) <= THREADS_UP_TO_BLOCKS_PER_JOB * n):
         yield from _run_threads(all_jobs, n)
+    else:
+        yield from _run_processes(all_jobs, n)
+
+
+#: a local parallel run with at most this many blocks per job uses threads that share the
+#: tiles of a block (small runs: no fork, and the last blocks are spread over every thread);
+#: longer runs use processes (measured: with many blocks, threads got ~1 core of 2)
+THREADS_UP_TO_BLOCKS_PER_JOB = 2
 
 
 def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:

@@ -40,6 +40,21 @@ def test_parallel_runs_give_byte_identical_tiles(tmp_path, monkeypatch, mosaic, 
     assert one["layers"]["image"]["tile_counts"] == two["layers"]["image"]["tile_counts"]
 
 
+def test_small_runs_use_threads_longer_runs_processes(tmp_path, mosaic, monkeypatch):
+    used = []
+    monkeypatch.delenv("CROWDSIGHT_INGEST_WORKERS", raising=False)
+    monkeypatch.setattr(pipeline, "_run_threads", lambda jobs, n: used.append(("t", len(jobs)))
+                        or iter(()))
+    monkeypatch.setattr(pipeline, "_run_processes", lambda jobs, n: used.append(("p", len(jobs)))
+                        or iter(()))
+    for block in (8, 1):  # the runners are stubs: no tile is rendered
+        ingest({"image": mosaic}, tmp_path / str(block), "p", jobs=2, block=block, zoom=19,
+               min_zoom=19)
+    (kind_few, n_few), (kind_many, n_many) = used
+    assert n_few <= 2 * pipeline.THREADS_UP_TO_BLOCKS_PER_JOB and kind_few == "t"
+    assert n_many > 2 * pipeline.THREADS_UP_TO_BLOCKS_PER_JOB and kind_many == "p"
+
+
 def test_threads_share_the_tiles_of_a_block(tmp_path, make_tif, pattern_fn, monkeypatch):
     """One big block and two threads: both threads encode tiles of it (the tail of a run is
     balanced tile by tile, not block by block)."""
@@ -60,6 +75,7 @@ def test_threads_share_the_tiles_of_a_block(tmp_path, make_tif, pattern_fn, monk
 
 
 def test_error_in_a_helper_thread_stops_the_run(tmp_path, mosaic, monkeypatch):
+    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", "threads")
     real = render.BlockWork.write_tile
     before = threading.active_count()
 
@@ -75,7 +91,8 @@ def test_error_in_a_helper_thread_stops_the_run(tmp_path, mosaic, monkeypatch):
     assert not (tmp_path / "p" / "manifest.json").exists()
 
 
-def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic):
+def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic, monkeypatch):
+    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", "threads")
     before = threading.active_count()
 
     def stop(done, total, stage):
