@@ -216,3 +216,69 @@ def test_the_server_process_freezes_its_startup_objects_for_the_gc(settings: Set
             assert client.get("/api/health").status_code == 200
     finally:
         gc.unfreeze()
+
+
+def _leases(settings: Settings) -> list[tuple[int, bool]]:
+    import sqlalchemy as sa
+
+    from labeler.db import make_engine
+
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return sorted((r[0], bool(r[1])) for r in conn.execute(
+                sa.text("SELECT tile_id, is_gold FROM leases")))
+    finally:
+        engine.dispose()
+
+
+def _answer(client: TestClient, h: dict[str, str], slug: str, task: dict[str, Any],
+            query: str) -> dict[str, Any]:
+    r = client.post(f"/api/projects/{slug}/labels?{query}", headers=h, json={
+        "task_id": task["task_id"], "labels": [
+            {"tile_id": task["tiles"][0]["tile_id"], "answer": "yes",
+             "idempotency_key": f"key-{task['task_id'][:12]}"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == 1
+    return r.json()
+
+
+def test_a_claim_sent_with_the_state_read_is_undone_when_not_needed(
+        make_client, settings: Settings) -> None:
+    """After a submission PostgreSQL claims the next task in the same round trip as the
+    volunteer's state; when the volunteer still holds a task (``next=1`` without ``ahead``),
+    that claim is given back: no stray lease, counters exact."""
+    from labeler.testing import assert_counters_consistent
+
+    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
+    c = make_client()
+    h = start_volunteer(c)
+    first = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    body = _answer(c, h, p.slug, first, "next=1")
+    assert body["next"]["task_id"] == first["ahead"]["task_id"]  # the task still held
+    held = first["ahead"]["tiles"][0]["tile_id"]
+    assert _leases(settings) == [(held, False)]
+    assert_counters_consistent(settings)
+    # the page's usual call claims one more, which is kept
+    body = _answer(c, h, p.slug, body["next"], "next=1&ahead=1")
+    assert body["next"]["ahead"] is None or body["next"]["task_id"] != first["ahead"]["task_id"]
+    assert len(_leases(settings)) == 2
+    assert_counters_consistent(settings)
+
+
+def test_a_claim_sent_with_the_state_read_is_undone_on_a_gold_turn(
+        make_client, settings: Settings) -> None:
+    from labeler.testing import assert_counters_consistent
+
+    p = seed_project(settings, n_tiles=4, gold=3, with_images=False, gold_rate=1.0)
+    c = make_client()
+    h = start_volunteer(c)
+    first = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    assert all(g for _, g in _leases(settings))  # two gold tasks
+    body = _answer(c, h, p.slug, first, "next=1&ahead=1")
+    # the turn after it is gold again (a third gold tile is left): the normal tile claimed
+    # with the state read went back
+    assert body["next"]["task_id"] == first["ahead"]["task_id"]
+    leases = _leases(settings)
+    assert len(leases) == 2 and all(g for _, g in leases)
+    assert_counters_consistent(settings)
