@@ -24,7 +24,7 @@ from labeler.errors import (
     ValidationError,
 )
 from labeler.db import write_tx
-from labeler.labels import PendingSubmit, parse_submission, start_submit, volunteer_stats
+from labeler.labels import parse_submission, submit_in, volunteer_stats
 from labeler.manifest import check_min_coverage, load_manifest
 from labeler.models import Label, Tile, Volunteer
 from labeler.projects import (
@@ -340,17 +340,15 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
 
 
 def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                ahead: bool = False, conn: Any = None, after_submit: Any = None
+                ahead: bool = False, conn: Any = None, after_submit: bool = False
                 ) -> tuple[list[Any], dict[str, int], int]:
     """The database half of ``next``: lease the task(s); with ``conn``, inside that (group
     committed) write transaction. The answer is shaped by :func:`_next_body` afterwards,
     outside the transaction, so building it does not lengthen the writer's critical
-    section (it holds the cross-process write lock). ``after_submit``: the just-stored
-    submission's ``PendingSubmit.send`` (a claim is then expected, see ``next_tasks``)."""
+    section (it holds the cross-process write lock)."""
     _require_tutorial(st, project, vid)
     tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn,
-                                   expect_claim=after_submit is not None,
-                                   prelude=after_submit)
+                                   expect_claim=after_submit)
     # Inside a group-committed transaction the progress counters are left to
     # :func:`_with_progress`, after the commit: on a cache miss they are an aggregate over the
     # project's tiles, which must not run while this worker holds the write lock.
@@ -389,15 +387,14 @@ def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], i
 
 
 def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
-                        near: tuple[float, float] | None, ahead: bool, conn: Any,
-                        pending: PendingSubmit) -> tuple[list[Any], dict[str, int], int] | None:
-    """``next`` after a submission (``pending``: its writes, sent before the claim reads
-    anything — on PostgreSQL in the same round trip): ``None`` when the project is not live or
-    its tutorial is required (the labels are stored either way; ``GET /next`` explains)."""
+                        near: tuple[float, float] | None, ahead: bool,
+                        conn: Any = None) -> tuple[list[Any], dict[str, int], int] | None:
+    """``next`` after a submission: ``None`` when the project is not live or its tutorial is
+    required (the labels are stored either way; ``GET /next`` explains)."""
     if project.status != "live":
         return None
     try:
-        return _next_parts(st, project, vid, near, ahead, conn, after_submit=pending.send)
+        return _next_parts(st, project, vid, near, ahead, conn, after_submit=True)
     except TutorialRequired:
         return None
 
@@ -455,10 +452,10 @@ async def submit_labels(request: Request) -> Response:
     # volunteers' concurrent requests (labeler.batch: group commit); the answer is sent only
     # after that transaction committed.
     def store(conn: Any) -> tuple[Any, Any]:
-        pending = start_submit(conn, project, session.id, task_id, labels, task_key=key)
-        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, pending)
+        result = submit_in(conn, project, session.id, task_id, labels, task_key=key)
+        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn)
                  if want_next else None)
-        return pending.finish(), parts
+        return result, parts
     result, parts = await st.committer.run(store, locks=[lb.tile_id for lb in labels])
     parts = await _with_progress(request, project, parts)
     # The answer is built after the commit, outside the batch's transaction.

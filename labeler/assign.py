@@ -286,8 +286,7 @@ class Assigner:
 
     def next_tasks(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
                    near: tuple[float, float] | None = None, now: datetime | None = None,
-                   conn: Connection | None = None, expect_claim: bool = False,
-                   prelude: Any = None) -> list[Task]:
+                   conn: Connection | None = None, expect_claim: bool = False) -> list[Task]:
         """Up to ``1 + ahead`` tasks for the volunteer, oldest first: the live ones they hold
         (leases renewed), then newly claimed ones. Every task is a separate lease counted
         against the tiles' targets, and never repeats a tile the volunteer holds or did.
@@ -299,9 +298,7 @@ class Assigner:
 
         ``expect_claim``: a new task will most likely be needed (the caller just stored the
         labels of one): on PostgreSQL the claim is then sent with the volunteer's state in one
-        round trip, and undone in the rare case it was not needed. ``prelude()``: sends the
-        caller's pending writes (:class:`labeler.labels.PendingSubmit`) on ``conn`` before
-        anything here is read — on PostgreSQL in that same pipeline."""
+        round trip, and undone in the rare case it was not needed."""
         now = now or utcnow()
         expires = now + timedelta(seconds=self.lease_seconds)
         near_xy = None
@@ -311,9 +308,8 @@ class Assigner:
         want = 1 + max(0, ahead)
         if conn is not None:
             tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
-                               expect_claim, prelude)
+                               expect_claim)
         else:
-            assert prelude is None, "a prelude needs the caller's transaction (conn)"
             with write_tx(self.engine) as tx:
                 tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want,
                                    expect_claim)
@@ -325,10 +321,8 @@ class Assigner:
 
     def _fill(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
               near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
-              want: int, expect_claim: bool = False, prelude: Any = None) -> list[Task]:
+              want: int, expect_claim: bool = False) -> list[Task]:
         pg = _pg(conn)
-        if prelude is not None and not (pg and expect_claim):
-            prelude()  # (else in the pipeline below)
 
         def reclaim(vid: int | None = None) -> int:
             return reclaim_expired(conn, project.id, now, volunteer_id=vid)
@@ -343,8 +337,6 @@ class Assigner:
                 # ... with the likely claim pipelined after it: still one round trip
                 lease = {"task_id": os.urandom(8).hex(), "e": expires_db, "now": now_db}
                 with conn.connection.driver_connection.pipeline():
-                    if prelude is not None:
-                        prelude()
                     state = _volunteer_state_pg(conn, params, want, expires, fresh)
                     claimed = self._claim_pg_send(conn, project, volunteer_id, near_xy, lease)
                 spec = (lease, self._claimed_tiles(project, claimed))

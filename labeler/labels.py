@@ -245,83 +245,6 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
               labels: list[LabelIn], *, task_key: bytes | None = None) -> SubmitResult:
     """:func:`submit` inside the caller's write transaction (``labeler.db.write_tx``), e.g.
     to claim the next task in the same transaction."""
-    return start_submit(conn, project, volunteer_id, task_id, labels,
-                        task_key=task_key).finish()
-
-
-class PendingSubmit:
-    """A submission checked and planned (:func:`start_submit`) whose writes are sent with
-    :meth:`send` and whose outcome :meth:`finish` reads. On PostgreSQL the writes are one
-    statement whose answer is needed only by ``finish``: sent inside a pipeline (the claim of
-    the next task, :meth:`labeler.assign.Assigner.next_tasks`' ``prelude``), it costs no round
-    trip of its own. Nothing is written before ``send``; ``finish`` sends if nobody did."""
-
-    def __init__(self, conn: Connection, volunteer_id: int, result: SubmitResult,
-                 fresh: list[LabelIn], tiles: dict[int, Any],
-                 plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]]) -> None:
-        self.conn = conn
-        self.volunteer_id = volunteer_id
-        self.result = result
-        self.fresh = fresh
-        self.tiles = tiles
-        self.plan = plan
-        self._sent: Any = None
-        self._inserted: set[int] | None = None
-
-    def send(self) -> None:
-        """Send the writes (once)."""
-        if self._sent is not None or self._inserted is not None or not self.plan:
-            return
-        conn = self.conn
-        if conn.dialect.name == "postgresql":
-            # One round trip: insert; for what went in, drop the leases and update the tiles.
-            sql, params = _pg_submit_sql(self.plan, self.volunteer_id)
-            self._sent = run(conn, sql, params)
-            return
-        inserted: set[int] = set()
-        for lb, row, _ in self.plan:
-            if run(conn, _INSERT_SQL, row).first() is not None:
-                inserted.add(lb.tile_id)
-        if inserted:
-            ids, params = id_params(sorted(inserted))
-            params["v"] = self.volunteer_id
-            run(conn, f"DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN {ids}", params)
-            updates = [upd for lb, _, upd in self.plan if upd and lb.tile_id in inserted]
-            if len(updates) == 1:
-                run(conn, _UPDATE_SQL, updates[0])
-            elif updates:
-                run(conn, _UPDATE_SQL, updates)
-        self._inserted = inserted
-
-    def finish(self) -> SubmitResult:
-        """The outcome (sends the writes first if nobody did)."""
-        result, fresh = self.result, self.fresh
-        if not self.plan:
-            return result
-        self.send()
-        if self._inserted is None:
-            self._inserted = {r[0] for r in self._sent.all()}
-        inserted = self._inserted
-        if len(inserted) < len(fresh):
-            # A concurrent request of the same volunteer got there first, or a key was reused.
-            late = _classify_duplicates(self.conn, self.volunteer_id,
-                                        [lb for lb in fresh if lb.tile_id not in inserted])
-            result.duplicates += len(late)
-        result.stored = len(inserted)
-        for lb in fresh:
-            tile = self.tiles[lb.tile_id]
-            if lb.tile_id in inserted and tile.gold_answer is not None and not lb.skipped:
-                result.feedback.append({
-                    "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
-                    "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
-        return result
-
-
-def start_submit(conn: Connection, project: ProjectConfig, volunteer_id: int, task_id: str,
-                 labels: list[LabelIn], *, task_key: bytes | None = None) -> PendingSubmit:
-    """Check ``labels`` against the database (locking their tiles on PostgreSQL) and plan the
-    writes, inside the caller's write transaction; raises like :func:`submit`. The writes
-    happen in :meth:`PendingSubmit.send` / :meth:`PendingSubmit.finish`."""
     result = SubmitResult()
     now = utcnow()
     lease_id = split_task_id(task_id)
@@ -360,7 +283,7 @@ def start_submit(conn: Connection, project: ProjectConfig, volunteer_id: int, ta
                         field=f"{f}.points.{j}")
         fresh.append(lb)
     if not fresh:
-        return PendingSubmit(conn, volunteer_id, result, fresh, tiles, [])
+        return result
     now_db = ts(conn, now)
     plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
     for lb in fresh:
@@ -385,7 +308,37 @@ def start_submit(conn: Connection, project: ProjectConfig, volunteer_id: int, ta
             upd = {**upd, "ac": js(conn, upd["ac"]),
                    "ra": now_db if upd["st"] != "live" else None}
         plan.append((lb, row, upd))
-    return PendingSubmit(conn, volunteer_id, result, fresh, tiles, plan)
+    inserted: set[int] = set()
+    if pg:
+        # One round trip: insert; for what went in, drop the leases and update the tiles.
+        sql, params = _pg_submit_sql(plan, volunteer_id)
+        inserted = {r[0] for r in run(conn, sql, params)}
+    else:
+        for lb, row, _ in plan:
+            if run(conn, _INSERT_SQL, row).first() is not None:
+                inserted.add(lb.tile_id)
+        if inserted:
+            ids, params = id_params(sorted(inserted))
+            params["v"] = volunteer_id
+            run(conn, f"DELETE FROM leases WHERE volunteer_id = :v AND tile_id IN {ids}", params)
+            updates = [upd for lb, _, upd in plan if upd and lb.tile_id in inserted]
+            if len(updates) == 1:
+                run(conn, _UPDATE_SQL, updates[0])
+            elif updates:
+                run(conn, _UPDATE_SQL, updates)
+    if len(inserted) < len(fresh):
+        # A concurrent request of the same volunteer got there first, or a key was reused.
+        late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh
+                                                         if lb.tile_id not in inserted])
+        result.duplicates += len(late)
+    result.stored = len(inserted)
+    for lb in fresh:
+        tile = tiles[lb.tile_id]
+        if lb.tile_id in inserted and tile.gold_answer is not None and not lb.skipped:
+            result.feedback.append({
+                "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
+                "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
+    return result
 
 
 def _check_late(project: ProjectConfig, volunteer_id: int, task_id: str, tile: Any, lb: LabelIn,
