@@ -340,15 +340,13 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
 
 
 def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                ahead: bool = False, conn: Any = None, after_submit: bool = False
-                ) -> tuple[list[Any], dict[str, int], int]:
+                ahead: bool = False, conn: Any = None) -> tuple[list[Any], dict[str, int], int]:
     """The database half of ``next``: lease the task(s); with ``conn``, inside that (group
     committed) write transaction. The answer is shaped by :func:`_next_body` afterwards,
     outside the transaction, so building it does not lengthen the writer's critical
     section (it holds the cross-process write lock)."""
     _require_tutorial(st, project, vid)
-    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn,
-                                   expect_claim=after_submit)
+    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
     # Inside a group-committed transaction the progress counters are left to
     # :func:`_with_progress`, after the commit: on a cache miss they are an aggregate over the
     # project's tiles, which must not run while this worker holds the write lock.
@@ -394,7 +392,7 @@ def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
     if project.status != "live":
         return None
     try:
-        return _next_parts(st, project, vid, near, ahead, conn, after_submit=True)
+        return _next_parts(st, project, vid, near, ahead, conn)
     except TutorialRequired:
         return None
 

@@ -219,26 +219,15 @@ _STATE_RENEW_PG = (
 
 
 def _volunteer_state_pg(conn: Connection, params: dict[str, Any], want: int, expires: datetime,
-                        fresh: datetime) -> Any:
+                        fresh: datetime) -> tuple[int, dict[str, list[Any]], int]:
     """:func:`_volunteer_state` for PostgreSQL: the oldest ``want`` live tasks, those with at
-    most ``fresh`` left renewed to ``expires`` (each row's ``expires_at`` is its task's). The
-    rows, to read with :func:`_state_of` (in pipeline mode they arrive at the next sync)."""
-    return run(conn, _STATE_RENEW_PG, {**params, "n": want, "e": expires, "fresh": fresh})
-
-
-def _state_of(result: Any) -> tuple[int, dict[str, list[Any]], int]:
-    rows = result.all()
+    most ``fresh`` left renewed to ``expires`` (each row's ``expires_at`` is its task's)."""
+    rows = run(conn, _STATE_RENEW_PG, {**params, "n": want, "e": expires, "fresh": fresh}).all()
     live: dict[str, list[Any]] = {}
     for r in rows[1:-1]:
         live.setdefault(r.task_id, []).append(r)
     return int(rows[0].n), live, int(rows[-1].n)
 
-
-# Undo a claim that turned out not to be needed (see ``Assigner._fill``: PostgreSQL claims
-# speculatively, pipelined with the state read).
-_UNCLAIM_PG = (
-    "WITH d AS (DELETE FROM leases WHERE task_id = :t AND volunteer_id = :v RETURNING tile_id) "
-    "UPDATE tiles SET lease_count = lease_count - 1 WHERE id IN (SELECT tile_id FROM d)")
 
 _RENEW_SQL = ("UPDATE leases SET expires_at = :e WHERE task_id = :t AND volunteer_id = :v "
               "RETURNING tile_id")
@@ -286,7 +275,7 @@ class Assigner:
 
     def next_tasks(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
                    near: tuple[float, float] | None = None, now: datetime | None = None,
-                   conn: Connection | None = None, expect_claim: bool = False) -> list[Task]:
+                   conn: Connection | None = None) -> list[Task]:
         """Up to ``1 + ahead`` tasks for the volunteer, oldest first: the live ones they hold
         (leases renewed), then newly claimed ones. Every task is a separate lease counted
         against the tiles' targets, and never repeats a tile the volunteer holds or did.
@@ -294,11 +283,7 @@ class Assigner:
         ``conn``: an open write transaction (``labeler.db.write_tx``, or a group-committed
         batch, :mod:`labeler.batch`) to claim in, e.g. the one that just stored the volunteer's
         labels — one transaction per task instead of two. Without one, the claim runs in a
-        write transaction of its own.
-
-        ``expect_claim``: a new task will most likely be needed (the caller just stored the
-        labels of one): on PostgreSQL the claim is then sent with the volunteer's state in one
-        round trip, and undone in the rare case it was not needed."""
+        write transaction of its own."""
         now = now or utcnow()
         expires = now + timedelta(seconds=self.lease_seconds)
         near_xy = None
@@ -307,12 +292,10 @@ class Assigner:
             near_xy = (t.x, t.y)
         want = 1 + max(0, ahead)
         if conn is not None:
-            tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
-                               expect_claim)
+            tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want)
         else:
             with write_tx(self.engine) as tx:
-                tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want,
-                                   expect_claim)
+                tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want)
         if project.context:
             for task in tasks:
                 if len(task.tiles) == 1 and not task.context:
@@ -321,7 +304,7 @@ class Assigner:
 
     def _fill(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
               near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
-              want: int, expect_claim: bool = False) -> list[Task]:
+              want: int) -> list[Task]:
         pg = _pg(conn)
 
         def reclaim(vid: int | None = None) -> int:
@@ -330,19 +313,10 @@ class Assigner:
         now_db, expires_db = ts(conn, now), ts(conn, expires)
         params = {"v": volunteer_id, "p": project.id, "now": now_db}
         tasks = []
-        spec: tuple[dict[str, Any], list[TaskTile]] | None = None
         if pg:  # state and renewal in one round trip
-            fresh = now + timedelta(seconds=self.lease_seconds * RENEW_BELOW)
-            if expect_claim:
-                # ... with the likely claim pipelined after it: still one round trip
-                lease = {"task_id": os.urandom(8).hex(), "e": expires_db, "now": now_db}
-                with conn.connection.driver_connection.pipeline():
-                    state = _volunteer_state_pg(conn, params, want, expires, fresh)
-                    claimed = self._claim_pg_send(conn, project, volunteer_id, near_xy, lease)
-                spec = (lease, self._claimed_tiles(project, claimed))
-            else:
-                state = _volunteer_state_pg(conn, params, want, expires, fresh)
-            n_done, live, n_expired = _state_of(state)
+            n_done, live, n_expired = _volunteer_state_pg(
+                conn, params, want, expires,
+                now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
             for lid, rows in live.items():
                 tasks.append(self._task_of(project, lid, rows, volunteer_id,
                                            rows[0].expires_at.astimezone(UTC), n_done))
@@ -359,7 +333,6 @@ class Assigner:
                 if task.tiles:
                     tasks.append(task)
         if len(tasks) >= want:
-            self._unclaim(conn, volunteer_id, spec)
             return tasks
         if n_expired:
             reclaim(volunteer_id)
@@ -377,11 +350,7 @@ class Assigner:
                 tiles = self._claim_gold(conn, project, volunteer_id, lease)
                 is_gold = bool(tiles)
             if not tiles:
-                if spec is not None:  # the claim sent with the state read
-                    (lease, tiles), spec = spec, None
-                    lease_id = lease["task_id"]
-                else:
-                    tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
+                tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
                 if not tiles and not reclaimed and reclaim():
                     reclaimed = True
                     tiles = self._claim_any(conn, project, volunteer_id, near_xy, lease, pg)
@@ -390,15 +359,7 @@ class Assigner:
             tasks.append(Task(task_id=self._public_id(project, lease_id, volunteer_id, tiles[0]),
                               expires_at=expires, tiles=tiles, is_gold=is_gold,
                               labelled_by_you=n_done))
-        self._unclaim(conn, volunteer_id, spec)
         return tasks
-
-    @staticmethod
-    def _unclaim(conn: Connection, volunteer_id: int,
-                 spec: tuple[dict[str, Any], list[TaskTile]] | None) -> None:
-        """Give back the places of a speculative claim that was not used."""
-        if spec is not None and spec[1]:
-            run(conn, _UNCLAIM_PG, {"t": spec[0]["task_id"], "v": volunteer_id})
 
     def _claim_any(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                    near_xy: tuple[int, int] | None, lease: dict[str, Any], pg: bool) -> list[TaskTile]:
@@ -468,18 +429,6 @@ class Assigner:
 
     def _claim_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                   near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:
-        return self._claimed_tiles(
-            project, self._claim_pg_send(conn, project, volunteer_id, near_xy, lease))
-
-    @staticmethod
-    def _claimed_tiles(project: ProjectConfig, result: Any) -> list[TaskTile]:
-        cols, rows = project.block_cols, project.block_rows
-        return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in result.all()),
-                      key=lambda t: (t.row, t.col))
-
-    def _claim_pg_send(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
-                       near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> Any:
-        """The claim statement (rows not read yet: in pipeline mode they come at the sync)."""
         cols, rows = project.block_cols, project.block_rows
         params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target,
                                   "cols": cols, "rows": rows, **lease}
@@ -494,7 +443,7 @@ class Assigner:
                      "AND t.z = a.z AND t.x >= a.x - a.x % :cols AND t.x < a.x - a.x % :cols + :cols "
                      "AND t.y >= a.y - a.y % :rows AND t.y < a.y - a.y % :rows + :rows "
                      "FOR UPDATE OF t SKIP LOCKED)")
-        return run(conn,
+        found = run(conn,
             f"WITH {claim}, "
             "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
             "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
@@ -502,7 +451,9 @@ class Assigner:
             "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
             "block_row, block_col, expires_at, created_at) "
             "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u) "
-            "SELECT * FROM u", params)
+            "SELECT * FROM u", params).all()
+        return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in found),
+                      key=lambda t: (t.row, t.col))
 
     @staticmethod
     def _claim_params(project: ProjectConfig, volunteer_id: int,

@@ -77,23 +77,17 @@ class _PgRows(_RowsAPI):
 
     def __init__(self, cursor: Any, sql: str) -> None:
         self._cur = cursor
-        self._sql = sql  # the row type is looked up when read: in pipeline mode the cursor
-        # has no description before the sync
+        self._type = _row_type(cursor, sql, _pg_types)
 
     def __iter__(self) -> Any:
         return iter(self.all())
 
     def all(self) -> list[Any]:
-        cur = self._cur
-        if cur.pgresult is not None and cur.description is None:
-            return []  # a statement without rows
-        rows = cur.fetchall()  # (pipeline mode: syncs first when its result is not in yet)
-        t = _row_type(cur, self._sql, _pg_types)
-        return list(map(t._make, rows)) if t else []
+        return list(map(self._type._make, self._cur.fetchall())) if self._type else []
 
     def first(self) -> Any:
-        rows = self.all()
-        return rows[0] if rows else None
+        r = self._cur.fetchone() if self._type else None
+        return None if r is None else self._type._make(r)
 
 
 class _NoRows(_RowsAPI):
