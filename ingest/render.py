@@ -41,6 +41,12 @@ from rasterio.windows import Window
 from ingest.errors import IngestError, ReadError, StoreNotWritableError
 from ingest.sources import SourceInfo, _short
 from tiles.encode import ALPHA_FORMATS, encode, load_plugin
+
+# Pillow's encoders for every tile format (and PNG, JPEG... via preinit), imported with this
+# module like rasterio and cv2 above, not on the first tile: the plugins cost ~20 ms of
+# imports in a fresh process (the encode-only bound loads them before timing too)
+for _fmt in ("png", "jpg", "webp"):
+    load_plugin(_fmt)
 from tiles.errors import StoreError
 from tiles.grid import tile_bounds, tile_xy_bounds
 from tiles.store import TileStore, atomic_write
