@@ -44,14 +44,18 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
            fmt: str = "jpg", quality: int | None = None, bands: list[int] | None = None,
            aoi: dict | None = None, jobs: int | None = None, scheduler: str | None = None,
            max_pixels: int = DEFAULT_MAX_PIXELS, resampling: str = "bilinear",
-           block: int | None = None, progress: ProgressFn | None = None) -> dict:
+           block: int | None = None, progress: ProgressFn | None = None,
+           workers: str = "auto") -> dict:
     """Tile every layer into ``{store}/{project}/{layer}/{z}/{x}/{y}.{fmt}``; return the manifest.
 
     ``layers`` maps layer names to GeoTIFF/COG paths (several files = one mosaic), e.g.
     ``{"before": [...], "after": [...]}`` or ``{"image": [...]}``. All layers share one task
     zoom (computed from the finest source unless ``zoom`` is given) and one pyramid down to
     ``min_zoom``. Re-running with the same sources and options skips finished work.
-    ``progress(done, total, stage)`` counts task-zoom tiles considered.
+    ``progress(done, total, stage)`` counts task-zoom tiles considered. ``workers``: how a
+    local run with ``jobs`` > 1 is parallel — ``"threads"``, ``"processes"``, or ``"auto"``
+    (threads for runs of at most ``THREADS_UP_TO_BLOCKS_PER_JOB`` blocks per job, else
+    processes; see docs/ingest.md).
 
     Raises an :class:`~ingest.errors.IngestError` subclass naming the file and the problem;
     on error no manifest is written or changed.
@@ -73,6 +77,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
             raise OptionError(f"layer {name!r} has no files")
     if tile_size not in TILE_SIZES:
         raise OptionError(f"--tile-size {tile_size}: choose 256 or 512")
+    if workers not in WORKERS:
+        raise OptionError(f"workers={workers!r}: choose one of {', '.join(WORKERS)}")
     try:
         ext = check_format(fmt)
     except TilesError as exc:
@@ -184,7 +190,7 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                                 and jobs_by_layer[n][0].skip_existing)
                     for n in names}
         report(0, total, "render")
-        results = _run(all_jobs, jobs, scheduler)
+        results = _run(all_jobs, jobs, scheduler, workers)
         try:
             for res in results:
                 for z, xy in res.tiles.items():
@@ -494,8 +500,11 @@ def _jobs(jobs: int | None) -> int:
     return jobs
 
 
-def _run(all_jobs: list[BlockJob], jobs: int | None,
-         scheduler: str | None) -> Iterator[BlockResult]:
+WORKERS = ("auto", "threads", "processes")
+
+
+def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
+         workers: str = "auto") -> Iterator[BlockResult]:
     """Yield block results as they finish: in-process, in this process plus forked workers,
     or on dask.distributed."""
     if not all_jobs:
@@ -509,9 +518,8 @@ def _run(all_jobs: list[BlockJob], jobs: int | None,
             for job in all_jobs:
                 yield render_block(job)
         return
-    forced = os.environ.get("CROWDSIGHT_INGEST_WORKERS")  # "threads" / "processes": tests, A/B
-    if forced == "threads" or (forced != "processes"
-                               and len(all_jobs) <= THREADS_UP_TO_BLOCKS_PER_JOB * n):
+    if workers == "threads" or (workers == "auto"
+                                and len(all_jobs) <= THREADS_UP_TO_BLOCKS_PER_JOB * n):
         yield from _run_threads(all_jobs, n)
     else:
         yield from _run_processes(all_jobs, n)

@@ -13,7 +13,7 @@ import pytest
 import ingest.pipeline as pipeline
 import ingest.render as render
 from ingest import ingest
-from ingest.errors import IngestError, StoreNotWritableError
+from ingest.errors import OptionError, StoreNotWritableError
 
 
 def _tiles(root):
@@ -30,10 +30,10 @@ def mosaic(two_file_mosaic, pattern_fn):
 
 @pytest.mark.parametrize("workers", ["threads", "processes"])
 @pytest.mark.parametrize("fmt", ["png", "webp"])
-def test_parallel_runs_give_byte_identical_tiles(tmp_path, monkeypatch, mosaic, workers, fmt):
+def test_parallel_runs_give_byte_identical_tiles(tmp_path, mosaic, workers, fmt):
     one = ingest({"image": mosaic}, tmp_path / "one", "p", fmt=fmt, jobs=1, block=2, zoom=19)
-    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", workers)
-    two = ingest({"image": mosaic}, tmp_path / "two", "p", fmt=fmt, jobs=2, block=2, zoom=19)
+    two = ingest({"image": mosaic}, tmp_path / "two", "p", fmt=fmt, jobs=2, block=2, zoom=19,
+                 workers=workers)
     a, b = _tiles(tmp_path / "one"), _tiles(tmp_path / "two")
     assert len(a) > 8 and a == b
     assert one["tasks"] == two["tasks"]
@@ -42,7 +42,6 @@ def test_parallel_runs_give_byte_identical_tiles(tmp_path, monkeypatch, mosaic, 
 
 def test_small_runs_use_threads_longer_runs_processes(tmp_path, mosaic, monkeypatch):
     used = []
-    monkeypatch.delenv("CROWDSIGHT_INGEST_WORKERS", raising=False)
     monkeypatch.setattr(pipeline, "_run_threads", lambda jobs, n: used.append(("t", len(jobs)))
                         or iter(()))
     monkeypatch.setattr(pipeline, "_run_processes", lambda jobs, n: used.append(("p", len(jobs)))
@@ -75,7 +74,6 @@ def test_threads_share_the_tiles_of_a_block(tmp_path, make_tif, pattern_fn, monk
 
 
 def test_error_in_a_helper_thread_stops_the_run(tmp_path, mosaic, monkeypatch):
-    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", "threads")
     real = render.BlockWork.write_tile
     before = threading.active_count()
 
@@ -86,13 +84,13 @@ def test_error_in_a_helper_thread_stops_the_run(tmp_path, mosaic, monkeypatch):
 
     monkeypatch.setattr(render.BlockWork, "write_tile", failing)
     with pytest.raises(StoreNotWritableError, match="disk full"):
-        ingest({"image": mosaic}, tmp_path, "p", fmt="png", jobs=2, block=1, zoom=19)
+        ingest({"image": mosaic}, tmp_path, "p", fmt="png", jobs=2, block=1, zoom=19,
+               workers="threads")
     assert threading.active_count() == before
     assert not (tmp_path / "p" / "manifest.json").exists()
 
 
-def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic, monkeypatch):
-    monkeypatch.setenv("CROWDSIGHT_INGEST_WORKERS", "threads")
+def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic):
     before = threading.active_count()
 
     def stop(done, total, stage):
@@ -100,9 +98,10 @@ def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic, monkeyp
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19, progress=stop)
+        ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19, progress=stop,
+               workers="threads")
     assert threading.active_count() == before
-    done = ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19)
+    done = ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=1, zoom=19, workers="threads")
     assert done["ingest_stats"]["blocks_resumed"] >= 1
 
 
@@ -114,7 +113,6 @@ def _in_a_subprocess(tmp_path, mosaic, body: str) -> str:
 
     code = (
         "import os, sys\n"
-        "os.environ['CROWDSIGHT_INGEST_WORKERS'] = 'processes'\n"
         "import time\n"
         "import ingest.pipeline as p, ingest.errors as e\n"
         "real = p.render_block\n"
@@ -126,7 +124,7 @@ def _in_a_subprocess(tmp_path, mosaic, body: str) -> str:
         "if __name__ == '__main__':\n"
         "    try:\n"
         f"        p.ingest({{'image': {[str(m) for m in mosaic]!r}}}, {str(tmp_path / 's')!r},"
-        " 'p', jobs=2, block=1, zoom=19)\n"
+        " 'p', jobs=2, block=1, zoom=19, workers='processes')\n"
         "        print('no error')\n"
         "    except e.IngestError as exc:\n"
         "        print(type(exc).__name__, exc)\n"
@@ -209,3 +207,8 @@ def test_block_records_store_the_top_raw_and_old_png_tops_still_resume(tmp_path,
     assert again["ingest_stats"]["tiles_written"] == 0
     assert again["ingest_stats"]["blocks_resumed"] == len(list(blocks.glob("*.json")))
     assert again["tasks"] == first["tasks"]
+
+
+def test_an_unknown_workers_choice_is_refused(tmp_path, mosaic):
+    with pytest.raises(OptionError, match="workers='fibres'"):
+        ingest({"image": mosaic}, tmp_path, "p", jobs=2, workers="fibres")
