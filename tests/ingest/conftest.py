@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -109,3 +111,15 @@ def read_tile(store: Path, project: str, layer: str, z: int, x: int, y: int,
 @pytest.fixture
 def tile_reader() -> Callable[..., np.ndarray]:
     return read_tile
+
+
+@pytest.fixture
+def run_script(tmp_path: Path) -> Callable[[str], subprocess.CompletedProcess]:
+    """``run_script(code)``: run ``code`` in a fresh interpreter (for process-wide patches,
+    and so that its workers are forked from a single-threaded process); output captured."""
+    def run(code: str) -> subprocess.CompletedProcess:
+        script = tmp_path / "run.py"
+        script.write_text(code)
+        return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=120)
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -265,13 +264,11 @@ def test_worker_errors_leave_without_their_chained_exceptions(monkeypatch):
     assert ei.value.path == "x.tif"
 
 
-def test_truncated_file_in_a_pool_after_dask_was_imported(tmp_path, make_tif, pattern_fn):
+def test_truncated_file_in_a_pool_after_dask_was_imported(tmp_path, make_tif, pattern_fn,
+                                                          run_script):
     """Importing distributed installs tblib's exception pickling for every class; a pool
     worker's ReadError (caused by a rasterio error) then used to kill the pool's result
     thread, and the ingest hung. Run in a subprocess (the patch is process-wide)."""
-    import subprocess
-    import sys
-
     pytest.importorskip("distributed")
     cut = _truncated(tmp_path, make_tif, pattern_fn)
     code = (
@@ -284,8 +281,5 @@ def test_truncated_file_in_a_pool_after_dask_was_imported(tmp_path, make_tif, pa
         "    except e.ReadError as exc:\n"
         "        print('ReadError', exc.path)\n"
     )
-    script = tmp_path / "run.py"
-    script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=120)
+    out = run_script(code)
     assert out.stdout.strip() == f"ReadError {cut}", out.stderr[-2000:]

@@ -105,12 +105,9 @@ def test_interrupt_with_threads_joins_them_and_resumes(tmp_path, mosaic):
     assert done["ingest_stats"]["blocks_resumed"] >= 1
 
 
-def _in_a_subprocess(tmp_path, mosaic, body: str) -> str:
+def _in_a_subprocess(run_script, tmp_path, mosaic, body: str) -> str:
     """Run ``body`` in a fresh interpreter (single-threaded, so workers are forked and inherit
     its monkeypatching; pytest-xdist's own threads would make the pool use a forkserver)."""
-    import subprocess
-    import sys
-
     code = (
         "import os, sys\n"
         "import time\n"
@@ -129,23 +126,20 @@ def _in_a_subprocess(tmp_path, mosaic, body: str) -> str:
         "    except e.IngestError as exc:\n"
         "        print(type(exc).__name__, exc)\n"
     )
-    script = tmp_path / "run.py"
-    script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=120)
+    out = run_script(code)
     return out.stdout.strip() + out.stderr[-2000:]
 
 
-def test_a_worker_process_that_dies_fails_the_ingest(tmp_path, mosaic):
+def test_a_worker_process_that_dies_fails_the_ingest(tmp_path, mosaic, run_script):
     """Without the liveness check the parent would wait for the lost block forever."""
-    out = _in_a_subprocess(tmp_path, mosaic,
+    out = _in_a_subprocess(run_script, tmp_path, mosaic,
                            "p.render_block_in_worker = lambda job: os._exit(3)")
     assert out.startswith("IngestError") and "ended early" in out, out
     assert not (tmp_path / "s" / "p" / "manifest.json").exists()
 
 
-def test_error_in_a_worker_process_is_raised_in_the_parent(tmp_path, mosaic):
-    out = _in_a_subprocess(tmp_path, mosaic,
+def test_error_in_a_worker_process_is_raised_in_the_parent(tmp_path, mosaic, run_script):
+    out = _in_a_subprocess(run_script, tmp_path, mosaic,
                            "def failing(job):\n"
                            "    raise e.StoreNotWritableError('no space (test)')\n"
                            "p.render_block_in_worker = failing")

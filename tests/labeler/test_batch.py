@@ -22,36 +22,34 @@ from labeler.sql import run
 from labeler.testing import run_async
 
 
+def _engine_with_table(url: str):  # type: ignore[no-untyped-def]
+    eng = make_engine(url, pool_size=3)
+    with eng.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (k VARCHAR(20) PRIMARY KEY)")
+    return eng
+
+
 @pytest.fixture
 def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    eng = make_engine(f"sqlite:///{tmp_path / 'b.db'}", pool_size=2)
-    with eng.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    """SQLite (the tests of its cross-process writer lock)."""
+    eng = _engine_with_table(f"sqlite:///{tmp_path / 'b.db'}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def any_engine(db_url: str):  # type: ignore[no-untyped-def]
+    """SQLite, and PostgreSQL when it answers."""
+    eng = _engine_with_table(db_url)
     yield eng
     eng.dispose()
 
 
 def _insert(key: str):  # type: ignore[no-untyped-def]
     def work(conn: sa.Connection) -> str:
-        conn.connection.driver_connection.execute("INSERT INTO t (k) VALUES (?)", (key,))
+        run(conn, "INSERT INTO t (k) VALUES (:k)", {"k": key})
         if key.startswith("bad"):
             raise ValueError(f"refused {key}")
-        return key
-    return work
-
-
-@pytest.fixture
-def any_engine(db_url: str):  # type: ignore[no-untyped-def]
-    eng = make_engine(db_url, pool_size=3)
-    with eng.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (k VARCHAR(20) PRIMARY KEY)")
-    yield eng
-    eng.dispose()
-
-
-def _insert_any(key: str):  # type: ignore[no-untyped-def]
-    def work(conn: sa.Connection) -> str:
-        run(conn, "INSERT INTO t (k) VALUES (:k)", {"k": key})
         return key
     return work
 
@@ -178,8 +176,8 @@ def test_a_failing_request_is_rolled_back_alone_and_rows_are_locked_in_key_order
 
     async def main() -> list[Any]:
         return await asyncio.gather(  # queued in the same loop iteration: one batch
-            gc.run(_insert_any("a"), locks=[7, 3]), gc.run(_insert_any("a")),
-            gc.run(_insert_any("b"), locks=[3, 5]), return_exceptions=True)
+            gc.run(_insert("a"), locks=[7, 3]), gc.run(_insert("a")),
+            gc.run(_insert("b"), locks=[3, 5]), return_exceptions=True)
 
     try:
         got = run_async(main)
@@ -211,7 +209,7 @@ def test_a_batch_runs_again_after_a_deadlock(any_engine: sa.Engine) -> None:
         return "ok"
 
     async def main() -> list[Any]:
-        return await asyncio.gather(gc.run(_insert_any("x")), gc.run(victim), gc.run(_insert_any("y")))
+        return await asyncio.gather(gc.run(_insert("x")), gc.run(victim), gc.run(_insert("y")))
 
     try:
         got = run_async(main)
@@ -234,7 +232,7 @@ def test_a_batch_gives_up_after_repeated_deadlocks(any_engine: sa.Engine) -> Non
         raise psycopg.errors.SerializationFailure("could not serialize access")
 
     async def main() -> list[Any]:
-        return await asyncio.gather(gc.run(_insert_any("x")), gc.run(always),
+        return await asyncio.gather(gc.run(_insert("x")), gc.run(always),
                                     return_exceptions=True)
 
     try:
@@ -263,7 +261,7 @@ def test_requests_whose_rows_another_batch_holds_go_to_the_next_batch(any_engine
     def step(key: str) -> Any:
         def work(conn: sa.Connection) -> str:
             order.append(key)
-            return _insert_any(key)(conn)
+            return _insert(key)(conn)
         return work
 
     async def main() -> list[Any]:
