@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -51,9 +52,11 @@ def test_atomic_write_never_exposes_partial_file(tmp_path):
     payloads = [bytes([i]) * 200_000 for i in range(1, 30)]
     seen: list[bytes] = []
     stop = threading.Event()
+    reading = threading.Event()
 
     def reader():
         while not stop.is_set():
+            reading.set()
             try:
                 seen.append(target.read_bytes())
             except FileNotFoundError:
@@ -61,8 +64,11 @@ def test_atomic_write_never_exposes_partial_file(tmp_path):
 
     t = threading.Thread(target=reader)
     t.start()
+    # (under load the writes could all be done before the reader thread first runs)
+    assert reading.wait(10), "reader thread did not start"
     for p in payloads:
         atomic_write(target, p)
+        time.sleep(0)  # let the reader in between writes
     stop.set()
     t.join()
     assert seen, "reader never ran"
