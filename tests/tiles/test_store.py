@@ -69,6 +69,9 @@ def test_atomic_write_never_exposes_partial_file(tmp_path):
     for p in payloads:
         atomic_write(target, p)
         time.sleep(0)  # let the reader in between writes
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:  # at least the last tile is read
+        time.sleep(0.001)
     stop.set()
     t.join()
     assert seen, "reader never ran"
