@@ -340,39 +340,36 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
 
 
 def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                ahead: bool = False, conn: Any = None) -> tuple[list[Any], dict[str, int], int]:
-    """The database half of ``next``: lease the task(s); with ``conn``, inside that (group
-    committed) write transaction. The answer is shaped by :func:`_next_body` afterwards,
-    outside the transaction, so building it does not lengthen the writer's critical
-    section (it holds the cross-process write lock)."""
+                ahead: bool, conn: Any) -> tuple[list[Any], int]:
+    """The database half of ``next``, inside ``conn``'s group-committed write transaction:
+    lease the task(s); ``(tasks, labels given when there is none)``. The project's progress
+    is added by :func:`_with_progress` and the answer shaped by :func:`_next_body`, both
+    after the commit, so neither lengthens the batch (on SQLite it holds the cross-process
+    write lock; on a cache miss the progress is an aggregate over the project's tiles)."""
     _require_tutorial(st, project, vid)
     tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
-    # Inside a group-committed transaction the progress counters are left to
-    # :func:`_with_progress`, after the commit: on a cache miss they are an aggregate over the
-    # project's tiles, which must not run while this worker holds the write lock.
-    prog = None if conn is not None else st.projects.progress(project.id)
     n = 0 if tasks else _labelled_by(st.engine, project.id, vid)
-    return tasks, prog, n
+    return tasks, n
 
 
 async def _with_progress(request: Request, project: ProjectConfig,
-                         parts: tuple[list[Any], dict[str, int] | None, int] | None
+                         parts: tuple[list[Any], int] | None
                          ) -> tuple[list[Any], dict[str, int], int] | None:
-    """``parts`` with the project's progress filled in: from the per-process cache when
-    fresh, else read once in a thread for all the requests of this event loop waiting on it."""
-    if parts is None or parts[1] is not None:
-        return parts  # type: ignore[return-value]
+    """``parts`` with the project's progress: from the per-process cache when fresh, else
+    read once in a thread for all the requests of this event loop waiting on it."""
+    if parts is None:
+        return None
     projects = _st(request).projects
     prog = projects.peek_progress(project.id)
     if prog is None:
         prog = await _single_flight(request, ("progress", project.id),
                                     partial(projects.progress, project.id))
-    return parts[0], prog, parts[2]
+    return parts[0], prog, parts[1]
 
 
 def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], int],
                ahead: bool) -> dict[str, Any]:
-    """The answer of ``next`` from :func:`_next_parts` (no database)."""
+    """The answer of ``next`` from :func:`_with_progress` (no database)."""
     tasks, prog, n = parts
     if not tasks:
         body = {"task_id": None, "done": True, "tiles": [],
@@ -386,7 +383,7 @@ def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], i
 
 def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
                         near: tuple[float, float] | None, ahead: bool,
-                        conn: Any = None) -> tuple[list[Any], dict[str, int], int] | None:
+                        conn: Any) -> tuple[list[Any], int] | None:
     """``next`` after a submission: ``None`` when the project is not live or its tutorial is
     required (the labels are stored either way; ``GET /next`` explains)."""
     if project.status != "live":
