@@ -313,19 +313,19 @@ class Assigner:
         now_db, expires_db = ts(conn, now), ts(conn, expires)
         params = {"v": volunteer_id, "p": project.id, "now": now_db}
         tasks = []
+        # held leases with more than this left are handed out again as they are
+        fresh = now + timedelta(seconds=self.lease_seconds * RENEW_BELOW)
         if pg:  # state and renewal in one round trip
-            n_done, live, n_expired = _volunteer_state_pg(
-                conn, params, want, expires,
-                now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
+            n_done, live, n_expired = _volunteer_state_pg(conn, params, want, expires, fresh)
             for lid, rows in live.items():
                 tasks.append(self._task_of(project, lid, rows, volunteer_id,
                                            rows[0].expires_at.astimezone(UTC), n_done))
         else:
             n_done, live, n_expired = _volunteer_state(conn, params)
-            fresh = ts(conn, now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
+            fresh_db = ts(conn, fresh)
             for lid in list(live)[:want]:
                 rows = live[lid]
-                if all(r.expires_at > fresh for r in rows):  # (same text format: sortable)
+                if all(r.expires_at > fresh_db for r in rows):  # (same text format: sortable)
                     task = self._task_of(project, lid, rows, volunteer_id,
                                          from_ts_text(min(r.expires_at for r in rows)), n_done)
                 else:
