@@ -6,6 +6,11 @@ prints it on one line and exits non-zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tiles.errors import StoreError
+
 
 class IngestError(Exception):
     """Root of every error raised by ``ingest``. ``path`` is the offending file, if any."""
@@ -56,6 +61,16 @@ class ReadError(IngestError, OSError):
 
 class StoreNotWritableError(IngestError, OSError):
     """The tile store cannot be written."""
+
+
+@contextmanager
+def store_writes() -> Iterator[None]:
+    """Tile-store writes inside: a :class:`tiles.errors.StoreError` comes out as
+    :class:`StoreNotWritableError` (same message)."""
+    try:
+        yield
+    except StoreError as exc:
+        raise StoreNotWritableError(str(exc)) from exc
 
 
 class BusyError(IngestError, RuntimeError):

@@ -21,7 +21,7 @@ import numpy as np
 
 from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
-                           StoreNotWritableError)
+                           StoreNotWritableError, store_writes)
 from ingest.render import (BlockJob, BlockResult, BlockWork, LayerSpec, block_dir, block_levels,
                            cv2_single_threaded, downsample2, encode_tile, open_sources,
                            preload, render_block, render_block_in_worker, work_dir)
@@ -476,11 +476,9 @@ class _Pyramid:
                                                      y, self.spec.ext):
                     self.skipped += 1
                 else:
-                    try:
+                    with store_writes():
                         self.store.write(self.spec.project, self.spec.name, z, x, y,
                                          self.spec.ext, encode_tile(out, self.spec))
-                    except StoreError as exc:
-                        raise StoreNotWritableError(str(exc)) from exc
                     self.written += 1
         if z > self.spec.min_zoom:
             self._child(z, x, y, out)

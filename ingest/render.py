@@ -38,7 +38,7 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from ingest.errors import IngestError, ReadError, StoreNotWritableError
+from ingest.errors import IngestError, ReadError, store_writes
 from ingest.sources import SourceInfo, _short
 from tiles.encode import ALPHA_FORMATS, encode, load_plugin
 
@@ -47,7 +47,6 @@ from tiles.encode import ALPHA_FORMATS, encode, load_plugin
 # imports in a fresh process (the encode-only bound loads them before timing too)
 for _fmt in ("png", "jpg", "webp"):
     load_plugin(_fmt)
-from tiles.errors import StoreError
 from tiles.grid import tile_bounds, tile_xy_bounds
 from tiles.store import TileStore, atomic_write
 
@@ -772,7 +771,7 @@ class BlockWork:
                         canvas[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts] = 0
         level = canvas
         self.out = store.layer_writer(spec.project, spec.name, spec.ext)
-        try:
+        with store_writes():
             for lv in range(levels + 1):
                 zz, n = z - lv, B >> lv
                 if level is None:
@@ -795,8 +794,6 @@ class BlockWork:
                             res.skipped += 1
                             continue
                         self.tasks.append((level, i, j, zz, x, y, amin[j][i] == 255))
-        except StoreError as exc:
-            raise StoreNotWritableError(str(exc)) from exc
         if level is not None and res.top_zoom > spec.min_zoom:
             res.top = level
 
@@ -805,20 +802,16 @@ class BlockWork:
         level, i, j, zz, x, y, opaque = task
         data = encode_tile(tile_array(level, i, j, self.spec.tile_size), self.spec,
                            opaque=opaque)
-        try:
+        with store_writes():
             self.out.write(zz, x, y, data)
-        except StoreError as exc:
-            raise StoreNotWritableError(str(exc)) from exc
 
     def finish(self) -> BlockResult:
         """After every :meth:`write_tile`: record the block as finished; its result."""
         if not self.done:
             self.res.written = len(self.tasks)
             self.tasks = []  # the levels are no longer needed (the top stays in the result)
-            try:
+            with store_writes():
                 _save_record(self.record, self.res)
-            except StoreError as exc:
-                raise StoreNotWritableError(str(exc)) from exc
         return self.res
 
 
