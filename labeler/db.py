@@ -70,6 +70,10 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         u, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size,
         # No pre-ping (a round trip per checkout on the hot path); recycle instead.
         pool_pre_ping=False, pool_recycle=1800,
+        # psycopg's own prepared statements off: the hot path prepares its statements itself
+        # (labeler.sql), and psycopg answers every rollback of a connection on which it
+        # prepared something with DEALLOCATE ALL, which would drop those too.
+        connect_args={"prepare_threshold": None},
     )
 
 

@@ -1,9 +1,19 @@
 """Hot-path SQL straight to the driver (no SQLAlchemy compilation per call).
 
-Statements are written once with ``:name`` parameters; for PostgreSQL (psycopg, ``pyformat``)
-they are rewritten to ``%(name)s`` once and cached. Values that the two drivers store
+Statements are written once with ``:name`` parameters. Values that the two drivers store
 differently go through :func:`ts` and :func:`js`, which produce exactly what SQLAlchemy's
 column types would (so ORM and raw SQL see the same data).
+
+PostgreSQL: inside a transaction a statement goes through psycopg's libpq layer
+(:mod:`psycopg.pq`): rewritten once to ``$n`` placeholders, prepared once per connection (and
+parameter types), then executed with one blocking ``PQexecPrepared`` call that releases the
+GIL; parameters are dumped and rows loaded by psycopg's own :class:`psycopg.adapt.Transformer`
+(the connection's adapters, so values are exactly what a psycopg cursor would give). A psycopg
+cursor's ``execute`` costs about four times the Python CPU (query conversion, prepared-statement
+bookkeeping, a non-blocking send and a poll loop per statement), and the hot path runs several
+statements per label. Autocommit statements, connections with transaction settings and
+``executemany`` use a psycopg cursor. psycopg's own statement preparation is off for crowdsight's
+engines (:func:`labeler.db.make_engine`): it answers a rollback with ``DEALLOCATE ALL``.
 """
 
 from __future__ import annotations
@@ -14,6 +24,11 @@ from collections import namedtuple
 from datetime import UTC, datetime
 from typing import Any
 
+from weakref import WeakKeyDictionary
+
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import tuple_row
 from sqlalchemy.engine import Connection, CursorResult
 
@@ -90,6 +105,24 @@ class _PgRows(_RowsAPI):
         return None if r is None else self._type._make(r)
 
 
+class _ListRows(_RowsAPI):
+    """The same API over rows already loaded (the libpq path)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Any:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+
 class _NoRows(_RowsAPI):
     """The (empty) result of an executemany."""
 
@@ -118,19 +151,111 @@ def run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
             return _NO_ROWS  # type: ignore[return-value]
         return _Rows(raw.execute(sql, params or {}), sql)  # type: ignore[return-value]
     if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        if type(params) is dict and _pq_ready(raw):
+            return _pq_run(raw, sql, params)  # type: ignore[return-value]
         pg = _pg_cache.get(sql)
         if pg is None:
             pg = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
             _pg_cache[sql] = pg
         # Straight to psycopg too, inside the connection's current transaction (or autocommit):
         # SQLAlchemy's per-statement result bookkeeping cost more than the statement.
-        cur = conn.connection.driver_connection.cursor(row_factory=tuple_row)
+        cur = raw.cursor(row_factory=tuple_row)
         if isinstance(params, list):
             cur.executemany(pg, params)
             return _NO_ROWS  # type: ignore[return-value]
         cur.execute(pg, params if params is not None else {})
         return _PgRows(cur, sql)  # type: ignore[return-value]
     return conn.exec_driver_sql(sql, params if params is not None else {})
+
+
+_INTRANS = pq.TransactionStatus.INTRANS
+_IDLE = pq.TransactionStatus.IDLE
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_TEXT = pq.Format.TEXT
+
+
+class _PqState:
+    """Per psycopg connection: the statements prepared on it and a transformer."""
+
+    __slots__ = ("tx", "prepared", "encoding")
+
+    def __init__(self, raw: Any) -> None:
+        self.tx = Transformer(raw)
+        self.prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self.encoding = raw.info.encoding
+
+
+#: per connection; an entry goes with its connection
+_pq_states: "WeakKeyDictionary[Any, _PqState]" = WeakKeyDictionary()
+#: statement text -> (``$n`` text as bytes, parameter names in ``$n`` order)
+_pq_sql: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+
+
+def _pq_statement(sql: str) -> tuple[bytes, tuple[str, ...]]:
+    hit = _pq_sql.get(sql)
+    if hit is None:
+        names: list[str] = []
+
+        def number(m: re.Match[str]) -> str:
+            # one placeholder per occurrence, as psycopg does: PostgreSQL infers each one's
+            # type from its own context (a name used as text and as varchar would clash)
+            names.append(m.group(1))
+            return f"${len(names)}"
+
+        hit = _pq_sql[sql] = (_NAMED.sub(number, sql).encode(), tuple(names))
+    return hit
+
+
+def _pq_ready(raw: Any) -> bool:
+    """Whether a statement can go through libpq on ``raw``: inside a transaction, or at its
+    start, after the plain ``BEGIN`` psycopg would have sent (sent here). Connections with
+    transaction settings, autocommit ones and failed transactions use a psycopg cursor."""
+    status = raw.pgconn.transaction_status
+    if status == _INTRANS:
+        return True
+    if (status != _IDLE or raw.autocommit or raw.isolation_level is not None
+            or raw.read_only is not None or raw.deferrable is not None):
+        return False
+    res = raw.pgconn.exec_(b"BEGIN")
+    if res.status != _COMMAND_OK:
+        raise pg_errors.error_from_result(res, encoding=raw.info.encoding)
+    return True
+
+
+def _pq_check(res: Any, state: _PqState) -> None:
+    if res.status not in (_TUPLES_OK, _COMMAND_OK):
+        raise pg_errors.error_from_result(res, encoding=state.encoding)
+
+
+def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
+    """``sql`` inside the connection's open transaction through libpq (see the module doc)."""
+    state = _pq_states.get(raw)
+    if state is None:
+        state = _pq_states[raw] = _PqState(raw)
+    text, names = _pq_statement(sql)
+    tx = state.tx
+    values = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
+    types, formats = tuple(tx.types or ()), tx.formats
+    pgconn = raw.pgconn
+    key = (sql, types)
+    name = state.prepared.get(key)
+    if name is None:
+        name = f"_cs{len(state.prepared)}".encode()
+        _pq_check(pgconn.prepare(name, text, types), state)
+        state.prepared[key] = name
+    res = pgconn.exec_prepared(name, values, param_formats=formats, result_format=_TEXT)
+    _pq_check(res, state)
+    if not res.nfields:
+        return _NO_ROWS
+    row_type = _pg_types.get(sql)
+    if row_type is None:
+        row_type = _pg_types.setdefault(sql, namedtuple(  # type: ignore[misc]
+            "Row", tuple(res.fname(i).decode(state.encoding) for i in range(res.nfields)),
+            rename=True))
+    tx.set_pgresult(res)
+    return _ListRows(tx.load_rows(0, res.ntuples, row_type._make))
 
 
 def ts(conn: Connection, value: datetime | None) -> Any:
