@@ -471,6 +471,9 @@ DECIMATE_ABOVE = 1.2
 #: linear-interpolation error exceeds GRID_TOLERANCE source pixels)
 GRID_STEP = 64
 GRID_TOLERANCE = 0.02
+#: a strip of :func:`remap_into` whose grid nodes all lie within this many source pixels of
+#: one affine map is warped with ``cv2.warpAffine`` (no coordinate maps; see _strip_affine)
+AFFINE_TOLERANCE = GRID_TOLERANCE
 #: tolerance (source pixels) of the window-extent test in :func:`remap_into`
 EDGE_EPS = 1e-3
 #: output rows per cv2.remap call (bounds the float32 coordinate maps to ~8 MB per strip; the
@@ -581,21 +584,104 @@ def remap_into(stack: np.ndarray, plan: tuple[np.ndarray, int], out: np.ndarray,
     grid, step = plan
     H, W = out.shape[:2]
     sh, sw = stack.shape[:2]
-    grid32 = grid.astype(np.float32)
+    grid32 = None
     strip = max(step, STRIP_ROWS // step * step)
     for r0 in range(0, H, strip):
         r1 = min(H, r0 + strip)
-        maps = _maps_for_rows(grid32, step, r0, r1, W)
         dst = out[r0:r1]
-        cv2.remap(stack, maps, None, interpolation, dst=dst, borderMode=cv2.BORDER_REPLICATE)
         k0 = r0 // step
         nodes = grid[k0:k0 + -(-(r1 - r0) // step) + 2]
+        fit = _strip_affine(nodes, step, k0 * step - r0)
+        if fit is not None:
+            # near-affine strip: no coordinate maps at all (see _strip_affine)
+            matrix, residual = fit
+            cv2.warpAffine(stack, matrix, (W, r1 - r0), dst=dst,
+                           flags=interpolation | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+            _clip_affine(dst, matrix, sw, sh, EDGE_EPS + residual)
+            continue
+        if grid32 is None:
+            grid32 = grid.astype(np.float32)
+        maps = _maps_for_rows(grid32, step, r0, r1, W)
+        cv2.remap(stack, maps, None, interpolation, dst=dst, borderMode=cv2.BORDER_REPLICATE)
         for c0, c1 in _columns_to_clip(nodes, step, W, sw, sh):
             part = dst[:, c0:c1]
             inside = _inside(maps[:, c0:c1], sw, sh)
             # zero every channel outside (cv2 writes into the view; ~10x faster than
             # numpy's boolean-mask assignment on the strided block)
             cv2.bitwise_and(part, cv2.merge([inside] * part.shape[2]), dst=part)
+
+
+def _strip_affine(nodes: np.ndarray, step: int, offset: int
+                  ) -> tuple[np.ndarray, float] | None:
+    """The least-squares affine map of a strip's grid nodes, ``(2 x 3 matrix, largest
+    residual in source pixels)``, or None when some node is further than
+    :data:`AFFINE_TOLERANCE` from it (or the strip has too few nodes to tell).
+
+    ``nodes`` are the :func:`coordinate_grid` rows of the strip (one row of margin on each
+    side); node ``(a, b)`` sits at destination column ``(b - 1) * step + (step - 1) / 2`` and
+    strip row ``offset + (a - 1) * step + (step - 1) / 2``. The matrix maps destination
+    ``(col, row, 1)`` of the strip to cv2 source coordinates, as ``cv2.warpAffine`` wants
+    with ``WARP_INVERSE_MAP``: over a 2048-px block a projected CRS is affine to a few
+    hundredths of a pixel, and ``warpAffine`` needs no per-pixel coordinate maps (making and
+    reading them cost as much as the interpolation itself).
+    """
+    ny, nx = nodes.shape[:2]
+    if ny < 3 or nx < 3:
+        return None
+    cols = (np.arange(nx) - 1) * step + (step - 1) / 2
+    rows = offset + (np.arange(ny) - 1) * step + (step - 1) / 2
+    # on a full rectangular lattice the centred column and row coordinates are orthogonal,
+    # so the least-squares fit is three means and two slopes per coordinate (no LAPACK)
+    dc, dr = cols - cols.mean(), rows - rows.mean()
+    mean = nodes.mean(axis=(0, 1))  # (x, y)
+    slope_c = np.einsum("j,ijk->k", dc, nodes) / (ny * float(dc @ dc))
+    slope_r = np.einsum("i,ijk->k", dr, nodes) / (nx * float(dr @ dr))
+    matrix = np.empty((2, 3), np.float64)
+    matrix[:, 0], matrix[:, 1] = slope_c, slope_r
+    matrix[:, 2] = mean - slope_c * cols.mean() - slope_r * rows.mean()
+    fitted = (matrix[:, 0] * cols[None, :, None] + matrix[:, 1] * rows[:, None, None]
+              + matrix[:, 2])
+    residual = float(np.abs(fitted - nodes).max())
+    if not residual <= AFFINE_TOLERANCE:
+        return None
+    return matrix, residual
+
+
+def _clip_affine(dst: np.ndarray, matrix: np.ndarray, sw: int, sh: int, eps: float) -> None:
+    """In place: zero the pixels of ``dst`` whose source point under ``matrix`` (see
+    :func:`_strip_affine`) lies outside the ``sw x sh`` window's pixel extent
+    ``[-0.5, sw - 0.5) x [-0.5, sh - 0.5)``, give or take ``eps``.
+
+    Under an affine map the inside pixels of a row are one run of columns, found from the
+    row's two linear equations; only rows that are not wholly inside are touched.
+    """
+    h, w = dst.shape[:2]
+    (a, b, c), (d, e, f) = matrix
+    r = np.arange(h, dtype=np.float64)
+    lo = np.zeros(h)
+    hi = np.full(h, float(w))  # inside columns: lo <= col < hi
+    for slope, start, top in ((a, b * r + c, sw), (d, e * r + f, sh)):
+        low, high = -0.5 - eps - start, top - 0.5 + eps - start  # low <= slope * col < high
+        if abs(slope) < 1e-12:
+            hit = (low <= 0) & (0 < high)
+            hi = np.where(hit, hi, 0.0)
+            continue
+        if slope > 0:  # low / slope <= col < high / slope
+            first, end = np.ceil(low / slope), np.ceil(high / slope)
+        else:  # high / slope < col <= low / slope
+            first, end = np.floor(high / slope) + 1, np.floor(low / slope) + 1
+        lo = np.maximum(lo, first)
+        hi = np.minimum(hi, end)
+    lo = np.clip(lo, 0, w).astype(np.intp)
+    hi = np.clip(hi, 0, w).astype(np.intp)
+    hi = np.maximum(hi, lo)
+    for row in np.flatnonzero((lo > 0) | (hi < w)).tolist():
+        if lo[row] >= hi[row]:
+            dst[row] = 0
+            continue
+        dst[row, :lo[row]] = 0
+        dst[row, hi[row]:] = 0
 
 
 def _inside(maps: np.ndarray, sw: int, sh: int) -> np.ndarray:

@@ -247,3 +247,65 @@ def test_pool_workers_fork_from_a_single_threaded_cv2_and_the_setting_is_restore
         assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
+
+
+def _utm_window_and_plan(size=(700, 600)):
+    crs = "EPSG:32635"
+    (cx,), (cy,) = warp_transform("EPSG:4326", crs, [24.3], [13.4])
+    src = _textured(600, 600, seed=3)
+    src_tf = Affine(0.5, 0, cx - 150, 0, -0.5, cy + 150)
+    (mx,), (my,) = warp_transform("EPSG:4326", "EPSG:3857", [24.3], [13.4])
+    pix = 0.55  # 385 x 330 m of destination over a 300 x 300 m window
+    # the destination reaches beyond the window on every side: edges are clipped
+    origin = (mx - 0.5 * size[0] * pix, my + 0.5 * size[1] * pix)
+    stack = np.concatenate([src, np.full((1, 600, 600), 255, np.uint8)]).transpose(1, 2, 0).copy()
+    plan = plan_grid(rasterio.CRS.from_user_input(crs).to_wkt(), src_tf, origin, (pix, pix),
+                     size)
+    return stack, plan
+
+
+def test_affine_strips_render_what_the_coordinate_maps_render(monkeypatch):
+    """A UTM window is warped with cv2.warpAffine per strip (no coordinate maps); forcing
+    the map path must give the same picture (fixed-point rounding: a grey level or two) and
+    the same edge clip up to the fit's tolerance (a one-pixel slip of either convention or
+    edge would differ by hundreds of pixels)."""
+    import cv2
+
+    import ingest.render as render
+
+    stack, plan = _utm_window_and_plan()
+    grid, step = plan
+    assert render._strip_affine(grid[:10], step, 0) is not None  # the affine path is taken
+    fast = np.zeros((600, 700, 4), np.uint8)
+    remap_into(stack, plan, fast, cv2.INTER_LINEAR)
+    monkeypatch.setattr(render, "AFFINE_TOLERANCE", -1.0)
+    assert render._strip_affine(grid[:10], step, 0) is None
+    maps = np.zeros_like(fast)
+    remap_into(stack, plan, maps, cv2.INTER_LINEAR)
+    inside = (fast[..., 3] == 255) & (maps[..., 3] == 255)
+    assert 0.3 < inside.mean() < 0.9  # both have data and an edge
+    assert int((fast[..., 3] != maps[..., 3]).sum()) <= 20
+    diff = np.abs(fast[inside].astype(int) - maps[inside])
+    assert diff.max() <= 2 and diff.mean() < 0.2
+
+
+def test_strip_affine_fits_projected_crs_and_refuses_curved_ones():
+    """UTM at ~z18: one affine map per strip within a hundredth of a pixel; geographic
+    coordinates over ~1000 km (z6) are too curved and keep the coordinate maps."""
+    from ingest.render import AFFINE_TOLERANCE, _strip_affine
+
+    _, (grid, step) = _utm_window_and_plan()
+    fit = _strip_affine(grid[:10], step, 0)
+    assert fit is not None and fit[1] < AFFINE_TOLERANCE
+    matrix, _ = fit
+    cols = (np.arange(grid.shape[1]) - 1) * step + (step - 1) / 2
+    rows = (np.arange(10) - 1) * step + (step - 1) / 2
+    x = matrix[0, 0] * cols[None, :] + matrix[0, 1] * rows[:, None] + matrix[0, 2]
+    assert np.abs(x - grid[:10, :, 0]).max() <= fit[1] + 1e-9
+    res, pixel = 0.01, 2400.0
+    win_tf = Affine(res, 0, 20.0, 0, -res, 20.0)
+    (mx,), (my,) = warp_transform("EPSG:4326", "EPSG:3857", [25.0], [15.0])
+    curved = plan_grid(rasterio.CRS.from_user_input("EPSG:4326").to_wkt(), win_tf,
+                       (mx - 300 * pixel, my + 300 * pixel), (pixel, pixel), (600, 600))
+    assert curved is not None
+    assert _strip_affine(curved[0][:10], curved[1], 0) is None
