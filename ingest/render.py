@@ -474,6 +474,8 @@ GRID_TOLERANCE = 0.02
 #: a strip of :func:`remap_into` whose grid nodes all lie within this many source pixels of
 #: one affine map is warped with ``cv2.warpAffine`` (no coordinate maps; see _strip_affine)
 AFFINE_TOLERANCE = GRID_TOLERANCE
+#: rows per group in :func:`_clip_affine`
+CLIP_ROWS = 64
 #: tolerance (source pixels) of the window-extent test in :func:`remap_into`
 EDGE_EPS = 1e-3
 #: output rows per cv2.remap call (bounds the float32 coordinate maps to ~8 MB per strip; the
@@ -654,7 +656,9 @@ def _clip_affine(dst: np.ndarray, matrix: np.ndarray, sw: int, sh: int, eps: flo
     ``[-0.5, sw - 0.5) x [-0.5, sh - 0.5)``, give or take ``eps``.
 
     Under an affine map the inside pixels of a row are one run of columns, found from the
-    row's two linear equations; only rows that are not wholly inside are touched.
+    row's two linear equations: rows with none are zeroed whole, the others, in groups of
+    :data:`CLIP_ROWS`, only in the bands of columns left of the group's rightmost run start
+    and right of its leftmost run end (narrow except where an edge crosses the group).
     """
     h, w = dst.shape[:2]
     (a, b, c), (d, e, f) = matrix
@@ -675,13 +679,24 @@ def _clip_affine(dst: np.ndarray, matrix: np.ndarray, sw: int, sh: int, eps: flo
         hi = np.minimum(hi, end)
     lo = np.clip(lo, 0, w).astype(np.intp)
     hi = np.clip(hi, 0, w).astype(np.intp)
-    hi = np.maximum(hi, lo)
-    for row in np.flatnonzero((lo > 0) | (hi < w)).tolist():
-        if lo[row] >= hi[row]:
-            dst[row] = 0
-            continue
-        dst[row, :lo[row]] = 0
-        dst[row, hi[row]:] = 0
+    empty = lo >= hi
+    if empty.all():
+        dst[...] = 0
+        return
+    if empty.any():
+        dst[empty] = 0
+        lo[empty], hi[empty] = 0, w  # nothing left to clip in those rows
+    cols = np.arange(w, dtype=np.intp)
+    for r0 in range(0, h, CLIP_ROWS):  # row groups: a slanted edge widens only its own band
+        r1 = min(h, r0 + CLIP_ROWS)
+        lo_g, hi_g = lo[r0:r1, None], hi[r0:r1, None]
+        left, right = int(lo_g.max()), int(hi_g.min())
+        for c0, c1, keep in ((0, left, cols[None, :left] >= lo_g),
+                             (right, w, cols[None, right:] < hi_g)):
+            if c1 > c0:
+                part = dst[r0:r1, c0:c1]
+                mask = keep.view(np.uint8) * np.uint8(255)
+                cv2.bitwise_and(part, cv2.merge([mask] * part.shape[2]), dst=part)
 
 
 def _inside(maps: np.ndarray, sw: int, sh: int) -> np.ndarray:
@@ -751,10 +766,12 @@ def _warp_gdal(win: _SourceWindow, src: SourceInfo, spec: LayerSpec, out: np.nda
     premultiply(out)
 
 
-def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
+def _render_canvas(job: BlockJob, size_px: int,
+                   drawn: list[tuple[int, int, int, int]] | None = None) -> np.ndarray | None:
     """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
 
-    The colour is premultiplied by alpha (see :func:`premultiply`)."""
+    The colour is premultiplied by alpha (see :func:`premultiply`). ``drawn``, if given,
+    receives the (c0, r0, c1, r1) pixel regions written to: the rest is still zero."""
     spec = job.layer
     z, B = spec.task_zoom, job.size
     x0, y0 = job.bx * B, job.by * B
@@ -781,6 +798,8 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
             if win is None:
                 continue
             c0, r0, c1, r1 = win.region
+            if drawn is not None:
+                drawn.append(win.region)
             if canvas is None:
                 canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
             region = canvas[r0:r1, c0:c1]
@@ -797,7 +816,7 @@ def _render_canvas(job: BlockJob, size_px: int) -> np.ndarray | None:
             else:
                 _warp_gdal(win, src, spec, out,
                            Affine(px, 0.0, origin[0], 0.0, -py, origin[1]))
-            if int(out[..., nb].max()) == 0:
+            if not cv2.countNonZero(cv2.extractChannel(out, nb)):
                 continue
             if not have_data:
                 have_data = True
@@ -849,11 +868,16 @@ class BlockWork:
                 res.resumed = self.done = True
                 return
 
-        canvas = _render_canvas(job, B * ts)
+        drawn: list[tuple[int, int, int, int]] = []
+        canvas = _render_canvas(job, B * ts, drawn)
         if canvas is not None and job.allowed is not None:
             for j in range(B):
                 for i in range(B):
-                    if (x0 + i, y0 + j) not in job.allowed:
+                    # only tiles a source drew into (writing zeros into the rest would
+                    # only make the memory of a still untouched zero block resident)
+                    if (x0 + i, y0 + j) not in job.allowed and any(
+                            c0 < (i + 1) * ts and i * ts < c1 and r0 < (j + 1) * ts
+                            and j * ts < r1 for c0, r0, c1, r1 in drawn):
                         canvas[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts] = 0
         level = canvas
         self.out = store.layer_writer(spec.project, spec.name, spec.ext)
