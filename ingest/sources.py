@@ -153,12 +153,11 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
-def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (``hashlib.file_digest``: one reused buffer; reading 4 MB chunks
+    as new ``bytes`` cost ~2x as much in a fresh process, every chunk newly paged in)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
