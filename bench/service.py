@@ -272,7 +272,8 @@ def _client_proc(args: tuple[str, int, str, int, float, int, bool, str, float | 
 
 def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs: int,
           bare: bool, mode: str = "page", rate: float | None = None,
-          labels_per_task: int = 1, server_sid: int | None = None) -> dict[str, Any]:
+          labels_per_task: int = 1, server_sid: int | None = None,
+          db_url: str | None = None) -> dict[str, Any]:
     """Run the volunteers; closed loop, or paced so that all of them together offer ``rate``
     labels/s (each volunteer one task every ``volunteers * labels_per_task / rate`` s)."""
     interval = None if not rate else volunteers * labels_per_task / rate
@@ -280,12 +281,15 @@ def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs
     start_at = time.time() + (1.5 if interval is None else 5.0)
     shares = [volunteers // procs + (1 if i < volunteers % procs else 0) for i in range(procs)]
     window: list[float] = []
+    db_window: list[dict[int, float]] = []
     sampler = None
     if server_sid is not None:  # the server's CPU seconds over the load window
         def sample() -> None:
             for t in (start_at, start_at + duration):
                 time.sleep(max(0.0, t - time.time()))
                 window.append(session_cpu(server_sid))
+                if db_url is not None:
+                    db_window.append(backend_cpu(db_url))
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
     with ProcessPoolExecutor(procs) as pool:
@@ -295,7 +299,10 @@ def drive(host: str, port: int, slug: str, volunteers: int, duration: int, procs
         sampler.join()
     merged: dict[str, Any] = {"next": [], "submit": [], "acked": [], "errors": [], "done": 0,
                               "in_window": 0, "late": 0,
-                              "server_cpu": window[1] - window[0] if len(window) == 2 else None}
+                              "server_cpu": window[1] - window[0] if len(window) == 2 else None,
+                              "db_cpu": (sum(v - db_window[0].get(pid, 0.0)
+                                             for pid, v in db_window[1].items())
+                                         if len(db_window) == 2 else None)}
     for p in parts:
         for k in p:
             merged[k] += p[k]
@@ -323,6 +330,35 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("server did not come up")
+
+
+def _proc_cpu(pid: int | str) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend serving ``db_url``'s database (the
+    database server runs on this machine: its work per task is part of the cost)."""
+    import psycopg
+    import sqlalchemy as sa
+
+    url = sa.make_url(db_url)
+    with psycopg.connect(host=url.host or "127.0.0.1", port=url.port or 5432,
+                         user=url.username or "postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (url.database,))]
+    out = {}
+    for pid in pids:
+        cpu = _proc_cpu(pid)
+        if cpu is not None:
+            out[pid] = cpu
+    return out
 
 
 def session_cpu(sid: int) -> float:
@@ -405,7 +441,8 @@ def run_backend(backend: str, a: argparse.Namespace, work: Path,
         with server(cmd, env, port, "/api/health") as sid:
             res = drive("127.0.0.1", port, project.slug, a.volunteers, a.duration,
                         a.client_procs, bare=False, mode=a.mode, rate=rate,
-                        labels_per_task=cols * rows, server_sid=sid)
+                        labels_per_task=cols * rows, server_sid=sid,
+                        db_url=url if backend == "postgresql" else None)
         res["wall"] = time.perf_counter() - t0
         engine = make_engine(url, pool_size=1)
         try:
@@ -458,7 +495,7 @@ def _print_table(results: dict[str, dict[str, Any]], a: argparse.Namespace,
     hdr = (f"{'target':<11}{'labels/s':>10}{'tasks/s':>9}{'next p50':>10}{'next p99':>10}"
            f"{'submit p50':>12}{'submit p99':>12}"
            + (f"{'vs bare':>9}" if rate is None else f"{'late':>7}")
-           + f"{'cpu/task':>10}{'lost':>6}{'dup':>5}{'over':>6}{'errors':>8}")
+           + f"{'cpu/task':>10}{'db cpu':>8}{'lost':>6}{'dup':>5}{'over':>6}{'errors':>8}")
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
@@ -473,13 +510,16 @@ def _print_table(results: dict[str, dict[str, Any]], a: argparse.Namespace,
                  else f"{100 * r['late'] / max(n_req, 1):>6.1f}%")
         cpu = (f"{r['server_cpu'] * 1000 / len(r['submit']):>8.2f}ms"
                if r.get("server_cpu") is not None and r["submit"] else f"{'-':>10}")
+        cpu += (f"{r['db_cpu'] * 1000 / len(r['submit']):>6.2f}ms"
+                if r.get("db_cpu") is not None and r["submit"] else f"{'-':>8}")
         print(f"{name:<11}{labels:>10.0f}{tasks:>9.0f}{_pct(r['next'], .5):>10.1f}"
               f"{_pct(r['next'], .99):>10.1f}{_pct(r['submit'], .5):>12.1f}"
               f"{_pct(r['submit'], .99):>12.1f}{extra}{cpu}{lost!s:>6}{dup!s:>5}{over!s:>6}"
               f"{len(r['errors']):>8}")
     if rate is None:
         print("latencies in ms; 'cpu/task' = server CPU time (all workers) per task over the load "
-              "window; 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
+              "window; 'db cpu' = the PostgreSQL backends' CPU time per task (SQLite runs "
+              "inside the server); 'vs bare' = (next+submit pairs/s) / bare endpoint's pairs/s; "
               "'lost' = acknowledged labels missing from the DB; 'dup' = duplicated labels; "
               "'over' = tiles past the redundancy target")
     else:

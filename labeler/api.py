@@ -340,14 +340,15 @@ def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
 
 
 def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, float] | None,
-                ahead: bool, conn: Any) -> tuple[list[Any], int]:
+                ahead: bool, conn: Any, state: Any = None) -> tuple[list[Any], int]:
     """The database half of ``next``, inside ``conn``'s group-committed write transaction:
     lease the task(s); ``(tasks, labels given when there is none)``. The project's progress
     is added by :func:`_with_progress` and the answer shaped by :func:`_next_body`, both
     after the commit, so neither lengthens the batch (on SQLite it holds the cross-process
     write lock; on a cache miss the progress is an aggregate over the project's tiles)."""
     _require_tutorial(st, project, vid)
-    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn)
+    tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn,
+                                   state=state)
     n = 0 if tasks else _labelled_by(st.engine, project.id, vid)
     return tasks, n
 
@@ -383,13 +384,13 @@ def _next_body(project: ProjectConfig, parts: tuple[list[Any], dict[str, int], i
 
 def _next_parts_or_none(st: Any, project: ProjectConfig, vid: int,
                         near: tuple[float, float] | None, ahead: bool,
-                        conn: Any) -> tuple[list[Any], int] | None:
+                        conn: Any, state: Any = None) -> tuple[list[Any], int] | None:
     """``next`` after a submission: ``None`` when the project is not live or its tutorial is
     required (the labels are stored either way; ``GET /next`` explains)."""
     if project.status != "live":
         return None
     try:
-        return _next_parts(st, project, vid, near, ahead, conn)
+        return _next_parts(st, project, vid, near, ahead, conn, state)
     except TutorialRequired:
         return None
 
@@ -447,8 +448,12 @@ async def submit_labels(request: Request) -> Response:
     # volunteers' concurrent requests (labeler.batch: group commit); the answer is sent only
     # after that transaction committed.
     def store(conn: Any) -> tuple[Any, Any]:
-        result = submit_in(conn, project, session.id, task_id, labels, task_key=key)
-        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn)
+        # the statement storing the labels also reads the state the next task starts from
+        state = (st.assigner.state_read(project, session.id, ahead=1 if ahead else 0)
+                 if want_next and project.status == "live" else None)
+        result = submit_in(conn, project, session.id, task_id, labels, task_key=key,
+                           state=state)
+        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, state)
                  if want_next else None)
         return result, parts
     result, parts = await st.committer.run(store, locks=[lb.tile_id for lb in labels])

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import write_tx
-from labeler.assign import split_task_id, task_cell, verify_task
+from labeler.assign import StateRead, split_task_id, task_cell, verify_task
 from labeler.errors import LeaseExpired, NotLeased, ValidationError
 from labeler.models import utcnow
 from labeler.sql import id_params, js, run, ts, unjs
@@ -158,9 +158,10 @@ _UPD_CASTS = ("int", "int", "int", "json", "text", "float8", "text", "timestampt
 
 
 def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]],
-                   volunteer_id: int) -> tuple[str, dict[str, Any]]:
+                   volunteer_id: int, state: StateRead | None = None) -> tuple[str, dict[str, Any]]:
     """One statement for PostgreSQL: multi-row insert (ON CONFLICT DO NOTHING), then — only
-    for rows that went in — delete their leases and apply the precomputed tile updates."""
+    for rows that went in — delete their leases and apply the precomputed tile updates;
+    with ``state``, it also reads the volunteer's state for their next task."""
     params: dict[str, Any] = {"v": volunteer_id}
     values = []
     for i, (_, row, _) in enumerate(plan):
@@ -183,6 +184,10 @@ def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]
                 "retired_at = COALESCE(tiles.retired_at, d.ra) "
                 f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra) "
                 "WHERE tiles.id = d.id AND d.id IN (SELECT tile_id FROM ins))")
+    if state is not None:
+        ctes, select, more = state.sql()
+        params.update(more)
+        return f"{sql}, {ctes} {select}", params
     return sql + " SELECT tile_id FROM ins", params
 
 
@@ -242,9 +247,12 @@ def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: s
 
 
 def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_id: str,
-              labels: list[LabelIn], *, task_key: bytes | None = None) -> SubmitResult:
+              labels: list[LabelIn], *, task_key: bytes | None = None,
+              state: StateRead | None = None) -> SubmitResult:
     """:func:`submit` inside the caller's write transaction (``labeler.db.write_tx``), e.g.
-    to claim the next task in the same transaction."""
+    to claim the next task in the same transaction. ``state`` (PostgreSQL): the statement
+    that stores the labels also reads the volunteer's state for their next task into it
+    (:class:`labeler.assign.StateRead`); left unread when nothing is stored."""
     result = SubmitResult()
     now = utcnow()
     lease_id = split_task_id(task_id)
@@ -311,8 +319,11 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
     inserted: set[int] = set()
     if pg:
         # One round trip: insert; for what went in, drop the leases and update the tiles.
-        sql, params = _pg_submit_sql(plan, volunteer_id)
-        inserted = {r[0] for r in run(conn, sql, params)}
+        sql, params = _pg_submit_sql(plan, volunteer_id, state)
+        if state is None:
+            inserted = {r[0] for r in run(conn, sql, params)}
+        else:
+            inserted = state.take(run(conn, sql, params).all())
     else:
         for lb, row, _ in plan:
             if run(conn, _INSERT_SQL, row).first() is not None:

@@ -35,7 +35,7 @@ from labeler.errors import (
     RateLimited,
     ValidationError,
 )
-from labeler.models import ROLES, ApiToken, Volunteer, utcnow
+from labeler.models import ROLES, ApiToken, utcnow
 from labeler.projects import audit
 
 COOKIE = "cs_session"

@@ -1,0 +1,133 @@
+"""``labels?next=1``: on PostgreSQL the statement that stores the labels also reads the
+volunteer's state for the next task (``labeler.assign.StateRead``). That read sees the
+database as it was before the statement's own writes, so it must leave out by hand what the
+statement deletes and count what it inserts. These tests pin the answers on both backends:
+SQLite reads the state after the writes, with a statement of its own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from crowdsight.settings import Settings
+from labeler.db import make_engine
+from labeler.sql import ts_text
+from labeler.testing import assert_counters_consistent, label_for, seed_project, start_volunteer
+
+
+def _post(c: Any, slug: str, h: dict[str, str], task: dict[str, Any], query: str,
+          tiles: list[dict[str, Any]] | None = None, **extra: Any) -> Any:
+    return c.post(f"/api/projects/{slug}/labels{query}", headers=h, json={
+        "task_id": task["task_id"],
+        "labels": [label_for(t, **extra) for t in (tiles or task["tiles"])]})
+
+
+def _set_expiry(settings: Settings, when: datetime, where: str = "") -> None:
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE leases SET expires_at = :e {where}"),
+                         {"e": ts_text(when) if engine.dialect.name == "sqlite" else when})
+    finally:
+        engine.dispose()
+
+
+def _expiry(settings: Settings, task_id: str) -> datetime:
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            v = conn.execute(sa.text("SELECT min(expires_at) FROM leases WHERE task_id = :t"),
+                             {"t": task_id[:16]}).scalar_one()
+    finally:
+        engine.dispose()
+    v = datetime.fromisoformat(str(v)) if not isinstance(v, datetime) else v
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+def test_the_answer_counts_the_label_just_stored(make_client, settings: Settings) -> None:
+    p = seed_project(settings, n_tiles=8, with_images=False, gold_rate=0)
+    c = make_client()
+    h = start_volunteer(c)
+    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    for n in range(1, 4):
+        r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+        assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+        nxt = r.json()["next"]
+        assert nxt["task_id"] == task["ahead"]["task_id"]  # the held task, then a new one
+        assert nxt["ahead"]["task_id"] not in (task["task_id"], nxt["task_id"])
+        assert nxt["progress"]["labelled_by_you"] == n
+        assert nxt["ahead"]["progress"]["labelled_by_you"] == n
+        task = nxt
+    assert_counters_consistent(settings)
+
+
+def test_a_held_task_near_expiry_is_renewed_by_the_answer(make_client, settings: Settings) -> None:
+    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
+    c = make_client()
+    h = start_volunteer(c)
+    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    half = datetime.now(UTC) + timedelta(seconds=settings.lease_seconds / 2)
+    _set_expiry(settings, half)
+    r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+    assert r.status_code == 200, r.text
+    nxt = r.json()["next"]
+    assert nxt["task_id"] == task["ahead"]["task_id"]
+    stored = _expiry(settings, nxt["task_id"])
+    assert stored > half + timedelta(seconds=settings.lease_seconds * 0.4)  # renewed
+    reported = datetime.fromisoformat(nxt["lease_expires_at"].replace("Z", "+00:00"))
+    assert abs((reported - stored).total_seconds()) < 0.001
+    assert_counters_consistent(settings)
+
+
+def test_part_of_a_block_answered_keeps_the_rest_of_the_task(make_client,
+                                                            settings: Settings) -> None:
+    p = seed_project(settings, n_tiles=16, with_images=False, gold_rate=0, grid_cols=4,
+                     block={"cols": 2, "rows": 1})
+    c = make_client()
+    h = start_volunteer(c)
+    task = c.get(f"/api/projects/{p.slug}/next").json()
+    assert len(task["tiles"]) == 2
+    r = _post(c, p.slug, h, task, "?next=1", tiles=task["tiles"][:1])
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    nxt = r.json()["next"]
+    assert nxt["task_id"] == task["task_id"]
+    assert [t["tile_id"] for t in nxt["tiles"]] == [task["tiles"][1]["tile_id"]]
+    assert nxt["progress"]["labelled_by_you"] == 1
+    assert_counters_consistent(settings)
+
+
+def test_a_late_label_does_not_count_its_expired_lease(make_client, settings: Settings) -> None:
+    """The expired lease the label consumes is deleted by the same statement: the state must
+    not count it as one to reclaim, nor hand its task out again."""
+    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
+    c = make_client()
+    h = start_volunteer(c)
+    task = c.get(f"/api/projects/{p.slug}/next").json()
+    _set_expiry(settings, datetime.now(UTC) - timedelta(seconds=5))
+    r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    nxt = r.json()["next"]
+    done = task["tiles"][0]["tile_id"]
+    held = [nxt["tiles"][0]["tile_id"], nxt["ahead"]["tiles"][0]["tile_id"]]
+    assert done not in held and len(set(held)) == 2
+    assert task["task_id"] not in (nxt["task_id"], nxt["ahead"]["task_id"])
+    assert_counters_consistent(settings)
+
+
+def test_a_repeated_answer_still_brings_the_next_task(make_client, settings: Settings) -> None:
+    """Nothing is stored the second time (so no statement reads the state with it)."""
+    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
+    c = make_client()
+    h = start_volunteer(c)
+    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    body = {"task_id": task["task_id"], "labels": [label_for(task["tiles"][0])]}
+    first = c.post(f"/api/projects/{p.slug}/labels?next=1&ahead=1", headers=h, json=body)
+    again = c.post(f"/api/projects/{p.slug}/labels?next=1&ahead=1", headers=h, json=body)
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json()["stored"] == 0 and again.json()["duplicates"] == 1
+    a, b = first.json()["next"], again.json()["next"]
+    assert (a["task_id"], a["ahead"]["task_id"]) == (b["task_id"], b["ahead"]["task_id"])
+    assert b["progress"]["labelled_by_you"] == 1
+    assert_counters_consistent(settings)
