@@ -190,7 +190,13 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                                 and jobs_by_layer[n][0].skip_existing)
                     for n in names}
         report(0, total, "render")
-        results = _run(all_jobs, jobs, scheduler, workers)
+        early: set[tuple[str, int, int]] = set()  # blocks whose top reached the pyramid
+
+        def top_ready(res: BlockResult) -> None:
+            pyramids[res.layer].add(res)
+            early.add((res.layer, res.bx, res.by))
+
+        results = _run(all_jobs, jobs, scheduler, workers, top_ready)
         try:
             for res in results:
                 for z, xy in res.tiles.items():
@@ -199,7 +205,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                 stats["written"] += res.written
                 stats["skipped"] += res.skipped
                 stats["resumed_blocks"] += int(res.resumed)
-                pyramids[res.layer].add(res)
+                if (res.layer, res.bx, res.by) not in early:
+                    pyramids[res.layer].add(res)
                 done += res.candidates
                 report(done, total, res.layer)
         finally:
@@ -502,9 +509,10 @@ WORKERS = ("auto", "threads", "processes")
 
 
 def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
-         workers: str = "auto") -> Iterator[BlockResult]:
+         workers: str = "auto", on_top: Callable[[BlockResult], None] | None = None
+         ) -> Iterator[BlockResult]:
     """Yield block results as they finish: in-process, in this process plus forked workers,
-    or on dask.distributed."""
+    or on dask.distributed. ``on_top``: see :func:`_run_threads` (threads only)."""
     if not all_jobs:
         return
     if scheduler:
@@ -518,7 +526,7 @@ def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
         return
     if workers == "threads" or (workers == "auto"
                                 and len(all_jobs) <= THREADS_UP_TO_BLOCKS_PER_JOB * n):
-        yield from _run_threads(all_jobs, n)
+        yield from _run_threads(all_jobs, n, on_top)
     else:
         yield from _run_processes(all_jobs, n)
 
@@ -529,7 +537,9 @@ def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
 THREADS_UP_TO_BLOCKS_PER_JOB = 2
 
 
-def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
+def _run_threads(all_jobs: list[BlockJob], n: int,
+                 on_top: Callable[[BlockResult], None] | None = None
+                 ) -> Iterator[BlockResult]:
     """``n`` threads render the blocks: this one and ``n - 1`` helpers, sharing tiles.
 
     A thread that finds no tile waiting takes the next block and warps it
@@ -538,13 +548,16 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
     (the last block of a run is encoded by all threads) and at most about ``n`` blocks are in
     memory. The heavy steps (GDAL reads, cv2, Pillow's encoders, file writes) release the
     GIL. This thread yields finished blocks between its own work units, so the consumer's
-    pyramid runs here. An error stops every thread after its current unit and is raised here;
+    pyramid runs here. ``on_top(result)``, if given, is called here too, as soon as a block
+    is *rendered* (its tiles may still be encoding; the same result is yielded when they are
+    written): the pyramid above the blocks is then built alongside the last block's tiles
+    instead of after them. An error stops every thread after its current unit and is raised here;
     so is an interrupt of this thread.
     """
     preload(all_jobs[0].layer.ext)
     cond = threading.Condition()
     tiles: deque[tuple[BlockWork, Any]] = deque()  # (block, tile task) waiting
-    finished: deque[BlockResult] = deque()
+    finished: deque[tuple[bool, BlockResult]] = deque()  # (rendered only?, result)
     remaining: dict[int, int] = {}  # id(block) -> tiles not yet written
     state = {"next": 0, "busy": 0, "error": None, "stop": False}
     total = len(all_jobs)
@@ -569,6 +582,9 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
         try:
             if job is not None:
                 work = BlockWork(job)
+                if on_top is not None:
+                    with cond:
+                        finished.append((True, work.res))  # see on_top in the docstring
                 if work.tasks:
                     with cond:
                         remaining[id(work)] = len(work.tasks)
@@ -584,7 +600,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
                     del remaining[id(work)]
             res = work.finish()
             with cond:
-                finished.append(res)
+                finished.append((False, res))
             return True
         except BaseException as exc:
             with cond:
@@ -596,6 +612,12 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
             with cond:
                 state["busy"] -= 1
                 cond.notify_all()
+
+    def deliver(rendered_only: bool, res: BlockResult) -> Iterator[BlockResult]:
+        if rendered_only:
+            on_top(res)  # type: ignore[misc]
+        else:
+            yield res
 
     def helper() -> None:
         with open_sources():
@@ -621,7 +643,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
                 while True:
                     ran = step()
                     while finished:
-                        yield finished.popleft()
+                        yield from deliver(*finished.popleft())
                     if ran:
                         continue
                     with cond:
@@ -636,7 +658,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
                 if state["error"] is not None:
                     raise state["error"]
             while finished:
-                yield finished.popleft()
+                yield from deliver(*finished.popleft())
         finally:
             with cond:
                 state["stop"] = True

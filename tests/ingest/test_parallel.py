@@ -42,8 +42,8 @@ def test_parallel_runs_give_byte_identical_tiles(tmp_path, mosaic, workers, fmt)
 
 def test_small_runs_use_threads_longer_runs_processes(tmp_path, mosaic, monkeypatch):
     used = []
-    monkeypatch.setattr(pipeline, "_run_threads", lambda jobs, n: used.append(("t", len(jobs)))
-                        or iter(()))
+    monkeypatch.setattr(pipeline, "_run_threads",
+                        lambda jobs, n, *hook: used.append(("t", len(jobs))) or iter(()))
     monkeypatch.setattr(pipeline, "_run_processes", lambda jobs, n: used.append(("p", len(jobs)))
                         or iter(()))
     for block in (8, 1):  # the runners are stubs: no tile is rendered
@@ -206,3 +206,33 @@ def test_block_records_store_the_top_raw_and_old_png_tops_still_resume(tmp_path,
 def test_an_unknown_workers_choice_is_refused(tmp_path, mosaic):
     with pytest.raises(OptionError, match="workers='fibres'"):
         ingest({"image": mosaic}, tmp_path, "p", jobs=2, workers="fibres")
+
+
+def test_threads_build_the_pyramid_above_the_blocks_before_their_last_tiles(tmp_path, mosaic,
+                                                                             monkeypatch):
+    """With threads, a block's top tile reaches the pyramid as soon as the block is rendered,
+    so the tiles above the blocks are written while the last block's tiles still encode (not
+    in a serial tail after them); block records still come after all of a block's tiles."""
+    from tiles.store import TileStore
+
+    events: list[str] = []
+    real_write, real_save, real_store = (render.BlockWork.write_tile, render._save_record,
+                                         TileStore.write)
+
+    def slow_tile(self, task):
+        threading.Event().wait(0.01)  # the last block's tiles take a while
+        real_write(self, task)
+        events.append("tile")
+
+    def above(self, *args, **kwargs):  # the pyramid above the blocks writes through here
+        real_store(self, *args, **kwargs)
+        events.append("above")
+
+    monkeypatch.setattr(render.BlockWork, "write_tile", slow_tile)
+    monkeypatch.setattr(render, "_save_record", lambda *a: events.append("record") or
+                        real_save(*a))
+    monkeypatch.setattr(TileStore, "write", above)
+    ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=2, zoom=19, workers="threads")
+    assert "above" in events and events[-1] == "record"
+    last_tile = max(i for i, e in enumerate(events) if e == "tile")
+    assert events.index("above") < last_tile, events
