@@ -456,7 +456,8 @@ async def submit_labels(request: Request) -> Response:
         parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, state)
                  if want_next else None)
         return result, parts
-    result, parts = await st.committer.run(store, locks=[lb.tile_id for lb in labels])
+    result, parts = await st.committer.run(
+        store, locks=[(lb.tile_id, session.id) for lb in labels])
     parts = await _with_progress(request, project, parts)
     # The answer is built after the commit, outside the batch's transaction.
     body = result.to_json()

@@ -29,6 +29,7 @@ import mercantile
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from labeler.batch import forget_rows
 from labeler.db import write_tx
 from labeler.models import TS, utcnow
 from labeler.projects import ProjectConfig
@@ -138,6 +139,7 @@ def reclaim_expired(conn: Connection, project_id: int, now: datetime, *,
     ).bindparams(_ids("ids")), {"ids": tile_ids})]
     if not locked:
         return 0
+    forget_rows(conn)
     deleted = conn.execute(sa.text(
         f"DELETE FROM leases WHERE tile_id IN :ids AND {where} RETURNING tile_id, is_gold"
     ).bindparams(_ids("ids"), sa.bindparam("now", type_=TS)), {**params, "ids": locked}).all()
@@ -496,6 +498,8 @@ class Assigner:
         counters change): should a parallel request of the same volunteer lease the same tile
         first, the insert does nothing and the turn falls back to a normal task."""
         r = run(conn, _GOLD_SQL, {"p": project.id, "v": volunteer_id}).first()
+        if r is not None:
+            forget_rows(conn, [r.id])
         if r is None or run(conn, _GOLD_LEASE_SQL, dict(
                 lease, p=project.id, tile_id=r.id, v=volunteer_id, g=True, r=0, c=0)).first() is None:
             return []
@@ -526,6 +530,8 @@ class Assigner:
             "block_row, block_col, expires_at, created_at) "
             "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u) "
             "SELECT * FROM u", params).all()
+        if found:
+            forget_rows(conn, [r.id for r in found])
         return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in found),
                       key=lambda t: (t.row, t.col))
 

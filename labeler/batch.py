@@ -64,6 +64,41 @@ TRANSIENT_TRIES = 3
 #: rows; the next one waits for them.
 MAX_DEFER = 3
 
+#: ``conn.info`` key of a dict that lives for one transaction of a batch (created before
+#: ``lock_rows`` runs, removed when the transaction ends): what ``lock_rows`` read with the
+#: locks, for the batch's requests (:func:`keep_rows`).
+BATCH_INFO = "cs_batch"
+
+
+def keep_rows(conn: Connection, rows: dict[tuple[Any, ...], Any]) -> None:
+    """From ``lock_rows``: keep the rows it read with its locks, by lock key (a tuple whose
+    first element is the row's id), for the requests of this batch (:func:`kept_rows`).
+    Outside a batch's transaction, nothing is kept."""
+    scratch = conn.info.get(BATCH_INFO)
+    if scratch is not None:
+        scratch["rows"] = rows
+
+
+def kept_rows(conn: Connection) -> dict[tuple[Any, ...], Any] | None:
+    """The rows :func:`keep_rows` kept in this transaction and nobody changed since, or None."""
+    scratch = conn.info.get(BATCH_INFO)
+    return scratch.get("rows") if scratch is not None else None
+
+
+def forget_rows(conn: Connection, ids: Iterable[Any] | None = None) -> None:
+    """The transaction is about to change these rows (all, with ``None``): what
+    :func:`keep_rows` kept of them is stale from now on. Every statement of a batch's
+    requests that writes a row ``lock_rows`` reads must call this first."""
+    rows = kept_rows(conn)
+    if not rows:
+        return
+    if ids is None:
+        rows.clear()
+        return
+    gone = set(ids)
+    for key in [k for k in rows if k[0] in gone]:
+        del rows[key]
+
 Work = Callable[[Connection], Any]
 #: ``lock_rows(conn, keys, wait)``: lock the rows named by ``keys`` (sorted, distinct) for the
 #: rest of the transaction and return the keys locked (PostgreSQL batches, see the module
@@ -189,6 +224,8 @@ class GroupCommitter:
         try:
             return await self._run_batch_on(conn, batch)
         except BaseException:
+            # (the info dict is the pooled driver connection's: it would outlive the batch)
+            conn.info.pop(BATCH_INFO, None)
             self._close(loop)
             raise
 
@@ -227,6 +264,7 @@ class GroupCommitter:
             return batch, []
         lock_rows: LockRows = self._lock_rows  # type: ignore[assignment]
         if all(item.deferred < MAX_DEFER for item in batch):
+            conn.info[BATCH_INFO] = {}
             got = set(lock_rows(conn, keys, False))
             if len(got) == len(keys):
                 return batch, []
@@ -237,6 +275,7 @@ class GroupCommitter:
                     item.deferred += 1
                 return now, later
             conn.connection.driver_connection.rollback()  # nothing could run: wait instead
+        conn.info[BATCH_INFO] = {}
         await anyio.to_thread.run_sync(lock_rows, conn, keys, True)
         return batch, []
 
@@ -249,6 +288,13 @@ class GroupCommitter:
         outcomes: list[tuple[bool, Any]] = []
         if self.sqlite:
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+        try:
+            return self._attempt_tx(conn, batch, savepoints, outcomes)
+        finally:
+            conn.info.pop(BATCH_INFO, None)  # the transaction is over
+
+    def _attempt_tx(self, conn: Connection, batch: list[_Item], savepoints: bool,
+                    outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]] | None:
         try:
             with conn.begin():
                 raw = conn.connection.driver_connection

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from labeler.batch import forget_rows, keep_rows, kept_rows
 from labeler.db import write_tx
 from labeler.assign import StateRead, split_task_id, task_cell, verify_task
 from labeler.errors import LeaseExpired, NotLeased, ValidationError
@@ -222,13 +223,41 @@ def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[Label
     return dup
 
 
-def lock_tiles(conn: Connection, tile_ids: list[int], wait: bool = True) -> list[int]:
-    """Lock the rows of ``tile_ids`` (PostgreSQL, in id order) until the transaction ends and
-    return the ids locked: a group-committed batch (:mod:`labeler.batch`) takes its
-    submissions' tiles up front. Without ``wait``, rows another transaction holds are skipped."""
-    return [r[0] for r in run(
-        conn, "SELECT id FROM tiles WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
-        + ("" if wait else " SKIP LOCKED"), {"ids": [int(t) for t in tile_ids]})]
+_TILE_READ_COLS = (
+    "t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, t.gold_answer, "
+    "t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, t.answer_counts, "
+    "s.task_id, s.is_gold AS lease_gold")
+
+#: PostgreSQL: lock the tiles of (tile, volunteer) keys in id order and read what
+#: :func:`submit_in` needs of each: the tile and that volunteer's lease on it.
+_LOCK_READ_SQL = (
+    f"SELECT {_TILE_READ_COLS}, k.v FROM unnest(CAST(:t AS int[]), CAST(:v AS int[])) AS k(t, v) "
+    "JOIN tiles t ON t.id = k.t LEFT JOIN leases s ON s.tile_id = k.t AND s.volunteer_id = k.v "
+    "ORDER BY t.id FOR UPDATE OF t")
+
+
+def lock_tiles(conn: Connection, keys: list[tuple[int, int]], wait: bool = True
+               ) -> list[tuple[int, int]]:
+    """Lock the tiles of ``keys`` — ``(tile id, volunteer id)`` pairs, sorted — (PostgreSQL,
+    in id order) until the transaction ends and return the keys whose tile was locked: a
+    group-committed batch (:mod:`labeler.batch`) takes its submissions' tiles up front.
+    Without ``wait``, rows another transaction holds are skipped. In a batch, what
+    :func:`submit_in` reads of each tile comes with the locks (one statement fewer per
+    submission), kept until the batch changes the tile (:func:`labeler.batch.forget_rows`)."""
+    rows = run(conn, _LOCK_READ_SQL + ("" if wait else " SKIP LOCKED"),
+               {"t": [int(k[0]) for k in keys], "v": [int(k[1]) for k in keys]}).all()
+    keep_rows(conn, {(r.id, r.v): r for r in rows})
+    return [(r.id, r.v) for r in rows]
+
+
+def _locked_rows(conn: Connection, volunteer_id: int, labels: list[LabelIn]) -> list[Any] | None:
+    """The rows :func:`lock_tiles` read for these labels in this batch, when it read all of
+    them and the batch has not changed their tiles since; ``None`` otherwise."""
+    rows = kept_rows(conn)
+    if not rows:
+        return None
+    got = [rows.get((lb.tile_id, volunteer_id)) for lb in labels]
+    return None if None in got else got
 
 
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
@@ -257,14 +286,16 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
     now = utcnow()
     lease_id = split_task_id(task_id)
     pg = conn.dialect.name == "postgresql"
-    ids, params = id_params([lb.tile_id for lb in labels])
-    params["v"] = volunteer_id
-    rows = run(conn,
-        "SELECT t.id, t.project_id, t.z, t.x, t.y, t.west, t.south, t.east, t.north, "
-        "t.gold_answer, t.gold_explanation, t.tutorial, t.state, t.label_count, t.lease_count, "
-        "t.answer_counts, s.task_id, s.is_gold AS lease_gold FROM tiles t LEFT JOIN leases s "
-        f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN {ids} "
-        "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), params).all()
+    rows = _locked_rows(conn, volunteer_id, labels) if pg else None
+    if rows is None:
+        ids, params = id_params([lb.tile_id for lb in labels])
+        params["v"] = volunteer_id
+        rows = run(conn,
+            f"SELECT {_TILE_READ_COLS} FROM tiles t LEFT JOIN leases s "
+            f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN {ids} "
+            "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), params).all()
+    if pg:
+        forget_rows(conn, [lb.tile_id for lb in labels])  # this submission may change them
     tiles = {r.id: r for r in rows}
     unleased = [lb for lb in labels if lb.tile_id not in tiles
                 or tiles[lb.tile_id].task_id != lease_id]

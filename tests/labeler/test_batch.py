@@ -8,6 +8,7 @@ deadlock or serialization failure."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,95 @@ def test_lock_tiles_skips_rows_another_transaction_holds(settings: Any) -> None:
         with engine.connect() as conn:
             ids = sorted(r[0] for r in conn.exec_driver_sql("SELECT id FROM tiles"))
         with engine.begin() as other, engine.begin() as conn:
-            lock_tiles(other, [ids[1]])
-            assert lock_tiles(conn, [ids[2], ids[0], ids[1]], wait=False) == [ids[0], ids[2]]
+            lock_tiles(other, [(ids[1], 7)])
+            # keys are (tile, volunteer): a tile named twice is locked once, listed twice
+            keys = [(ids[2], 7), (ids[0], 7), (ids[1], 7), (ids[0], 8)]
+            got = lock_tiles(conn, keys, wait=False)
+            assert sorted(got) == [(ids[0], 7), (ids[0], 8), (ids[2], 7)]
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_reads_its_submissions_tiles_with_their_locks(
+        settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: what a submission reads of its tile (and of the volunteer's lease on it)
+    comes with the batch's locks, not from a statement of its own."""
+    from starlette.testclient import TestClient
+
+    import labeler.labels as labels_mod
+    from labeler.app import create_app
+    from labeler.testing import label_for, seed_project, start_volunteer
+
+    if not settings.resolved_database_url.startswith("postgresql"):
+        pytest.skip("SQLite batches take no row locks")
+    p = seed_project(settings, n_tiles=4, with_images=False, gold_rate=0, redundancy=2)
+    statements: list[str] = []
+    real = labels_mod.run
+
+    def spy(conn: sa.Connection, text: str, params: Any = None) -> Any:
+        statements.append(text)
+        return real(conn, text, params)
+
+    with TestClient(create_app(settings)) as client:
+        h = start_volunteer(client)
+        task = client.get(f"/api/projects/{p.slug}/next").json()
+        monkeypatch.setattr(labels_mod, "run", spy)
+        r = client.post(f"/api/projects/{p.slug}/labels?next=1", headers=h, json={
+            "task_id": task["task_id"], "labels": [label_for(task["tiles"][0])]})
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    assert r.json()["next"]["task_id"]
+    assert any("unnest" in t and "FOR UPDATE" in t for t in statements)  # the batch's lock
+    assert not [t for t in statements if "FROM tiles t LEFT JOIN leases" in t]  # no own read
+
+
+def test_two_answers_for_one_tile_in_one_batch_both_count(settings: Any) -> None:
+    """Two volunteers' answers for the same tile in one batch: the second must see the tile as
+    the first left it (the rows read with the batch's locks are stale once the first
+    submission changed the tile), or its counts would overwrite the first's."""
+
+    from starlette.testclient import TestClient
+
+    from labeler.app import create_app
+    from labeler.assign import split_task_id
+    from labeler.labels import lock_tiles, parse_submission, submit_in
+    from labeler.projects import config_from_row, get_row
+    from labeler.testing import (
+        assert_counters_consistent, label_for, run_async, seed_project, start_volunteer)
+
+    p = seed_project(settings, n_tiles=1, with_images=False, gold_rate=0, redundancy=3)
+    engine = make_engine(settings.resolved_database_url, pool_size=3)
+    try:
+        tasks = []
+        with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+            for c in (a, b):
+                start_volunteer(c)
+                tasks.append(c.get(f"/api/projects/{p.slug}/next").json())
+        subs = []
+        with engine.connect() as conn:
+            project = config_from_row(get_row(conn, p.slug))
+            for task in tasks:
+                vid = conn.execute(sa.text("SELECT volunteer_id FROM leases WHERE task_id = :t"),
+                                   {"t": split_task_id(task["task_id"])}).scalar_one()
+                subs.append((vid, task))
+        committer = GroupCommitter(engine, lock_rows=lock_tiles)
+
+        def work(vid: int, task: dict[str, Any], answer: str) -> Any:
+            _, labels = parse_submission(project, {"task_id": task["task_id"], "labels": [
+                label_for(task["tiles"][0], answer=answer)]}, 10)
+            return lambda conn: submit_in(conn, project, vid, task["task_id"], labels).stored
+
+        async def both() -> list[Any]:
+            return await asyncio.gather(*(
+                committer.run(work(vid, task, ans), locks=[(task["tiles"][0]["tile_id"], vid)])
+                for (vid, task), ans in zip(subs, ("yes", "no"))))
+
+        assert run_async(both) == [1, 1]
+        committer.close()
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT label_count, lease_count, answer_counts "
+                                       "FROM tiles").one()
+        counts = row[2] if isinstance(row[2], dict) else json.loads(row[2])
+        assert (row[0], row[1], counts) == (2, 0, {"yes": 1, "no": 1})
+        assert_counters_consistent(settings)
     finally:
         engine.dispose()
