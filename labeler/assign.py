@@ -498,8 +498,8 @@ class Assigner:
         counters change): should a parallel request of the same volunteer lease the same tile
         first, the insert does nothing and the turn falls back to a normal task."""
         r = run(conn, _GOLD_SQL, {"p": project.id, "v": volunteer_id}).first()
-        if r is not None:
-            forget_rows(conn, [r.id])
+        if r is not None:  # (the lease, not the tile: see _claim_pg)
+            forget_rows(conn, [r.id], only=volunteer_id)
         if r is None or run(conn, _GOLD_LEASE_SQL, dict(
                 lease, p=project.id, tile_id=r.id, v=volunteer_id, g=True, r=0, c=0)).first() is None:
             return []
@@ -531,7 +531,9 @@ class Assigner:
             "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u) "
             "SELECT * FROM u", params).all()
         if found:
-            forget_rows(conn, [r.id for r in found])
+            # The claim changes the tiles' lease counts (which a submission reads only for a
+            # late label, and then reads again) and this volunteer's leases on them.
+            forget_rows(conn, [r.id for r in found], only=volunteer_id)
         return sorted((_task_tile(r, r.y % rows, r.x % cols) for r in found),
                       key=lambda t: (t.row, t.col))
 

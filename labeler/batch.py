@@ -85,10 +85,12 @@ def kept_rows(conn: Connection) -> dict[tuple[Any, ...], Any] | None:
     return scratch.get("rows") if scratch is not None else None
 
 
-def forget_rows(conn: Connection, ids: Iterable[Any] | None = None) -> None:
+def forget_rows(conn: Connection, ids: Iterable[Any] | None = None, *,
+                only: Any = None) -> None:
     """The transaction is about to change these rows (all, with ``None``): what
-    :func:`keep_rows` kept of them is stale from now on. Every statement of a batch's
-    requests that writes a row ``lock_rows`` reads must call this first."""
+    :func:`keep_rows` kept of them is stale from now on; with ``only``, just the keys whose
+    second element is ``only`` (what was read with those rows for them). Every statement of
+    a batch's requests that writes what ``lock_rows`` read must call this first."""
     rows = kept_rows(conn)
     if not rows:
         return
@@ -96,7 +98,7 @@ def forget_rows(conn: Connection, ids: Iterable[Any] | None = None) -> None:
         rows.clear()
         return
     gone = set(ids)
-    for key in [k for k in rows if k[0] in gone]:
+    for key in [k for k in rows if k[0] in gone and (only is None or k[1] == only)]:
         del rows[key]
 
 Work = Callable[[Connection], Any]

@@ -250,14 +250,20 @@ def lock_tiles(conn: Connection, keys: list[tuple[int, int]], wait: bool = True
     return [(r.id, r.v) for r in rows]
 
 
-def _locked_rows(conn: Connection, volunteer_id: int, labels: list[LabelIn]) -> list[Any] | None:
+def _locked_rows(conn: Connection, volunteer_id: int, lease_id: str,
+                 labels: list[LabelIn]) -> list[Any] | None:
     """The rows :func:`lock_tiles` read for these labels in this batch, when it read all of
-    them and the batch has not changed their tiles since; ``None`` otherwise."""
+    them, the batch has not changed their tiles since, and each shows the tile leased to the
+    volunteer under ``lease_id``; ``None`` otherwise. (Claims in the batch change the tiles'
+    lease counts without forgetting the rows; only a late label reads that count, and a late
+    label's tile is read again.)"""
     rows = kept_rows(conn)
-    if not rows:
+    if not rows or not lease_id:
         return None
     got = [rows.get((lb.tile_id, volunteer_id)) for lb in labels]
-    return None if None in got else got
+    if any(r is None or r.task_id != lease_id for r in got):
+        return None
+    return got
 
 
 def submit(engine: Engine, project: ProjectConfig, volunteer_id: int, task_id: str,
@@ -286,7 +292,7 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
     now = utcnow()
     lease_id = split_task_id(task_id)
     pg = conn.dialect.name == "postgresql"
-    rows = _locked_rows(conn, volunteer_id, labels) if pg else None
+    rows = _locked_rows(conn, volunteer_id, lease_id, labels) if pg else None
     if rows is None:
         ids, params = id_params([lb.tile_id for lb in labels])
         params["v"] = volunteer_id

@@ -337,15 +337,17 @@ def test_a_batch_reads_its_submissions_tiles_with_their_locks(
 
 
 def test_two_answers_for_one_tile_in_one_batch_both_count(settings: Any) -> None:
-    """Two volunteers' answers for the same tile in one batch: the second must see the tile as
-    the first left it (the rows read with the batch's locks are stale once the first
-    submission changed the tile), or its counts would overwrite the first's."""
+    """Two volunteers' answers for the same tile in one batch, after a third volunteer's claim
+    of it: the second answer must see the tile as the first left it (the rows read with the
+    batch's locks are stale once a submission changed the tile), or its counts would
+    overwrite the first's; the claim's lease must survive both."""
 
     from starlette.testclient import TestClient
 
     from labeler.app import create_app
-    from labeler.assign import split_task_id
+    from labeler.assign import Assigner, split_task_id
     from labeler.labels import lock_tiles, parse_submission, submit_in
+    from labeler.security import insert_volunteer
     from labeler.projects import config_from_row, get_row
     from labeler.testing import (
         assert_counters_consistent, label_for, run_async, seed_project, start_volunteer)
@@ -372,18 +374,26 @@ def test_two_answers_for_one_tile_in_one_batch_both_count(settings: Any) -> None
                 label_for(task["tiles"][0], answer=answer)]}, 10)
             return lambda conn: submit_in(conn, project, vid, task["task_id"], labels).stored
 
-        async def both() -> list[Any]:
-            return await asyncio.gather(*(
+        # a third volunteer claims the same tile first, in the same batch
+        with engine.begin() as conn:
+            third = insert_volunteer(conn, None).id
+        assigner = Assigner(engine, 600)
+
+        def claim(conn: sa.Connection) -> int:
+            return len(assigner.next_tasks(project, third, conn=conn))
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(committer.run(claim), *(
                 committer.run(work(vid, task, ans), locks=[(task["tiles"][0]["tile_id"], vid)])
                 for (vid, task), ans in zip(subs, ("yes", "no"))))
 
-        assert run_async(both) == [1, 1]
+        assert run_async(together) == [1, 1, 1]
         committer.close()
         with engine.connect() as conn:
             row = conn.exec_driver_sql("SELECT label_count, lease_count, answer_counts "
                                        "FROM tiles").one()
         counts = row[2] if isinstance(row[2], dict) else json.loads(row[2])
-        assert (row[0], row[1], counts) == (2, 0, {"yes": 1, "no": 1})
+        assert (row[0], row[1], counts) == (2, 1, {"yes": 1, "no": 1})
         assert_counters_consistent(settings)
     finally:
         engine.dispose()
