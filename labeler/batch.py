@@ -90,7 +90,9 @@ def forget_rows(conn: Connection, ids: Iterable[Any] | None = None, *,
     """The transaction is about to change these rows (all, with ``None``): what
     :func:`keep_rows` kept of them is stale from now on; with ``only``, just the keys whose
     second element is ``only`` (what was read with those rows for them). Every statement of
-    a batch's requests that writes what ``lock_rows`` read must call this first."""
+    a batch's requests that writes what ``lock_rows`` read must call this first — or bring
+    the kept rows up to date itself (see :func:`labeler.labels.submit_in`); a request that
+    fails in a batch with savepoints forgets them all (its writes are rolled back)."""
     rows = kept_rows(conn)
     if not rows:
         return
@@ -313,6 +315,7 @@ class GroupCommitter:
                             raise _Retry() from exc
                         raw.execute("ROLLBACK TO cs_req")
                         raw.execute("RELEASE cs_req")
+                        forget_rows(conn)  # it may have updated kept rows it had written
                     else:
                         if savepoints:
                             raw.execute("RELEASE cs_req")

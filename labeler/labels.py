@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from labeler.batch import forget_rows, keep_rows, kept_rows
+from labeler.batch import keep_rows, kept_rows
 from labeler.db import write_tx
 from labeler.assign import StateRead, split_task_id, task_cell, verify_task
 from labeler.errors import LeaseExpired, NotLeased, ValidationError
@@ -250,6 +250,26 @@ def lock_tiles(conn: Connection, keys: list[tuple[int, int]], wait: bool = True
     return [(r.id, r.v) for r in rows]
 
 
+def _keep_written(conn: Connection, volunteer_id: int,
+                  plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]],
+                  inserted: set[int]) -> None:
+    """After a submission's statement: bring the rows the batch read with its locks (for
+    other volunteers' answers to the same tiles) up to date with what it wrote, and drop
+    this volunteer's (their lease is gone). Submissions are the batch's only writers of the
+    columns those rows are used for (counts, answers, state)."""
+    rows = kept_rows(conn)
+    if not rows:
+        return
+    for lb, _, upd in plan:
+        rows.pop((lb.tile_id, volunteer_id), None)
+        if upd is None or lb.tile_id not in inserted:
+            continue
+        for key in [k for k in rows if k[0] == lb.tile_id]:
+            r = rows[key]
+            rows[key] = r._replace(label_count=upd["lc"], answer_counts=upd["counts"],
+                                   state=upd["st"], lease_count=r.lease_count - upd["rel"])
+
+
 def _locked_rows(conn: Connection, volunteer_id: int, lease_id: str,
                  labels: list[LabelIn]) -> list[Any] | None:
     """The rows :func:`lock_tiles` read for these labels in this batch, when it read all of
@@ -300,8 +320,6 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
             f"SELECT {_TILE_READ_COLS} FROM tiles t LEFT JOIN leases s "
             f"ON s.tile_id = t.id AND s.volunteer_id = :v WHERE t.id IN {ids} "
             "ORDER BY t.id" + (" FOR UPDATE OF t" if pg else ""), params).all()
-    if pg:
-        forget_rows(conn, [lb.tile_id for lb in labels])  # this submission may change them
     tiles = {r.id: r for r in rows}
     unleased = [lb for lb in labels if lb.tile_id not in tiles
                 or tiles[lb.tile_id].task_id != lease_id]
@@ -350,7 +368,7 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
             upd = _tile_update(tile, None if lb.skipped else lb.answer,
                                release=release, project=project)
         if upd is not None:
-            upd = {**upd, "ac": js(conn, upd["ac"]),
+            upd = {**upd, "ac": js(conn, upd["ac"]), "counts": upd["ac"],
                    "ra": now_db if upd["st"] != "live" else None}
         plan.append((lb, row, upd))
     inserted: set[int] = set()
@@ -361,6 +379,7 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
             inserted = {r[0] for r in run(conn, sql, params)}
         else:
             inserted = state.take(run(conn, sql, params).all())
+        _keep_written(conn, volunteer_id, plan, inserted)
     else:
         for lb, row, _ in plan:
             if run(conn, _INSERT_SQL, row).first() is not None:

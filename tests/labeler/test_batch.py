@@ -397,3 +397,62 @@ def test_two_answers_for_one_tile_in_one_batch_both_count(settings: Any) -> None
         assert_counters_consistent(settings)
     finally:
         engine.dispose()
+
+
+def test_a_failed_answer_in_a_batch_leaves_no_trace_for_the_next(settings: Any) -> None:
+    """An answer that stored its label and then failed is rolled back to its savepoint: the
+    answers after it in the batch must see the tile without it (what the batch keeps of the
+    tile was brought up to date by that answer, so it must be forgotten)."""
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from labeler.app import create_app
+    from labeler.assign import split_task_id
+    from labeler.labels import lock_tiles, parse_submission, submit_in
+    from labeler.projects import config_from_row, get_row
+    from labeler.testing import (
+        assert_counters_consistent, label_for, run_async, seed_project, start_volunteer)
+
+    p = seed_project(settings, n_tiles=1, with_images=False, gold_rate=0, redundancy=3)
+    engine = make_engine(settings.resolved_database_url, pool_size=3)
+    try:
+        tasks = []
+        with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b, \
+                TestClient(create_app(settings)) as c:
+            for client in (a, b, c):
+                start_volunteer(client)
+                tasks.append(client.get(f"/api/projects/{p.slug}/next").json())
+        with engine.connect() as conn:
+            project = config_from_row(get_row(conn, p.slug))
+            vids = [conn.execute(sa.text("SELECT volunteer_id FROM leases WHERE task_id = :t"),
+                                 {"t": split_task_id(t["task_id"])}).scalar_one() for t in tasks]
+        committer = GroupCommitter(engine, lock_rows=lock_tiles)
+
+        def work(i: int, fail: bool) -> Any:
+            _, labels = parse_submission(project, {"task_id": tasks[i]["task_id"], "labels": [
+                label_for(tasks[i]["tiles"][0], answer="yes")]}, 10)
+
+            def run_it(conn: sa.Connection) -> int:
+                stored = submit_in(conn, project, vids[i], tasks[i]["task_id"], labels).stored
+                if fail:
+                    raise RuntimeError("failed after storing")
+                return stored
+            return run_it
+
+        async def three() -> list[Any]:
+            return await asyncio.gather(*(
+                committer.run(work(i, i == 1), locks=[(tasks[i]["tiles"][0]["tile_id"], vids[i])])
+                for i in range(3)), return_exceptions=True)
+
+        got = run_async(three)
+        committer.close()
+        assert got[0] == 1 and got[2] == 1 and isinstance(got[1], RuntimeError)
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT label_count, lease_count, answer_counts "
+                                       "FROM tiles").one()
+        counts = row[2] if isinstance(row[2], dict) else json.loads(row[2])
+        assert (row[0], row[1], counts) == (2, 1, {"yes": 2})
+        assert_counters_consistent(settings)
+    finally:
+        engine.dispose()
