@@ -6,6 +6,8 @@ SQLite reads the state after the writes, with a statement of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,35 +26,44 @@ def _post(c: Any, slug: str, h: dict[str, str], task: dict[str, Any], query: str
         "labels": [label_for(t, **extra) for t in (tiles or task["tiles"])]})
 
 
-def _set_expiry(settings: Settings, when: datetime, where: str = "") -> None:
+@contextmanager
+def _db(settings: Settings) -> Iterator[sa.Connection]:
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"UPDATE leases SET expires_at = :e {where}"),
-                         {"e": ts_text(when) if engine.dialect.name == "sqlite" else when})
+            yield conn
     finally:
         engine.dispose()
+
+
+def _set_expiry(settings: Settings, when: datetime) -> None:
+    with _db(settings) as conn:
+        conn.execute(sa.text("UPDATE leases SET expires_at = :e"),
+                     {"e": ts_text(when) if conn.dialect.name == "sqlite" else when})
 
 
 def _expiry(settings: Settings, task_id: str) -> datetime:
-    engine = make_engine(settings.resolved_database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            v = conn.execute(sa.text("SELECT min(expires_at) FROM leases WHERE task_id = :t"),
-                             {"t": task_id[:16]}).scalar_one()
-    finally:
-        engine.dispose()
+    with _db(settings) as conn:
+        v = conn.execute(sa.text("SELECT min(expires_at) FROM leases WHERE task_id = :t"),
+                         {"t": task_id[:16]}).scalar_one()
     v = datetime.fromisoformat(str(v)) if not isinstance(v, datetime) else v
     return v if v.tzinfo else v.replace(tzinfo=UTC)
 
 
-def test_the_answer_counts_the_label_just_stored(make_client, settings: Settings) -> None:
-    p = seed_project(settings, n_tiles=8, with_images=False, gold_rate=0)
+def _volunteer(make_client: Any, settings: Settings, query: str = "?ahead=1",
+               **fields: Any) -> tuple[str, Any, dict[str, str], dict[str, Any]]:
+    """A live project and a volunteer holding its first task(s): ``(slug, client, headers,
+    task)``."""
+    p = seed_project(settings, with_images=False, gold_rate=0, **{"n_tiles": 6, **fields})
     c = make_client()
     h = start_volunteer(c)
-    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    return p.slug, c, h, c.get(f"/api/projects/{p.slug}/next{query}").json()
+
+
+def test_the_answer_counts_the_label_just_stored(make_client, settings: Settings) -> None:
+    slug, c, h, task = _volunteer(make_client, settings, n_tiles=8)
     for n in range(1, 4):
-        r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+        r = _post(c, slug, h, task, "?next=1&ahead=1")
         assert r.status_code == 200 and r.json()["stored"] == 1, r.text
         nxt = r.json()["next"]
         assert nxt["task_id"] == task["ahead"]["task_id"]  # the held task, then a new one
@@ -64,13 +75,10 @@ def test_the_answer_counts_the_label_just_stored(make_client, settings: Settings
 
 
 def test_a_held_task_near_expiry_is_renewed_by_the_answer(make_client, settings: Settings) -> None:
-    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
-    c = make_client()
-    h = start_volunteer(c)
-    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    slug, c, h, task = _volunteer(make_client, settings)
     half = datetime.now(UTC) + timedelta(seconds=settings.lease_seconds / 2)
     _set_expiry(settings, half)
-    r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+    r = _post(c, slug, h, task, "?next=1&ahead=1")
     assert r.status_code == 200, r.text
     nxt = r.json()["next"]
     assert nxt["task_id"] == task["ahead"]["task_id"]
@@ -83,13 +91,10 @@ def test_a_held_task_near_expiry_is_renewed_by_the_answer(make_client, settings:
 
 def test_part_of_a_block_answered_keeps_the_rest_of_the_task(make_client,
                                                             settings: Settings) -> None:
-    p = seed_project(settings, n_tiles=16, with_images=False, gold_rate=0, grid_cols=4,
-                     block={"cols": 2, "rows": 1})
-    c = make_client()
-    h = start_volunteer(c)
-    task = c.get(f"/api/projects/{p.slug}/next").json()
+    slug, c, h, task = _volunteer(make_client, settings, "", n_tiles=16, grid_cols=4,
+                                  block={"cols": 2, "rows": 1})
     assert len(task["tiles"]) == 2
-    r = _post(c, p.slug, h, task, "?next=1", tiles=task["tiles"][:1])
+    r = _post(c, slug, h, task, "?next=1", tiles=task["tiles"][:1])
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     nxt = r.json()["next"]
     assert nxt["task_id"] == task["task_id"]
@@ -101,12 +106,9 @@ def test_part_of_a_block_answered_keeps_the_rest_of_the_task(make_client,
 def test_a_late_label_does_not_count_its_expired_lease(make_client, settings: Settings) -> None:
     """The expired lease the label consumes is deleted by the same statement: the state must
     not count it as one to reclaim, nor hand its task out again."""
-    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
-    c = make_client()
-    h = start_volunteer(c)
-    task = c.get(f"/api/projects/{p.slug}/next").json()
+    slug, c, h, task = _volunteer(make_client, settings, "")
     _set_expiry(settings, datetime.now(UTC) - timedelta(seconds=5))
-    r = _post(c, p.slug, h, task, "?next=1&ahead=1")
+    r = _post(c, slug, h, task, "?next=1&ahead=1")
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     nxt = r.json()["next"]
     done = task["tiles"][0]["tile_id"]
@@ -118,13 +120,10 @@ def test_a_late_label_does_not_count_its_expired_lease(make_client, settings: Se
 
 def test_a_repeated_answer_still_brings_the_next_task(make_client, settings: Settings) -> None:
     """Nothing is stored the second time (so no statement reads the state with it)."""
-    p = seed_project(settings, n_tiles=6, with_images=False, gold_rate=0)
-    c = make_client()
-    h = start_volunteer(c)
-    task = c.get(f"/api/projects/{p.slug}/next?ahead=1").json()
+    slug, c, h, task = _volunteer(make_client, settings)
     body = {"task_id": task["task_id"], "labels": [label_for(task["tiles"][0])]}
-    first = c.post(f"/api/projects/{p.slug}/labels?next=1&ahead=1", headers=h, json=body)
-    again = c.post(f"/api/projects/{p.slug}/labels?next=1&ahead=1", headers=h, json=body)
+    first = c.post(f"/api/projects/{slug}/labels?next=1&ahead=1", headers=h, json=body)
+    again = c.post(f"/api/projects/{slug}/labels?next=1&ahead=1", headers=h, json=body)
     assert first.status_code == again.status_code == 200, again.text
     assert again.json()["stored"] == 0 and again.json()["duplicates"] == 1
     a, b = first.json()["next"], again.json()["next"]
