@@ -315,6 +315,31 @@ def test_block_of_tiles_one_answer_each(page: Page, live_server: str, labeler_se
                    tiles[4]: "maybe", tiles[5]: "no"}
 
 
+def test_a_late_project_list_does_not_replace_the_task(page: Page, live_server: str,
+                                                      labeler_settings: Any) -> None:
+    """The volunteer starts and goes straight on to a project (a shared #/p/... link, or a
+    quick tap): the project list that the start asked for arrives after the task is on
+    screen, and must not replace it. (Seen in CI under load: the phone check of the
+    real-imagery test found its task hidden behind the project list.)"""
+    seed_project(labeler_settings, type="find", slug="late-list", n_tiles=2)
+    v = Volunteer(page, live_server)
+    page.goto(live_server)
+    expect(page.locator("#screen-welcome")).to_be_visible()
+    held: list[Any] = []
+    page.route("**/api/projects", lambda route: held.append(route))  # the list only
+    with page.expect_request("**/api/projects"):  # the session is made; the list is asked for
+        page.click("#welcome-start")
+    page.goto(live_server + "#/p/late-list")
+    v.wait_task()
+    assert len(held) == 1  # the start's project list is still on its way
+    with page.expect_response("**/api/projects"):
+        held[0].continue_()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 100))")  # let the page react
+    expect(page.locator("#screen-task")).to_be_visible()
+    expect(page.locator("#screen-projects")).to_be_hidden()
+    expect(page.locator("#grid .tile").first).to_be_visible()
+
+
 @sqlite_only
 def test_flag_and_skip(page: Page, live_server: str, labeler_settings: Any, db_rows: Any) -> None:
     seed_project(labeler_settings, type="find", slug="flags", n_tiles=2)

@@ -656,10 +656,16 @@
   // ---------------------------------------------------------------- access
   function loadAccess() {
     var p = state.project, base = "/api/projects/" + encodeURIComponent(p.slug);
+    var f = $("access-form");
+    // not editable until the current settings are in: a late answer would overwrite a choice
+    // made meanwhile, and saving would then send the old value
+    var fields = Array.prototype.slice.call(f.elements);
+    fields.forEach(function (e) { e.disabled = true; });
     api("GET", base + "/access").then(function (a) {
-      var f = $("access-form");
       f.private.checked = !!a.private; f.exports_restricted.checked = !!a.exports_restricted;
-    }).catch(fail);
+    }).catch(fail).then(function () {
+      fields.forEach(function (e) { e.disabled = false; });
+    });
     loadInvites();
   }
   function loadInvites() {

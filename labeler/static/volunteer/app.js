@@ -157,15 +157,16 @@ async function startSession(ev) {
 
 // ---------------------------------------------------------------- projects
 
-async function showProjects() {
+async function showProjects(seq = routeSeq) {
   showScreen("loading", { focus: false });
   let data;
   try {
     data = await api.projects();
   } catch (e) {
-    handle(e, showProjects);
+    if (seq === routeSeq) handle(e, () => showProjects(seq));
     return;
   }
+  if (seq !== routeSeq) return; // the volunteer has gone elsewhere meanwhile
   const list = $("project-list");
   list.replaceChildren();
   for (const p of data.projects || []) {
@@ -233,19 +234,23 @@ function startNearMe(slug, button) {
 
 // ---------------------------------------------------------------- project + tutorial
 
-async function openProject(slug) {
+async function openProject(slug, seq = routeSeq) {
   showScreen("loading", { focus: false });
+  let project;
   try {
-    state.project = await api.project(slug);
+    project = await api.project(slug);
   } catch (e) {
+    if (seq !== routeSeq) return;
     if (e instanceof ApiError && e.status === 404) {
       alertUser(errorText(e));
       window.location.hash = "#/";
       return;
     }
-    handle(e, () => openProject(slug));
+    handle(e, () => openProject(slug, seq));
     return;
   }
+  if (seq !== routeSeq) return; // the volunteer has gone elsewhere meanwhile
+  state.project = project;
   const p = state.project;
   const passed = (state.session.volunteer.tutorials_passed || []).includes(slug);
   if ((p.tutorial || []).length && !passed) showTutorial(p);
@@ -757,7 +762,12 @@ function goNext() {
 
 // ---------------------------------------------------------------- routing + boot
 
+// Every navigation gets a number; a screen whose data arrives after a newer navigation began
+// is not shown (a slow project list must not replace the task the volunteer went on to).
+let routeSeq = 0;
+
 async function route() {
+  const seq = ++routeSeq;
   alertUser("");
   if (!state.session) {
     showScreen("welcome");
@@ -766,8 +776,8 @@ async function route() {
   // #/p/<slug> or #/p/<slug>?near=<lon>,<lat> (tasks near a place the volunteer knows)
   const m = /^#\/p\/([^/?#]+)(?:\?near=(-?[\d.]+),(-?[\d.]+))?/.exec(window.location.hash);
   state.near = m && m[2] ? `${m[2]},${m[3]}` : null;
-  if (m) await openProject(decodeURIComponent(m[1]));
-  else await showProjects();
+  if (m) await openProject(decodeURIComponent(m[1]), seq);
+  else await showProjects(seq);
 }
 
 const outbox = new Outbox(api, (pending, error) => {
