@@ -94,7 +94,7 @@ class TileStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self._made: set[Path] = set()
+        self._made: set[str] = set()  # tile folders known to exist
 
     def __repr__(self) -> str:
         return f"TileStore({str(self.root)!r})"
@@ -154,15 +154,7 @@ class TileStore:
               data: bytes) -> Path:
         """Atomically write one tile; returns its path."""
         path = self.path_for(project, layer, z, x, y, ext)
-        parent = path.parent
-        try:
-            if parent not in self._made:
-                parent.mkdir(parents=True, exist_ok=True)
-                self._made.add(parent)
-            atomic_write(path, data)
-        except OSError as exc:
-            raise StoreError(f"cannot write tile {path}: {exc.strerror or exc}; "
-                             f"check that {self.root} is writable and has free space") from exc
+        _write_tile(self._made, str(path.parent), path.name, data, self.root)
         return path
 
     def layer_writer(self, project: str, layer: str, ext: str) -> "LayerWriter":
@@ -199,13 +191,18 @@ class LayerWriter:
 
     def write(self, z: int, x: int, y: int, data: bytes) -> None:
         check_tile(z, x, y)
-        directory = f"{self.base}/{z}/{x}"
-        name = f"{y}.{self.ext}"
-        try:
-            if directory not in self._made:
-                os.makedirs(directory, exist_ok=True)
-                self._made.add(directory)
-            _atomic_write_in(directory, name, data)
-        except OSError as exc:
-            raise StoreError(f"cannot write tile {directory}/{name}: {exc.strerror or exc}; "
-                             f"check that {self.base} is writable and has free space") from exc
+        _write_tile(self._made, f"{self.base}/{z}/{x}", f"{y}.{self.ext}", data, self.base)
+
+
+def _write_tile(made: set[str], directory: str, name: str, data: bytes, root: object) -> None:
+    """Atomically write ``directory/name``, creating ``directory`` unless ``made`` says it
+    exists; an OS error comes out as :class:`StoreError` naming ``root``."""
+    try:
+        if directory not in made:
+            os.makedirs(directory, exist_ok=True)
+            made.add(directory)
+        _atomic_write_in(directory, name, data)
+    except OSError as exc:
+        raise StoreError(f"cannot write tile {os.path.join(directory, name)}: "
+                         f"{exc.strerror or exc}; check that {root} is writable and has free "
+                         "space") from exc
