@@ -332,12 +332,17 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60
     raise RuntimeError("server did not come up")
 
 
-def _proc_cpu(pid: int | str) -> float | None:
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/{pid}/stat`` after the command name (None: the process is gone);
+    [3] is the session id, [11] and [12] user and system CPU in clock ticks."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
+            return f.read().rpartition(")")[2].split()
     except OSError:
         return None
+
+
+def _cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -353,30 +358,19 @@ def backend_cpu(db_url: str) -> dict[int, float]:
                          autocommit=True) as conn:
         pids = [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (url.database,))]
-    out = {}
-    for pid in pids:
-        cpu = _proc_cpu(pid)
-        if cpu is not None:
-            out[pid] = cpu
-    return out
+    stats = {pid: _proc_stat(pid) for pid in pids}
+    return {pid: _cpu_seconds(f) for pid, f in stats.items() if f is not None}
 
 
 def session_cpu(sid: int) -> float:
     """CPU seconds (user + system) used so far by every live process of session ``sid`` (the
     server and its workers: it is started with ``start_new_session``). Linux /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # field 6 of stat: session id (after pid, comm, state...)
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        fields = _proc_stat(name) if name.isdigit() else None
+        if fields is not None and int(fields[3]) == sid:
+            total += _cpu_seconds(fields)
+    return total
 
 
 @contextmanager

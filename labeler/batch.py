@@ -267,8 +267,8 @@ class GroupCommitter:
         if not keys:
             return batch, []
         lock_rows: LockRows = self._lock_rows  # type: ignore[assignment]
+        conn.info[BATCH_INFO] = {}  # (what lock_rows keeps, it keeps anew on each call)
         if all(item.deferred < MAX_DEFER for item in batch):
-            conn.info[BATCH_INFO] = {}
             got = set(lock_rows(conn, keys, False))
             if len(got) == len(keys):
                 return batch, []
@@ -279,7 +279,6 @@ class GroupCommitter:
                     item.deferred += 1
                 return now, later
             conn.connection.driver_connection.rollback()  # nothing could run: wait instead
-        conn.info[BATCH_INFO] = {}
         await anyio.to_thread.run_sync(lock_rows, conn, keys, True)
         return batch, []
 

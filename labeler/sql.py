@@ -218,15 +218,14 @@ def _pq_ready(raw: Any) -> bool:
     if (status != _IDLE or raw.autocommit or raw.isolation_level is not None
             or raw.read_only is not None or raw.deferrable is not None):
         return False
-    res = raw.pgconn.exec_(b"BEGIN")
-    if res.status != _COMMAND_OK:
-        raise pg_errors.error_from_result(res, encoding=raw.info.encoding)
+    _pq_check(raw.pgconn.exec_(b"BEGIN"), raw.info.encoding)
     return True
 
 
-def _pq_check(res: Any, state: _PqState) -> None:
+def _pq_check(res: Any, encoding: str) -> None:
+    """Raise the psycopg error of a failed libpq result."""
     if res.status not in (_TUPLES_OK, _COMMAND_OK):
-        raise pg_errors.error_from_result(res, encoding=state.encoding)
+        raise pg_errors.error_from_result(res, encoding=encoding)
 
 
 def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
@@ -243,10 +242,10 @@ def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
     name = state.prepared.get(key)
     if name is None:
         name = f"_cs{len(state.prepared)}".encode()
-        _pq_check(pgconn.prepare(name, text, types), state)
+        _pq_check(pgconn.prepare(name, text, types), state.encoding)
         state.prepared[key] = name
     res = pgconn.exec_prepared(name, values, param_formats=formats, result_format=_TEXT)
-    _pq_check(res, state)
+    _pq_check(res, state.encoding)
     if not res.nfields:
         return _NO_ROWS
     row_type = _pg_types.get(sql)
