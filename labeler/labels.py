@@ -243,7 +243,8 @@ def lock_tiles(conn: Connection, keys: list[tuple[int, int]], wait: bool = True
     group-committed batch (:mod:`labeler.batch`) takes its submissions' tiles up front.
     Without ``wait``, rows another transaction holds are skipped. In a batch, what
     :func:`submit_in` reads of each tile comes with the locks (one statement fewer per
-    submission), kept until the batch changes the tile (:func:`labeler.batch.forget_rows`)."""
+    submission), kept for the transaction: submissions bring it up to date with what they
+    write, claims forget the claimer's rows (:func:`labeler.batch.forget_rows`)."""
     rows = run(conn, _LOCK_READ_SQL + ("" if wait else " SKIP LOCKED"),
                {"t": [int(k[0]) for k in keys], "v": [int(k[1]) for k in keys]}).all()
     keep_rows(conn, {(r.id, r.v): r for r in rows})
@@ -272,11 +273,11 @@ def _keep_written(conn: Connection, volunteer_id: int,
 
 def _locked_rows(conn: Connection, volunteer_id: int, lease_id: str,
                  labels: list[LabelIn]) -> list[Any] | None:
-    """The rows :func:`lock_tiles` read for these labels in this batch, when it read all of
-    them, the batch has not changed their tiles since, and each shows the tile leased to the
-    volunteer under ``lease_id``; ``None`` otherwise. (Claims in the batch change the tiles'
-    lease counts without forgetting the rows; only a late label reads that count, and a late
-    label's tile is read again.)"""
+    """The rows :func:`lock_tiles` read for these labels in this batch (as the batch's
+    submissions since left them), when all of them are kept and each shows the tile leased
+    to the volunteer under ``lease_id``; ``None`` otherwise. (Claims in the batch change the
+    tiles' lease counts without updating the rows; only a late label reads that count, and a
+    late label's tile is read again.)"""
     rows = kept_rows(conn)
     if not rows or not lease_id:
         return None
