@@ -228,7 +228,9 @@ def unpremultiply(a: np.ndarray) -> np.ndarray:
     alpha = cv2.extractChannel(a, a.shape[2] - 1)
     partial = cv2.inRange(alpha, 1, 254)  # only the few pixels at the data's edge
     if cv2.countNonZero(partial):
-        ys, xs = np.nonzero(partial)
+        # (x, y) of the partial pixels: cv2.findNonZero is ~2x faster than np.nonzero on a
+        # 0/255 mask, which takes numpy's slow path for non-boolean arrays
+        xs, ys = cv2.findNonZero(partial).reshape(-1, 2).T
         px = a[ys, xs]
         px[:, :-1] = _UNPREMULTIPLY[px[:, -1:], px[:, :-1]]
         a[ys, xs] = px
