@@ -805,12 +805,18 @@ def _render_canvas(job: BlockJob, size_px: int,
             if canvas is None:
                 canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
             region = canvas[r0:r1, c0:c1]
-            # the first source with data is warped straight into the (zeroed) canvas; later
-            # ones into a temporary, then mosaicked
-            out = region if not have_data else np.zeros((r1 - r0, c1 - c0, nb + 1), np.uint8)
             origin = (left + c0 * px, top - r0 * py)
             plan = None if interpolation is None else plan_grid(
                 src.crs_wkt, win.transform, origin, (px, py), (c1 - c0, r1 - r0))
+            # the first source with data is warped straight into the (zeroed) canvas; later
+            # ones into a temporary, then mosaicked: uninitialised for cv2's warp, which
+            # writes every pixel (remap_into), zeroed for GDAL's, which may leave some alone
+            if not have_data:
+                out = region
+            elif plan is not None:
+                out = np.empty((r1 - r0, c1 - c0, nb + 1), np.uint8)
+            else:
+                out = np.zeros((r1 - r0, c1 - c0, nb + 1), np.uint8)
             if plan is not None:
                 if not win.opaque:
                     premultiply_source(win.stack)
@@ -818,13 +824,16 @@ def _render_canvas(job: BlockJob, size_px: int,
             else:
                 _warp_gdal(win, src, spec, out,
                            Affine(px, 0.0, origin[0], 0.0, -py, origin[1]))
-            if not cv2.countNonZero(cv2.extractChannel(out, nb)):
+            alpha = cv2.extractChannel(out, nb)
+            if not cv2.countNonZero(alpha):
                 continue
             if not have_data:
                 have_data = True
                 continue
-            # mosaic: take the new source where it is more opaque than what is there
-            np.copyto(region, out, where=(out[..., nb] > region[..., nb])[..., None])
+            # mosaic: take the new source where it is more opaque than what is there (cv2:
+            # one 8-bit mask and a masked copy, ~3x faster than numpy's broadcast `where`)
+            more = cv2.compare(alpha, cv2.extractChannel(region, nb), cv2.CMP_GT)
+            cv2.copyTo(out, more, region)
     return canvas if have_data else None
 
 

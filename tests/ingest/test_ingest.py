@@ -244,6 +244,38 @@ def test_mosaic_of_two_files_is_seamless(tmp_path, two_file_mosaic, tile_reader)
         assert diff.max() <= 1
 
 
+def test_mosaic_first_file_wins_where_files_overlap(tmp_path, make_tif, tile_reader):
+    """Two opaque files overlapping by 100 px: wherever the first file has full data, the
+    mosaic shows the first file's pixels (a later file fills only what is less opaque)."""
+    from affine import Affine
+    from rasterio.warp import transform as warp_transform
+
+    (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32635", [24.3], [13.4])
+    red = np.zeros((3, 256, 300), np.uint8)
+    red[0] = 200
+    blue = np.zeros((3, 256, 300), np.uint8)
+    blue[2] = 200
+    a = make_tif(red, transform=Affine(0.5, 0, cx - 128, 0, -0.5, cy + 64))
+    b = make_tif(blue, transform=Affine(0.5, 0, cx - 28, 0, -0.5, cy + 64))  # 100 px overlap
+
+    def tiles(files: list, name: str) -> dict:
+        m = ingest({"image": files}, tmp_path / name, "demo", fmt="png", jobs=1)
+        return {(t["z"], t["x"], t["y"]): tile_reader(tmp_path / name, "demo", "image",
+                                                       t["z"], t["x"], t["y"])
+                for t in m["tasks"]}
+
+    alone = {"a": tiles([a], "a"), "b": tiles([b], "b")}
+    for first, second in (("a", "b"), ("b", "a")):
+        mosaic = tiles([a, b] if first == "a" else [b, a], first + second)
+        overlap = 0
+        for key, want in alone[first].items():
+            full = want[..., 3] == 255
+            assert np.array_equal(mosaic[key][full], want[full])
+            if key in alone[second]:
+                overlap += int((full & (alone[second][key][..., 3] == 255)).sum())
+        assert overlap > 10_000  # both files have full data there: the first one is shown
+
+
 def test_aoi_limits_tiles(tmp_path, make_tif):
     src = make_tif()
     full = ingest({"image": [src]}, tmp_path / "a", "demo", jobs=1)
