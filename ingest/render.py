@@ -837,6 +837,35 @@ def _render_canvas(job: BlockJob, size_px: int,
     return canvas if have_data else None
 
 
+def _drawn_tiles(drawn: list[tuple[int, int, int, int]], ts: int,
+                 n: int) -> tuple[int, int, int, int]:
+    """``(tx0, ty0, tx1, ty1)``: the tiles ``[tx0, tx1) x [ty0, ty1)`` of an ``n x n``-tile
+    canvas that cover every ``(c0, r0, c1, r1)`` pixel region of ``drawn``."""
+    c0 = min(d[0] for d in drawn)
+    r0 = min(d[1] for d in drawn)
+    c1 = max(d[2] for d in drawn)
+    r1 = max(d[3] for d in drawn)
+    return (max(0, c0 // ts), max(0, r0 // ts), min(n, -(-c1 // ts)), min(n, -(-r1 // ts)))
+
+
+def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int],
+                  ts: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`downsample2` of a level that is zero outside the tiles ``box`` (see
+    :func:`_drawn_tiles`), reducing only the 2 x 2-tile groups that meet ``box``; the next
+    level and its own box. Identical to reducing the whole level (zeros reduce to zeros)."""
+    tx0, ty0, tx1, ty1 = box
+    h, w, c = level.shape
+    nx0, ny0, nx1, ny1 = tx0 // 2, ty0 // 2, -(-tx1 // 2), -(-ty1 // 2)
+    if (nx0, ny0) == (0, 0) and (2 * nx1 * ts, 2 * ny1 * ts) == (w, h):
+        return downsample2(level), (nx0, ny0, nx1, ny1)
+    part = level[2 * ny0 * ts:2 * ny1 * ts, 2 * nx0 * ts:2 * nx1 * ts]
+    if c != 4:
+        part = np.ascontiguousarray(part)  # Pillow's reduce wants contiguous rows
+    out = np.zeros((h // 2, w // 2, c), np.uint8)
+    out[ny0 * ts:ny1 * ts, nx0 * ts:nx1 * ts] = downsample2(part)
+    return out, (nx0, ny0, nx1, ny1)
+
+
 def render_block(job: BlockJob) -> BlockResult:
     """Render (or resume) one block; write its tiles; return what was written."""
     work = BlockWork(job)
@@ -891,30 +920,36 @@ class BlockWork:
                             and j * ts < r1 for c0, r0, c1, r1 in drawn):
                         canvas[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts] = 0
         level = canvas
+        # the tiles a source drew into: everything else is zero at every level, so the tile
+        # statistics and the 2x2 reductions skip it (Joplin: ~40 % of each block is drawn)
+        box = _drawn_tiles(drawn, ts, B) if canvas is not None else (0, 0, 0, 0)
         self.out = store.layer_writer(spec.project, spec.name, spec.ext)
         with store_writes():
             for lv in range(levels + 1):
-                zz, n = z - lv, B >> lv
+                zz = z - lv
                 if level is None:
                     break
                 if lv:
-                    level = downsample2(level)
-                stats = tile_stats(cv2.extractChannel(level, level.shape[2] - 1), ts,
+                    level, box = _reduce_drawn(level, box, ts)
+                tx0, ty0, tx1, ty1 = box
+                part = level[ty0 * ts:ty1 * ts, tx0 * ts:tx1 * ts]
+                stats = tile_stats(cv2.extractChannel(part, part.shape[2] - 1), ts,
                                    with_sum=lv == 0)
                 amax, amin = stats[0].tolist(), stats[1].tolist()
                 asum = stats[2].tolist() if lv == 0 else None
-                for j in range(n):
-                    for i in range(n):
+                for j in range(ty1 - ty0):
+                    for i in range(tx1 - tx0):
                         if amax[j][i] == 0:
                             continue
-                        x, y = (x0 >> lv) + i, (y0 >> lv) + j
+                        x, y = (x0 >> lv) + tx0 + i, (y0 >> lv) + ty0 + j
                         res.tiles.setdefault(zz, []).append((x, y))
                         if asum is not None:
                             res.coverage[(x, y)] = coverage_from_sum(asum[j][i], ts * ts)
                         if job.skip_existing and self.out.exists(zz, x, y):
                             res.skipped += 1
                             continue
-                        self.tasks.append((level, i, j, zz, x, y, amin[j][i] == 255))
+                        self.tasks.append((level, tx0 + i, ty0 + j, zz, x, y,
+                                           amin[j][i] == 255))
         if level is not None and res.top_zoom > spec.min_zoom:
             res.top = level
 
