@@ -23,6 +23,7 @@ from labeler.errors import (
     TutorialRequired,
     ValidationError,
 )
+from labeler.assign import labels_given
 from labeler.db import write_tx
 from labeler.labels import parse_submission, submit_in, volunteer_stats
 from labeler.manifest import check_min_coverage, load_manifest
@@ -349,7 +350,7 @@ def _next_parts(st: Any, project: ProjectConfig, vid: int, near: tuple[float, fl
     _require_tutorial(st, project, vid)
     tasks = st.assigner.next_tasks(project, vid, near=near, ahead=1 if ahead else 0, conn=conn,
                                    state=state)
-    n = 0 if tasks else _labelled_by(st.engine, project.id, vid)
+    n = 0 if tasks else labels_given(conn, project.id, vid)
     return tasks, n
 
 
@@ -402,13 +403,6 @@ def _parse_flag(request: Request, name: str) -> bool:
     if raw in ("1", "true"):
         return True
     raise ValidationError(f"'{name}' must be 0 or 1", field=name)
-
-
-def _labelled_by(engine: sa.Engine, project_id: int, vid: int) -> int:
-    lt = Label.__table__  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(lt).where(
-            lt.c.volunteer_id == vid, lt.c.project_id == project_id)).scalar_one())
 
 
 async def next_task(request: Request) -> Response:

@@ -167,16 +167,25 @@ def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
     return key
 
 
+#: The labels a volunteer ``:v`` gave in project ``:p`` (their counter, kept by the
+#: statements that store labels: ``labeler.labels.submit_in``).
+_GIVEN = ("COALESCE((SELECT labels FROM volunteer_progress "
+          "WHERE volunteer_id = :v AND project_id = :p), 0)")
+
+def labels_given(conn: Connection, project_id: int, volunteer_id: int) -> int:
+    """How many labels the volunteer gave in the project, in ``conn``'s transaction."""
+    return int(run(conn, f"SELECT {_GIVEN} AS n", {"v": volunteer_id, "p": project_id}).one()[0])
+
+
 # The volunteer's state in one statement: how many labels they gave in the project (first
 # row), then their leases in it with the leased tiles' columns (so renewing a task needs no
 # second read). Both halves are looked up by volunteer and the expiry is checked in Python:
 # filtering on ``expires_at`` in SQL made SQLite's planner pick ``ix_leases_expiry`` and walk
 # every live lease of the project on each call.
 _STATE_SQL = (
-    "SELECT 0 AS k, count(*) AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
+    f"SELECT 0 AS k, {_GIVEN} AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
     "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
     "NULL AS west, NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
-    "FROM labels WHERE volunteer_id = :v AND project_id = :p "
     f"UNION ALL SELECT 1, s.id, s.task_id, s.expires_at, s.block_row, s.block_col, s.is_gold, "
     f"{_TILE_COLS} FROM leases s JOIN tiles t ON t.id = s.tile_id "
     "WHERE s.volunteer_id = :v AND s.project_id = :p ORDER BY 1, 2")
@@ -203,10 +212,10 @@ def _volunteer_state(conn: Connection, params: dict[str, Any]
 # than ``RENEW_BELOW`` of a lease is left (``:fresh``), as on SQLite (k = 0: labels given;
 # k = 1: the leases of those tasks with their tiles and (new) expiry; k = 2: expired leases).
 # ``after_insert``: the same read appended to a submission's statement (``labels.submit_in``,
-# whose CTE ``ins`` holds the tiles just labelled), as it will be once that statement's lease
-# deletions are done: every sub-statement of one statement sees the same snapshot, so the
-# leases of ``ins``'s tiles are left out by hand and its labels added to the count; k = 3
-# rows carry ``ins``'s tile ids.
+# whose CTE ``ins`` holds the tiles just labelled and ``cnt`` the volunteer's label counter
+# it updated), as it will be once that statement's lease deletions are done: every
+# sub-statement of one statement sees the same snapshot, so the leases of ``ins``'s tiles are
+# left out by hand and the count taken from ``cnt``; k = 3 rows carry ``ins``'s tile ids.
 def _state_pg_sql(after_insert: bool) -> tuple[str, str]:
     """``(CTEs, final SELECT)`` of the PostgreSQL state read."""
     gone = " AND tile_id NOT IN (SELECT tile_id FROM ins)" if after_insert else ""
@@ -217,10 +226,11 @@ def _state_pg_sql(after_insert: bool) -> tuple[str, str]:
         "LIMIT :n), "
         "ren AS (UPDATE leases SET expires_at = :e WHERE volunteer_id = :v "
         f"AND task_id IN (SELECT task_id FROM live WHERE exp <= :fresh){gone})")
+    # after the insert: the counter as the statement's ``cnt`` left it (no row when it
+    # stored nothing), else as it was
+    given = f"COALESCE((SELECT labels FROM cnt), {_GIVEN})" if after_insert else _GIVEN
     select = (
-        "SELECT 0 AS k, (SELECT count(*) FROM labels WHERE volunteer_id = :v AND project_id = :p)"
-        + (" + (SELECT count(*) FROM ins)" if after_insert else "")
-        + " AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
+        f"SELECT 0 AS k, {given} AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
         "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
         "NULL AS west, NULL AS south, NULL AS east, NULL AS north, NULL AS layers "
         "UNION ALL SELECT 1, s.id, s.task_id, CASE WHEN l.exp <= :fresh THEN :e ELSE l.exp END, "
@@ -612,4 +622,31 @@ def recount(engine: Engine, project_id: int | None = None, *, now: datetime | No
             conn.execute(sa.text("UPDATE tiles SET label_count = :dl, lease_count = :ds WHERE id = :id"),
                          [{"id": b["tile_id"], "dl": b["derived_labels"], "ds": b["derived_leases"]}
                           for b in bad])
+    return bad
+
+
+def recount_volunteers(engine: Engine, project_id: int | None = None, *,
+                       fix: bool = False) -> list[dict[str, int]]:
+    """Compare each volunteer's label counter per project (``volunteer_progress``) with a
+    count of their labels; returns the pairs that differ (``{"volunteer_id",
+    "project_id", "labels", "derived_labels"}``); with ``fix=True`` also corrects them."""
+    where = "WHERE project_id = :p" if project_id is not None else ""
+    sql = f"""
+      SELECT volunteer_id, project_id, max(c) AS labels, max(d) AS derived FROM (
+        SELECT volunteer_id, project_id, labels AS c, 0 AS d FROM volunteer_progress {where}
+        UNION ALL
+        SELECT volunteer_id, project_id, 0, count(*) FROM labels {where}
+        GROUP BY volunteer_id, project_id) u
+      GROUP BY volunteer_id, project_id"""
+    with write_tx(engine) as conn:
+        rows = conn.execute(sa.text(sql), {"p": project_id}).all()
+        bad = [{"volunteer_id": r.volunteer_id, "project_id": r.project_id,
+                "labels": r.labels, "derived_labels": r.derived}
+               for r in rows if r.labels != r.derived]
+        if fix and bad:
+            conn.execute(sa.text(
+                "INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
+                "VALUES (:volunteer_id, :project_id, :derived_labels) "
+                "ON CONFLICT (volunteer_id, project_id) DO UPDATE "
+                "SET labels = excluded.labels"), bad)
     return bad

@@ -185,11 +185,24 @@ def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]
                 "retired_at = COALESCE(tiles.retired_at, d.ra) "
                 f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra) "
                 "WHERE tiles.id = d.id AND d.id IN (SELECT tile_id FROM ins))")
+    # the volunteer's label counter (read back by ``state``'s count as ``cnt``)
+    sql += (", cnt AS (INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
+            "SELECT :v, :cp, count(*) FROM ins HAVING count(*) > 0 "
+            "ON CONFLICT (volunteer_id, project_id) DO UPDATE "
+            "SET labels = volunteer_progress.labels + EXCLUDED.labels RETURNING labels)")
+    params["cp"] = plan[0][1]["p"]
     if state is not None:
         ctes, select, more = state.sql()
         params.update(more)
         return f"{sql}, {ctes} {select}", params
     return sql + " SELECT tile_id FROM ins", params
+
+
+#: SQLite: add ``:n`` labels to the volunteer's counter in the project
+_COUNT_SQL = (
+    "INSERT INTO volunteer_progress (volunteer_id, project_id, labels) VALUES (:v, :p, :n) "
+    "ON CONFLICT (volunteer_id, project_id) DO UPDATE "
+    "SET labels = volunteer_progress.labels + excluded.labels")
 
 
 _UPDATE_SQL = (
@@ -394,6 +407,7 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
                 run(conn, _UPDATE_SQL, updates[0])
             elif updates:
                 run(conn, _UPDATE_SQL, updates)
+            run(conn, _COUNT_SQL, {"v": volunteer_id, "p": project.id, "n": len(inserted)})
     if len(inserted) < len(fresh):
         # A concurrent request of the same volunteer got there first, or a key was reused.
         late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh

@@ -131,6 +131,18 @@ class Label(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class VolunteerProgress(SQLModel, table=True):
+    """How many labels a volunteer gave in a project, kept up to date by the statements that
+    store labels (the assigner reads it on every task: counting the labels each time grew
+    with the volunteer's work)."""
+
+    __tablename__ = "volunteer_progress"
+
+    volunteer_id: int = Field(foreign_key="volunteers.id", ondelete="CASCADE", primary_key=True)
+    project_id: int = Field(foreign_key="projects.id", ondelete="CASCADE", primary_key=True)
+    labels: int = 0
+
+
 class Lease(SQLModel, table=True):
     """A tile handed to a volunteer until ``expires_at``; a task is the leases sharing ``task_id``."""
 

@@ -312,14 +312,16 @@ def seed_project(settings: Settings, *, type: str = "find", slug: str | None = N
 
 
 def assert_counters_consistent(settings: Settings) -> None:
-    """The tiles' derived counters (labels, leases, answer counts) equal a recount from scratch
-    (:func:`labeler.assign.recount` finds no drift)."""
-    from labeler.assign import recount
+    """The tiles' derived counters (labels, leases, answer counts) and the volunteers' label
+    counters equal a recount from scratch (:func:`labeler.assign.recount` and
+    :func:`labeler.assign.recount_volunteers` find no drift)."""
+    from labeler.assign import recount, recount_volunteers
     from labeler.db import make_engine
 
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
         assert recount(engine) == []
+        assert recount_volunteers(engine) == []
     finally:
         engine.dispose()
 

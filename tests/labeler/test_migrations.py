@@ -17,7 +17,8 @@ from labeler.errors import DatabaseNotMigrated
 from labeler.migrate import check_migrated, head_revision, upgrade
 from labeler.testing import fresh_database, make_settings
 
-OURS = {"projects", "tiles", "volunteers", "labels", "leases", "api_tokens", "audit_log"}
+OURS = {"projects", "tiles", "volunteers", "labels", "leases", "api_tokens", "audit_log",
+        "volunteer_progress"}
 
 
 def _table_of(diff: tuple) -> str | None:
