@@ -53,6 +53,7 @@ import anyio
 from sqlalchemy.engine import Connection, Engine
 
 from labeler.db import is_sqlite, writer_lock
+from labeler.sql import commit_now
 
 #: Most requests committed together; bounds the latency one batch adds to its first member
 #: (and how long the event loop is busy with one batch).
@@ -319,6 +320,8 @@ class GroupCommitter:
                         if savepoints:
                             raw.execute("RELEASE cs_req")
                         outcomes.append((True, value))
+                # (the commit itself: one libpq call instead of psycopg's machinery)
+                commit_now(conn)
         except _Retry:
             return outcomes if len(batch) == 1 else None
         return outcomes

@@ -152,8 +152,10 @@ def run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
         return _Rows(raw.execute(sql, params or {}), sql)  # type: ignore[return-value]
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection
-        if type(params) is dict and _pq_ready(raw):
-            return _pq_run(raw, sql, params)  # type: ignore[return-value]
+        if type(params) is dict:
+            mode = _pq_mode(raw)
+            if mode:
+                return _pq_run(raw, sql, params, mode == _BEGIN)  # type: ignore[return-value]
         pg = _pg_cache.get(sql)
         if pg is None:
             pg = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
@@ -174,6 +176,7 @@ _IDLE = pq.TransactionStatus.IDLE
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _TEXT = pq.Format.TEXT
+_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
 
 class _PqState:
@@ -208,18 +211,23 @@ def _pq_statement(sql: str) -> tuple[bytes, tuple[str, ...]]:
     return hit
 
 
-def _pq_ready(raw: Any) -> bool:
-    """Whether a statement can go through libpq on ``raw``: inside a transaction, or at its
-    start, after the plain ``BEGIN`` psycopg would have sent (sent here). Connections with
-    transaction settings, autocommit ones and failed transactions use a psycopg cursor."""
+#: :func:`_pq_mode`: a psycopg cursor must run the statement; it runs inside the open
+#: transaction; it begins one
+_CURSOR, _INSIDE, _BEGIN = 0, 1, 2
+
+
+def _pq_mode(raw: Any) -> int:
+    """How a statement runs on ``raw`` through libpq: inside the open transaction, or at its
+    start, after the plain ``BEGIN`` psycopg would have sent (sent with it, see
+    :func:`_pq_run`). Connections with transaction settings, autocommit ones and failed
+    transactions use a psycopg cursor."""
     status = raw.pgconn.transaction_status
     if status == _INTRANS:
-        return True
+        return _INSIDE
     if (status != _IDLE or raw.autocommit or raw.isolation_level is not None
             or raw.read_only is not None or raw.deferrable is not None):
-        return False
-    _pq_check(raw.pgconn.exec_(b"BEGIN"), raw.info.encoding)
-    return True
+        return _CURSOR
+    return _BEGIN
 
 
 def _pq_check(res: Any, encoding: str) -> None:
@@ -228,8 +236,9 @@ def _pq_check(res: Any, encoding: str) -> None:
         raise pg_errors.error_from_result(res, encoding=encoding)
 
 
-def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
-    """``sql`` inside the connection's open transaction through libpq (see the module doc)."""
+def _pq_run(raw: Any, sql: str, params: dict[str, Any], begin: bool = False) -> _RowsAPI:
+    """``sql`` inside the connection's open transaction through libpq (see the module doc);
+    ``begin``: open the transaction first, in the same round trip."""
     state = _pq_states.get(raw)
     if state is None:
         state = _pq_states[raw] = _PqState(raw)
@@ -244,7 +253,10 @@ def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
         name = f"_cs{len(state.prepared)}".encode()
         _pq_check(pgconn.prepare(name, text, types), state.encoding)
         state.prepared[key] = name
-    res = pgconn.exec_prepared(name, values, param_formats=formats, result_format=_TEXT)
+    if begin:
+        res = _begin_and_exec(pgconn, name, values, formats, state.encoding)
+    else:
+        res = pgconn.exec_prepared(name, values, param_formats=formats, result_format=_TEXT)
     _pq_check(res, state.encoding)
     if not res.nfields:
         return _NO_ROWS
@@ -255,6 +267,47 @@ def _pq_run(raw: Any, sql: str, params: dict[str, Any]) -> _RowsAPI:
             rename=True))
     tx.set_pgresult(res)
     return _ListRows(tx.load_rows(0, res.ntuples, row_type._make))
+
+
+def commit_now(conn: Connection) -> None:
+    """PostgreSQL: commit the driver connection's open transaction with one blocking libpq
+    call (psycopg's ``commit`` then finds nothing to do; SQLAlchemy's bookkeeping is
+    unchanged). Elsewhere, or outside a transaction, nothing happens here."""
+    if conn.dialect.name != "postgresql":
+        return
+    raw = conn.connection.driver_connection
+    if raw.pgconn.transaction_status == _INTRANS:
+        _pq_check(raw.pgconn.exec_(b"COMMIT"), raw.info.encoding)
+
+
+def _begin_and_exec(pgconn: Any, name: bytes, values: Any, formats: Any, encoding: str) -> Any:
+    """``BEGIN`` and a prepared statement in one round trip (libpq's pipeline mode: both
+    sent, then one sync); the statement's result. The first statement of every transaction
+    (a group-committed batch's lock statement) saves the round trip of its ``BEGIN``."""
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_query_params(b"BEGIN", None)
+        pgconn.send_query_prepared(name, values, param_formats=formats, result_format=_TEXT)
+        pgconn.pipeline_sync()
+        began = _pipeline_result(pgconn)
+        res = _pipeline_result(pgconn)
+        sync = pgconn.get_result()
+        if sync is None or sync.status != _PIPELINE_SYNC:  # pragma: no cover - libpq's contract
+            raise pg_errors.InternalError("no pipeline sync after BEGIN and a statement")
+    finally:
+        pgconn.exit_pipeline_mode()
+    _pq_check(began, encoding)  # (then the statement was not run)
+    return res
+
+
+def _pipeline_result(pgconn: Any) -> Any:
+    """The result of the next query of a pipeline (and the ``NULL`` that ends it)."""
+    res = pgconn.get_result()
+    if res is None:  # pragma: no cover - libpq's contract
+        raise pg_errors.InternalError("a pipelined query returned no result")
+    if pgconn.get_result() is not None:  # pragma: no cover - one statement, one result
+        raise pg_errors.InternalError("a pipelined query returned more than one result")
+    return res
 
 
 def ts(conn: Connection, value: datetime | None) -> Any:

@@ -107,3 +107,57 @@ def test_prepared_statements_outlive_a_rollback(eng: sa.Engine, backend: str) ->
                 raise RuntimeError("roll back")
         with conn.begin():
             assert run(conn, q, {"k": "a"}).scalar_one() == 7
+
+
+class _CountingPgconn:
+    """A psycopg ``pgconn`` that counts the round trips the libpq path starts."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+        self.trips: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._real, name)
+        if name in ("exec_", "exec_prepared", "pipeline_sync", "prepare"):
+            def counted(*a: object, **kw: object) -> object:
+                self.trips.append(name)
+                return attr(*a, **kw)
+            return counted
+        return attr
+
+
+@pytest.mark.postgres
+def test_postgres_the_first_statement_brings_its_begin(eng: sa.Engine, backend: str) -> None:
+    """A transaction's first statement is sent with its BEGIN (one round trip); it still
+    belongs to the transaction, and its error still leaves the transaction failed."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's libpq path")
+    q = "INSERT INTO kv (k, v) VALUES (:k, :v)"
+    with eng.connect() as conn:
+        with conn.begin():
+            run(conn, q, {"k": "a", "v": 1})  # (prepares the statement)
+        raw = conn.connection.driver_connection
+        counting = _CountingPgconn(raw.pgconn)
+        with pytest.raises(RuntimeError):
+            with conn.begin():
+                raw.pgconn = counting  # (psycopg's own calls need the real one back)
+                try:
+                    run(conn, q, {"k": "b", "v": 2})
+                    assert counting.trips == ["pipeline_sync"]  # BEGIN + INSERT, one trip
+                    run(conn, q, {"k": "c", "v": 3})
+                    assert counting.trips == ["pipeline_sync", "exec_prepared"]
+                finally:
+                    raw.pgconn = counting._real
+                raise RuntimeError("roll back")
+        assert _count(eng) == 1  # both inserts were inside the transaction
+        with pytest.raises(Exception) as caught:
+            with conn.begin():
+                try:
+                    run(conn, q, {"k": "a", "v": 9})  # the first statement fails
+                except psycopg.errors.UniqueViolation as exc:
+                    assert exc.sqlstate == "23505"
+                    run(conn, "SELECT v FROM kv WHERE k = :k", {"k": "a"})
+                raise AssertionError("the duplicate key was not refused")
+        assert isinstance(caught.value, psycopg.errors.InFailedSqlTransaction)
+        with conn.begin():
+            assert run(conn, "SELECT count(*) AS n FROM kv", {}).scalar_one() == 1
