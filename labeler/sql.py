@@ -8,10 +8,11 @@ PostgreSQL: inside a transaction a statement goes through psycopg's libpq layer
 (:mod:`psycopg.pq`): rewritten once to ``$n`` placeholders, prepared once per connection (and
 parameter types), then executed with one blocking ``PQexecPrepared`` call that releases the
 GIL; parameters are dumped and rows loaded by psycopg's own :class:`psycopg.adapt.Transformer`
-(the connection's adapters, so values are exactly what a psycopg cursor would give). A psycopg
-cursor's ``execute`` costs about four times the Python CPU (query conversion, prepared-statement
-bookkeeping, a non-blocking send and a poll loop per statement), and the hot path runs several
-statements per label. Autocommit statements, connections with transaction settings and
+(the connection's adapters, so values are exactly what a psycopg cursor would give). The
+first statement of a transaction is sent together with its ``BEGIN`` (libpq pipeline mode: one
+round trip for both). A psycopg cursor's ``execute`` costs about four times the Python CPU
+(query conversion, prepared-statement bookkeeping, a non-blocking send and a poll loop per
+statement), and the hot path runs several statements per label. Autocommit statements, connections with transaction settings and
 ``executemany`` use a psycopg cursor. psycopg's own statement preparation is off for crowdsight's
 engines (:func:`labeler.db.make_engine`): it answers a rollback with ``DEALLOCATE ALL``.
 """
