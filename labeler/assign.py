@@ -172,6 +172,7 @@ def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
 _GIVEN = ("COALESCE((SELECT labels FROM volunteer_progress "
           "WHERE volunteer_id = :v AND project_id = :p), 0)")
 
+
 def labels_given(conn: Connection, project_id: int, volunteer_id: int) -> int:
     """How many labels the volunteer gave in the project, in ``conn``'s transaction."""
     return int(run(conn, f"SELECT {_GIVEN} AS n", {"v": volunteer_id, "p": project_id}).one()[0])

@@ -12,9 +12,10 @@ GIL; parameters are dumped and rows loaded by psycopg's own :class:`psycopg.adap
 first statement of a transaction is sent together with its ``BEGIN`` (libpq pipeline mode: one
 round trip for both). A psycopg cursor's ``execute`` costs about four times the Python CPU
 (query conversion, prepared-statement bookkeeping, a non-blocking send and a poll loop per
-statement), and the hot path runs several statements per label. Autocommit statements, connections with transaction settings and
-``executemany`` use a psycopg cursor. psycopg's own statement preparation is off for crowdsight's
-engines (:func:`labeler.db.make_engine`): it answers a rollback with ``DEALLOCATE ALL``.
+statement), and the hot path runs several statements per label. Autocommit statements,
+connections with transaction settings and ``executemany`` use a psycopg cursor. psycopg's own
+statement preparation is off for crowdsight's engines (:func:`labeler.db.make_engine`): it
+answers a rollback with ``DEALLOCATE ALL``.
 """
 
 from __future__ import annotations
