@@ -234,6 +234,8 @@
       $("tab-" + t).tabIndex = on ? 0 : -1;
       $("pane-" + t).hidden = !on;
     });
+    // (before the project has loaded, openProject selects the tab again once it has)
+    if (!state.project) return;
     if (name === "gold") loadTiles(true);
     if (name === "review") loadReview();
     if (name === "access") loadAccess();
@@ -347,6 +349,7 @@
 
   function pollJob(id) {
     stopJobPolling();
+    if (!state.project) return;
     var slug = state.project.slug;
     api("GET", "/api/projects/" + encodeURIComponent(slug) + "/ingest-jobs/" + id).then(function (job) {
       if (!state.project || state.project.slug !== slug) return;
@@ -371,6 +374,7 @@
   }
 
   function loadJobs() {
+    if (!state.project) return;
     var slug = state.project.slug;
     api("GET", "/api/projects/" + encodeURIComponent(slug) + "/ingest-jobs").then(function (data) {
       var tbody = $("job-table").querySelector("tbody");

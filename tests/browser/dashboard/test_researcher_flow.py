@@ -190,3 +190,28 @@ def test_researcher_creates_uploads_publishes_and_sees_consensus(
     page.goto(f"{dashboard_url}/researcher/")
     expect(page.locator("#project-table tbody tr")).to_have_count(1)
     shoot(page, "researcher-projects")
+
+
+def test_a_tab_chosen_before_the_project_has_loaded(page, dashboard_url, tokens, labeler_settings,
+                                                    page_watch) -> None:
+    """The project pane shows at once and its data follows: a tab clicked in between (seen
+    in CI under load: the flow test's review tab) must not break the page, and shows its
+    content once the project is there."""
+    from labeler.testing import seed_project
+
+    seed_project(labeler_settings, type="find", slug="slow", n_tiles=2, with_images=False)
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{dashboard_url}/researcher/?token={tokens['researcher']}")
+    expect(page.locator("#home")).to_be_visible()
+    held: list = []
+    page.route("**/api/projects/slow/researcher", lambda route: held.append(route))
+    with page.expect_request("**/api/projects/slow/researcher"):
+        page.goto(f"{dashboard_url}/researcher/#p=slow")
+    expect(page.locator("#project")).to_be_visible()
+    page.click("#tab-review")  # the project's data is still on its way
+    assert len(held) == 1
+    with page.expect_request("**/api/projects/slow/review*"):
+        held[0].continue_()
+    expect(page.locator("#p-name")).not_to_have_text("")
+    expect(page.locator("#pane-review")).to_be_visible()
+    assert page_watch.problems() == []
