@@ -443,8 +443,14 @@ async def submit_labels(request: Request) -> Response:
     # after that transaction committed.
     def store(conn: Any) -> tuple[Any, Any]:
         # the statement storing the labels also reads the state the next task starts from
-        state = (st.assigner.state_read(project, session.id, ahead=1 if ahead else 0)
-                 if want_next and project.status == "live" else None)
+        state = None
+        if want_next and project.status == "live":
+            # (its next task may come with this statement; not for someone who must pass
+            # the project's tutorial first: ``next`` then says so and claims nothing)
+            claim = (not st.projects.has_tutorial(project.id)
+                     or st.projects.tutorial_passed(session.id, project.slug))
+            state = st.assigner.state_read(project, session.id, ahead=1 if ahead else 0,
+                                           near=near, claim=claim)
         result = submit_in(conn, project, session.id, task_id, labels, task_key=key,
                            state=state)
         parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, state)

@@ -217,8 +217,9 @@ def _volunteer_state(conn: Connection, params: dict[str, Any]
 # it updated), as it will be once that statement's lease deletions are done: every
 # sub-statement of one statement sees the same snapshot, so the leases of ``ins``'s tiles are
 # left out by hand and the count taken from ``cnt``; k = 3 rows carry ``ins``'s tile ids.
-def _state_pg_sql(after_insert: bool) -> tuple[str, str]:
-    """``(CTEs, final SELECT)`` of the PostgreSQL state read."""
+def _state_pg_sql(after_insert: bool, claim: str = "") -> tuple[str, str]:
+    """``(CTEs, final SELECT)`` of the PostgreSQL state read; ``claim``: the ``ORDER BY`` of a
+    claim made by the same statement (:func:`_claim_in_state_sql`), or "" for none."""
     gone = " AND tile_id NOT IN (SELECT tile_id FROM ins)" if after_insert else ""
     nulls = "NULL, " * 13 + "NULL"
     ctes = (
@@ -230,6 +231,10 @@ def _state_pg_sql(after_insert: bool) -> tuple[str, str]:
     # after the insert: the counter as the statement's ``cnt`` left it (no row when it
     # stored nothing), else as it was
     given = f"COALESCE((SELECT labels FROM cnt), {_GIVEN})" if after_insert else _GIVEN
+    expired = (f"FROM leases WHERE volunteer_id = :v AND project_id = :p "
+               f"AND expires_at <= :now{gone}")
+    if claim:
+        ctes += ", " + _claim_in_state_sql(claim, given, expired)
     select = (
         f"SELECT 0 AS k, {given} AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
         "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
@@ -239,11 +244,44 @@ def _state_pg_sql(after_insert: bool) -> tuple[str, str]:
         "FROM live l JOIN leases s ON s.task_id = l.task_id AND s.volunteer_id = :v "
         "JOIN tiles t ON t.id = s.tile_id"
         + (" WHERE s.tile_id NOT IN (SELECT tile_id FROM ins)" if after_insert else "")
-        + f" UNION ALL SELECT 2, count(*), {nulls} FROM leases WHERE volunteer_id = :v "
-        f"AND project_id = :p AND expires_at <= :now{gone}"
+        + f" UNION ALL SELECT 2, count(*), {nulls} {expired}"
         + (f" UNION ALL SELECT 3, tile_id, {nulls} FROM ins" if after_insert else "")
+        + (" UNION ALL SELECT 4, cu.id, NULL, NULL, NULL, NULL, NULL, cu.id, cu.z, cu.x, cu.y, "
+           "cu.west, cu.south, cu.east, cu.north, cu.layers FROM cu" if claim else "")
         + " ORDER BY 1, 2")
     return ctes, select
+
+
+def _claim_in_state_sql(order: str, given: str, expired: str) -> str:
+    """CTEs that claim a single-tile task in the statement that stores a submission and reads
+    the volunteer's state (k = 4 rows: the tile claimed), when :meth:`Assigner._fill` would
+    claim one next with nothing else to do first: fewer than ``:n`` live tasks after the
+    submission, no expired lease of the volunteer's to reclaim, and not a gold turn
+    (``:gold``: whether the project has gold; :func:`gold_turn` in SQL, on the same float
+    arithmetic, over the labels given plus the tiles held). The tile is the one
+    :meth:`Assigner._claim_pg` would pick: the statement's snapshot still shows the leases it
+    deletes, so the tiles just labelled stay out (and are left out by hand too)."""
+    held = "(SELECT count(*) FROM live)"
+    n = f"({given} + {held})"
+    gold = (f"AND NOT (:gold AND floor(({n} + 1) * (CASE WHEN {n} < :newv THEN :rate2 ELSE "
+            f":rate END) + :ge) > floor({n} * (CASE WHEN {n} < :newv THEN :rate2 ELSE :rate END) "
+            "+ :ge)) ")
+    return (
+        f"c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
+        f"AND t.id NOT IN (SELECT tile_id FROM ins) AND {held} < :n "
+        f"AND NOT EXISTS (SELECT 1 {expired}) {gold}"
+        f"ORDER BY {order} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), "
+        "cu AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
+        "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
+        "tiles.north, tiles.layers), "
+        "ci AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
+        "block_row, block_col, expires_at, created_at) "
+        "SELECT :ctask, :p, cu.id, :v, false, 0, 0, :e, :now FROM cu)")
+
+
+@functools.lru_cache(maxsize=8)
+def _state_claim_sql(order: str) -> tuple[str, str]:
+    return _state_pg_sql(True, order)
 
 
 _STATE_RENEW_PG = "WITH {} {}".format(*_state_pg_sql(False))
@@ -286,17 +324,26 @@ class StateRead:
     want: int
     fresh: datetime
     result: tuple[int, dict[str, list[Any]], int] | None = None
+    #: the claim the statement makes too (:func:`_claim_in_state_sql`): its lease id and
+    #: parameters, or None; :attr:`claimed`: the tile rows it claimed
+    claim: tuple[str, dict[str, Any], str] | None = None
+    claimed: list[Any] = field(default_factory=list)
 
     _SQL = _state_pg_sql(True)
 
     def sql(self) -> tuple[str, str, dict[str, Any]]:
         """``(CTEs, final SELECT, parameters)`` to append to a statement whose CTE ``ins``
         returns the ``tile_id`` of the labels it inserted for ``:v``."""
-        return (*self._SQL, {"v": self.volunteer_id, "p": self.project_id, "now": self.now,
-                             "n": self.want, "e": self.expires, "fresh": self.fresh})
+        params = {"v": self.volunteer_id, "p": self.project_id, "now": self.now,
+                  "n": self.want, "e": self.expires, "fresh": self.fresh}
+        if self.claim is None:
+            return (*self._SQL, params)
+        _, more, order = self.claim
+        return (*_state_claim_sql(order), {**params, **more})
 
     def take(self, rows: list[Any]) -> set[int]:
         """Keep the state from the statement's rows; return the tile ids it inserted."""
+        self.claimed = [r for r in rows if r.k == 4]
         self.result = _parse_state_pg(rows)
         return {int(r.n) for r in rows if r.k == 3}
 
@@ -345,13 +392,25 @@ class Assigner:
         tasks = self.next_tasks(project, volunteer_id, near=near, now=now)
         return tasks[0] if tasks else None
 
-    def state_read(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0
-                   ) -> StateRead:
-        """A :class:`StateRead` for a submission that asks for the next task(s) too."""
+    def state_read(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
+                   near: tuple[float, float] | None = None, claim: bool = True) -> StateRead:
+        """A :class:`StateRead` for a submission that asks for the next task(s) too. With
+        ``claim``, for single-tile tasks not asked near a place, the statement also claims
+        the next task when that is what comes next (:func:`_claim_in_state_sql`), unless the
+        periodic reclaim of expired leases is due first."""
         now = utcnow()
-        return StateRead(volunteer_id, project.id, now,
-                         now + timedelta(seconds=self.lease_seconds), 1 + max(0, ahead),
-                         now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
+        state = StateRead(volunteer_id, project.id, now,
+                          now + timedelta(seconds=self.lease_seconds), 1 + max(0, ahead),
+                          now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
+        if (claim and project.block_cols * project.block_rows == 1 and near is None
+                and not self._reclaim_is_due(project.id)):
+            lease_id = os.urandom(8).hex()
+            rate = float(project.gold_rate)
+            state.claim = (lease_id, {
+                "target": project.target, "ctask": lease_id, "gold": rate > 0,
+                "newv": NEW_VOLUNTEER_LABELS, "rate": rate, "rate2": min(1.0, rate * 2),
+                "ge": 1e-9}, _order_by(project, None))
+        return state
 
     def next_tasks(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
                    near: tuple[float, float] | None = None, now: datetime | None = None,
@@ -376,8 +435,11 @@ class Assigner:
             near_xy = (t.x, t.y)
         want = 1 + max(0, ahead)
         if conn is not None:
+            claimed = None
+            if state is not None and state.result is not None and state.claim is not None:
+                claimed = (state.claim[0], state.claimed)
             tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
-                               None if state is None else state.result)
+                               None if state is None else state.result, claimed)
         else:
             with write_tx(self.engine) as tx:
                 tasks = self._fill(tx, project, volunteer_id, near_xy, now, expires, want)
@@ -389,8 +451,10 @@ class Assigner:
 
     def _fill(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
               near_xy: tuple[int, int] | None, now: datetime, expires: datetime,
-              want: int, state: tuple[int, dict[str, list[Any]], int] | None = None
-              ) -> list[Task]:
+              want: int, state: tuple[int, dict[str, list[Any]], int] | None = None,
+              claimed: tuple[str, list[Any]] | None = None) -> list[Task]:
+        """``state``: the volunteer's state as a submission's statement read it;
+        ``claimed``: ``(lease id, tile rows)`` of the claim that statement made too."""
         pg = _pg(conn)
 
         def reclaim(vid: int | None = None) -> int:
@@ -407,6 +471,12 @@ class Assigner:
             for lid, rows in live.items():
                 tasks.append(self._task_of(project, lid, rows, volunteer_id,
                                            rows[0].expires_at.astimezone(UTC), n_done))
+            if claimed is not None and claimed[1]:
+                forget_rows(conn, [r.id for r in claimed[1]], only=volunteer_id)
+                tiles = [_task_tile(r) for r in claimed[1]]
+                tasks.append(Task(
+                    task_id=self._public_id(project, claimed[0], volunteer_id, tiles[0]),
+                    expires_at=expires, tiles=tiles, labelled_by_you=n_done))
         else:
             n_done, live, n_expired = _volunteer_state(conn, params)
             fresh_db = ts(conn, fresh)
@@ -477,6 +547,10 @@ class Assigner:
                    tile: TaskTile) -> str:
         cell = task_cell(tile.x, tile.y, tile.z, project.block_cols, project.block_rows)
         return sign_task(self.task_key, lease_id, volunteer_id, project.id, cell)
+
+    def _reclaim_is_due(self, project_id: int) -> bool:
+        """Whether :meth:`_reclaim_due` would say so now (without resetting it)."""
+        return time.monotonic() - self._last_reclaim.get(project_id, 0.0) > RECLAIM_EVERY_S
 
     def _reclaim_due(self, project_id: int) -> bool:
         mono = time.monotonic()

@@ -178,3 +178,10 @@ def test_submit_with_next_stores_labels_even_when_the_tutorial_became_required(
     assert r.status_code == 200 and r.json()["stored"] == 1 and r.json()["next"] is None
     err = client.get(f"/api/projects/{p.slug}/next").json()["error"]
     assert err["code"] == "tutorial_required"
+    # and nothing was leased to them meanwhile (the answer's statement claims no task)
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM leases")).scalar_one() == 0
+    finally:
+        engine.dispose()

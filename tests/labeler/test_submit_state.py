@@ -130,3 +130,61 @@ def test_a_repeated_answer_still_brings_the_next_task(make_client, settings: Set
     assert (a["task_id"], a["ahead"]["task_id"]) == (b["task_id"], b["ahead"]["task_id"])
     assert b["progress"]["labelled_by_you"] == 1
     assert_counters_consistent(settings)
+
+
+def _handed_out(c: Any, slug: str, h: dict[str, str], answers: int) -> list[dict[str, Any]]:
+    """The tasks a volunteer is handed, in order: /next?ahead=1 once, then the task ahead of
+    each answer (labels?next=1&ahead=1)."""
+    first = c.get(f"/api/projects/{slug}/next?ahead=1").json()
+    out, task = [first, first["ahead"]], first
+    for _ in range(answers):
+        r = _post(c, slug, h, task, "?next=1&ahead=1")
+        assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+        task = r.json()["next"]
+        if not task.get("ahead"):
+            break
+        out.append(task["ahead"])
+    return out
+
+
+def test_the_answer_claims_the_next_task_in_its_own_statement(
+        make_client, settings: Settings, backend: str, monkeypatch: Any) -> None:
+    """PostgreSQL: the statement that stores an answer also claims the task it brings (no
+    claim statement of its own); the tasks are those the separate claim would give: new
+    tiles, closest to completion first."""
+    from labeler import assign
+
+    claims: list[int] = []
+    real = assign.Assigner._claim_pg
+    monkeypatch.setattr(assign.Assigner, "_claim_pg",
+                        lambda self, *a, **kw: claims.append(1) or real(self, *a, **kw))
+    monkeypatch.setattr(assign, "RECLAIM_EVERY_S", 1e9)  # (the periodic reclaim: not due)
+    p = seed_project(settings, with_images=False, gold_rate=0, n_tiles=8, redundancy=2)
+    other, c = make_client(), make_client()
+    h2 = start_volunteer(other)
+    t = other.get(f"/api/projects/{p.slug}/next").json()  # a tile one label from done
+    assert _post(other, p.slug, h2, t, "").status_code == 200
+    h = start_volunteer(c)
+    before = len(claims)
+    handed = _handed_out(c, p.slug, h, 5)
+    tiles = [x["tiles"][0]["tile_id"] for x in handed]
+    assert len(tiles) == len(set(tiles)) == 7
+    assert tiles[0] == t["tiles"][0]["tile_id"]  # closest to completion first
+    if backend == "postgresql":
+        assert len(claims) - before == 2  # the two of /next?ahead=1 only
+    assert_counters_consistent(settings)
+
+
+def test_gold_turns_come_at_their_place_when_the_answer_claims(make_client,
+                                                             settings: Settings) -> None:
+    """The claim made with an answer leaves gold turns to the gold claim: a new volunteer
+    with gold rate 0.25 (doubled) gets gold as every 2nd task handed out."""
+    p = seed_project(settings, with_images=False, gold_rate=0.25, n_tiles=8, gold=4,
+                     redundancy=1)
+    c = make_client()
+    h = start_volunteer(c)
+    handed = _handed_out(c, p.slug, h, 6)
+    gold = [i for i, x in enumerate(handed) if x["tiles"][0]["tile_id"] in p.gold_ids]
+    assert len(handed) == 8
+    assert gold == [1, 3, 5, 7]
+    assert_counters_consistent(settings)
