@@ -334,8 +334,14 @@ def _task_json(project: ProjectConfig, task: Any, prog: dict[str, int]) -> dict[
     return body
 
 
+def _tutorial_pending(st: Any, project: ProjectConfig, vid: int) -> bool:
+    """Whether the volunteer must pass the project's tutorial before getting tasks."""
+    return st.projects.has_tutorial(project.id) and not st.projects.tutorial_passed(
+        vid, project.slug)
+
+
 def _require_tutorial(st: Any, project: ProjectConfig, vid: int) -> None:
-    if st.projects.has_tutorial(project.id) and not st.projects.tutorial_passed(vid, project.slug):
+    if _tutorial_pending(st, project, vid):
         raise TutorialRequired(f"pass the tutorial of project '{project.slug}' first: "
                                f"POST /api/projects/{project.slug}/tutorial")
 
@@ -447,10 +453,9 @@ async def submit_labels(request: Request) -> Response:
         if want_next and project.status == "live":
             # (its next task may come with this statement; not for someone who must pass
             # the project's tutorial first: ``next`` then says so and claims nothing)
-            claim = (not st.projects.has_tutorial(project.id)
-                     or st.projects.tutorial_passed(session.id, project.slug))
             state = st.assigner.state_read(project, session.id, ahead=1 if ahead else 0,
-                                           near=near, claim=claim)
+                                           near=near,
+                                           claim=not _tutorial_pending(st, project, session.id))
         result = submit_in(conn, project, session.id, task_id, labels, task_key=key,
                            state=state)
         parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, state)

@@ -246,8 +246,8 @@ def _state_pg_sql(after_insert: bool, claim: str = "") -> tuple[str, str]:
         + (" WHERE s.tile_id NOT IN (SELECT tile_id FROM ins)" if after_insert else "")
         + f" UNION ALL SELECT 2, count(*), {nulls} {expired}"
         + (f" UNION ALL SELECT 3, tile_id, {nulls} FROM ins" if after_insert else "")
-        + (" UNION ALL SELECT 4, cu.id, NULL, NULL, NULL, NULL, NULL, cu.id, cu.z, cu.x, cu.y, "
-           "cu.west, cu.south, cu.east, cu.north, cu.layers FROM cu" if claim else "")
+        + (" UNION ALL SELECT 4, u.id, NULL, NULL, NULL, NULL, NULL, u.id, u.z, u.x, u.y, "
+           "u.west, u.south, u.east, u.north, u.layers FROM u" if claim else "")
         + " ORDER BY 1, 2")
     return ctes, select
 
@@ -270,13 +270,7 @@ def _claim_in_state_sql(order: str, given: str, expired: str) -> str:
         f"c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
         f"AND t.id NOT IN (SELECT tile_id FROM ins) AND {held} < :n "
         f"AND NOT EXISTS (SELECT 1 {expired}) {gold}"
-        f"ORDER BY {order} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), "
-        "cu AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
-        "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
-        "tiles.north, tiles.layers), "
-        "ci AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
-        "block_row, block_col, expires_at, created_at) "
-        "SELECT :ctask, :p, cu.id, :v, false, 0, 0, :e, :now FROM cu)")
+        f"ORDER BY {order} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), {_LEASE_CLAIMED}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -324,9 +318,9 @@ class StateRead:
     want: int
     fresh: datetime
     result: tuple[int, dict[str, list[Any]], int] | None = None
-    #: the claim the statement makes too (:func:`_claim_in_state_sql`): its lease id and
-    #: parameters, or None; :attr:`claimed`: the tile rows it claimed
-    claim: tuple[str, dict[str, Any], str] | None = None
+    #: the claim the statement makes too (:func:`_claim_in_state_sql`): its parameters (the
+    #: lease id is ``task_id``) and order, or None; :attr:`claimed`: the tile rows it claimed
+    claim: tuple[dict[str, Any], str] | None = None
     claimed: list[Any] = field(default_factory=list)
 
     _SQL = _state_pg_sql(True)
@@ -338,7 +332,7 @@ class StateRead:
                   "n": self.want, "e": self.expires, "fresh": self.fresh}
         if self.claim is None:
             return (*self._SQL, params)
-        _, more, order = self.claim
+        more, order = self.claim
         return (*_state_claim_sql(order), {**params, **more})
 
     def take(self, rows: list[Any]) -> set[int]:
@@ -374,6 +368,18 @@ _ELIGIBLE = """
 """
 
 
+#: The tiles of CTE ``c`` leased to ``:v`` under task ``:task_id`` until ``:e`` (block
+#: position from ``:cols`` x ``:rows``): their lease counts bumped (``u``: the tiles' columns)
+#: and the leases written (``i``). Both claim statements end with it.
+_LEASE_CLAIMED = (
+    "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
+    "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
+    "tiles.north, tiles.layers), "
+    "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
+    "block_row, block_col, expires_at, created_at) "
+    "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u)")
+
+
 class Assigner:
     """Claims tasks for volunteers. One per app (holds a little per-process timing state)."""
 
@@ -404,12 +410,11 @@ class Assigner:
                           now + timedelta(seconds=self.lease_seconds * RENEW_BELOW))
         if (claim and project.block_cols * project.block_rows == 1 and near is None
                 and not self._reclaim_is_due(project.id)):
-            lease_id = os.urandom(8).hex()
             rate = float(project.gold_rate)
-            state.claim = (lease_id, {
-                "target": project.target, "ctask": lease_id, "gold": rate > 0,
-                "newv": NEW_VOLUNTEER_LABELS, "rate": rate, "rate2": min(1.0, rate * 2),
-                "ge": 1e-9}, _order_by(project, None))
+            state.claim = ({
+                "target": project.target, "task_id": os.urandom(8).hex(), "rows": 1, "cols": 1,
+                "gold": rate > 0, "newv": NEW_VOLUNTEER_LABELS, "rate": rate,
+                "rate2": min(1.0, rate * 2), "ge": 1e-9}, _order_by(project, None))
         return state
 
     def next_tasks(self, project: ProjectConfig, volunteer_id: int, *, ahead: int = 0,
@@ -437,7 +442,7 @@ class Assigner:
         if conn is not None:
             claimed = None
             if state is not None and state.result is not None and state.claim is not None:
-                claimed = (state.claim[0], state.claimed)
+                claimed = (state.claim[0]["task_id"], state.claimed)
             tasks = self._fill(conn, project, volunteer_id, near_xy, now, expires, want,
                                None if state is None else state.result, claimed)
         else:
@@ -606,15 +611,7 @@ class Assigner:
                      "AND t.z = a.z AND t.x >= a.x - a.x % :cols AND t.x < a.x - a.x % :cols + :cols "
                      "AND t.y >= a.y - a.y % :rows AND t.y < a.y - a.y % :rows + :rows "
                      "FOR UPDATE OF t SKIP LOCKED)")
-        found = run(conn,
-            f"WITH {claim}, "
-            "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
-            "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
-            "tiles.north, tiles.layers), "
-            "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
-            "block_row, block_col, expires_at, created_at) "
-            "SELECT :task_id, :p, u.id, :v, false, u.y % :rows, u.x % :cols, :e, :now FROM u) "
-            "SELECT * FROM u", params).all()
+        found = run(conn, f"WITH {claim}, {_LEASE_CLAIMED} SELECT * FROM u", params).all()
         if found:
             # The claim changes the tiles' lease counts (which a submission reads only for a
             # late label, and then reads again) and this volunteer's leases on them.
