@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
 import math
 import os
 import time
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from labeler.batch import forget_rows
 from labeler.db import write_tx
 from labeler.models import TS, utcnow
-from labeler.projects import ProjectConfig
+from labeler.projects import ProjectConfig, project_target
 from labeler.sql import from_ts_text, id_params, layer_list, run, ts
 
 NEW_VOLUNTEER_LABELS = 20  # volunteers with fewer labels in a project see gold twice as often
@@ -120,9 +121,10 @@ def _task_tile(r: Any, row: int = 0, col: int = 0) -> TaskTile:
                     layers=layer_list(r.layers), row=row, col=col)
 
 
-def reclaim_expired(conn: Connection, project_id: int, now: datetime, *,
+def reclaim_expired(conn: Connection, project_id: int, now: datetime, *, target: int,
                     volunteer_id: int | None = None, limit: int = 500) -> int:
-    """Delete expired leases (all, or one volunteer's) and give their places back."""
+    """Delete expired leases (all, or one volunteer's) and give their places back (``target``:
+    the project's, :attr:`labeler.projects.ProjectConfig.target`)."""
     where = "project_id = :p AND expires_at < :now"
     params: dict[str, Any] = {"p": project_id, "now": now, "lim": limit}
     if volunteer_id is not None:
@@ -143,17 +145,18 @@ def reclaim_expired(conn: Connection, project_id: int, now: datetime, *,
     deleted = conn.execute(sa.text(
         f"DELETE FROM leases WHERE tile_id IN :ids AND {where} RETURNING tile_id, is_gold"
     ).bindparams(_ids("ids"), sa.bindparam("now", type_=TS)), {**params, "ids": locked}).all()
-    _release(conn, [r.tile_id for r in deleted if not r.is_gold])
+    _release(conn, [r.tile_id for r in deleted if not r.is_gold], target)
     return len(deleted)
 
 
-def _release(conn: Connection, tile_ids: list[int]) -> None:
+def _release(conn: Connection, tile_ids: list[int], target: int) -> None:
     per: dict[int, int] = {}
     for t in tile_ids:
         per[t] = per.get(t, 0) + 1
     if per:
-        conn.execute(sa.text("UPDATE tiles SET lease_count = lease_count - :n WHERE id = :id"),
-                     [{"id": t, "n": n} for t, n in sorted(per.items())])
+        conn.execute(sa.text("UPDATE tiles SET lease_count = lease_count - :n, "
+                             "has_room = (label_count + lease_count - :n < :target) WHERE id = :id"),
+                     [{"id": t, "n": n, "target": target} for t, n in sorted(per.items())])
 
 
 def _order_by(project: ProjectConfig, near: tuple[int, int] | None) -> str:
@@ -362,17 +365,23 @@ _GOLD_SQL = (
 
 _ELIGIBLE = """
     t.project_id = :p AND t.state = 'live' AND t.gold_answer IS NULL AND NOT t.tutorial
-    AND t.label_count + t.lease_count < :target
+    AND t.has_room AND t.label_count + t.lease_count < :target
     AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.tile_id = t.id AND l.volunteer_id = :v)
     AND NOT EXISTS (SELECT 1 FROM leases s WHERE s.tile_id = t.id AND s.volunteer_id = :v)
 """
+
+
+#: ``SET`` term of a claim's lease-count bump (``:target``: the project's): whether the tile
+#: still has room after it (:attr:`labeler.models.Tile.has_room`)
+ROOM_AFTER_CLAIM = "has_room = (label_count + lease_count + 1 < :target)"
 
 
 #: The tiles of CTE ``c`` leased to ``:v`` under task ``:task_id`` until ``:e`` (block
 #: position from ``:cols`` x ``:rows``): their lease counts bumped (``u``: the tiles' columns)
 #: and the leases written (``i``). Both claim statements end with it.
 _LEASE_CLAIMED = (
-    "u AS (UPDATE tiles SET lease_count = lease_count + 1 FROM c WHERE tiles.id = c.id "
+    f"u AS (UPDATE tiles SET lease_count = lease_count + 1, {ROOM_AFTER_CLAIM} "
+    "FROM c WHERE tiles.id = c.id "
     "RETURNING tiles.id, tiles.z, tiles.x, tiles.y, tiles.west, tiles.south, tiles.east, "
     "tiles.north, tiles.layers), "
     "i AS (INSERT INTO leases (task_id, project_id, tile_id, volunteer_id, is_gold, "
@@ -463,7 +472,8 @@ class Assigner:
         pg = _pg(conn)
 
         def reclaim(vid: int | None = None) -> int:
-            return reclaim_expired(conn, project.id, now, volunteer_id=vid)
+            return reclaim_expired(conn, project.id, now, target=project.target,
+                                   volunteer_id=vid)
 
         now_db, expires_db = ts(conn, now), ts(conn, expires)
         params = {"v": volunteer_id, "p": project.id, "now": now_db}
@@ -531,7 +541,8 @@ class Assigner:
         if project.block_cols * project.block_rows == 1:
             # Pick the tile and bump its lease count in one statement (writes are serialised
             # by BEGIN IMMEDIATE, so the pick cannot go stale before the bump).
-            r = run(conn, f"UPDATE tiles SET lease_count = lease_count + 1 WHERE id = ("
+            r = run(conn, "UPDATE tiles SET lease_count = lease_count + 1, "
+                    f"{ROOM_AFTER_CLAIM} WHERE id = ("
                     f"{self._anchor_sql(project, near_xy)}) "
                     "RETURNING id, z, x, y, west, south, east, north, layers",
                     self._claim_params(project, volunteer_id, near_xy)).first()
@@ -545,7 +556,8 @@ class Assigner:
             run(conn, _LEASE_SQL, [dict(lease, p=project.id, tile_id=t.tile_id, v=volunteer_id,
                                         g=False, r=t.row, c=t.col) for t in tiles])
             ids, params = id_params([t.tile_id for t in tiles])
-            run(conn, f"UPDATE tiles SET lease_count = lease_count + 1 WHERE id IN {ids}", params)
+            run(conn, f"UPDATE tiles SET lease_count = lease_count + 1, {ROOM_AFTER_CLAIM} "
+                f"WHERE id IN {ids}", {**params, "target": project.target})
         return tiles
 
     def _public_id(self, project: ProjectConfig, lease_id: str, volunteer_id: int,
@@ -629,15 +641,19 @@ class Assigner:
 
     @staticmethod
     def _anchor_sql(project: ProjectConfig, near_xy: tuple[int, int] | None,
-                    cols: str = "t.id", lock: str = "") -> str:
-        return (f"SELECT {cols} FROM tiles t WHERE {_ELIGIBLE} "
-                f"ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}")
+                    cols: str = "t.id", lock: str = "", *, pg: bool = False) -> str:
+        # SQLite's planner prefers ix_tiles_queue (two equality terms) to the partial index of
+        # the tiles with room, and would walk past every full tile again: it is named
+        return (f"SELECT {cols} FROM tiles t{'' if pg else ' INDEXED BY ix_tiles_room'} "
+                f"WHERE {_ELIGIBLE} ORDER BY {_order_by(project, near_xy)} LIMIT 1{lock}")
 
     def _claim(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                near_xy: tuple[int, int] | None) -> list[TaskTile]:
-        lock = " FOR UPDATE OF t SKIP LOCKED" if _pg(conn) else ""
+        pg = _pg(conn)
+        lock = " FOR UPDATE OF t SKIP LOCKED" if pg else ""
         params = self._claim_params(project, volunteer_id, near_xy)
-        anchor = run(conn, self._anchor_sql(project, near_xy, _TILE_COLS, lock), params).first()
+        anchor = run(conn, self._anchor_sql(project, near_xy, _TILE_COLS, lock, pg=pg),
+                     params).first()
         if anchor is None:
             return []
         cols, rows = project.block_cols, project.block_rows
@@ -677,23 +693,32 @@ def recount(engine: Engine, project_id: int | None = None, *, now: datetime | No
     """Compare each tile's counters with counts derived from ``labels``/``leases``.
 
     Returns the tiles that differ (``{"tile_id", "label_count", "derived_labels",
-    "lease_count", "derived_leases"}``); with ``fix=True`` also corrects them.
+    "lease_count", "derived_leases", "has_room", "derived_room"}``; ``derived_room``: whether
+    the derived counts are below the project's target); with ``fix=True`` also corrects them.
     """
     where = "WHERE t.project_id = :p" if project_id is not None else ""
     sql = f"""
-      SELECT t.id, t.label_count, t.lease_count,
+      SELECT t.id, t.label_count, t.lease_count, t.has_room, p.redundancy, p.retirement,
         (SELECT count(*) FROM labels l WHERE l.tile_id = t.id AND NOT l.skipped AND NOT l.is_gold) AS dl,
         (SELECT count(*) FROM leases s WHERE s.tile_id = t.id AND NOT s.is_gold) AS ds
-      FROM tiles t {where}"""
+      FROM tiles t JOIN projects p ON p.id = t.project_id {where}"""
     with write_tx(engine) as conn:
         rows = conn.execute(sa.text(sql), {"p": project_id}).all()
-        bad = [{"tile_id": r.id, "label_count": r.label_count, "derived_labels": r.dl,
-                "lease_count": r.lease_count, "derived_leases": r.ds}
-               for r in rows if (r.label_count, r.lease_count) != (r.dl, r.ds)]
+        bad = []
+        for r in rows:
+            retirement = r.retirement
+            if isinstance(retirement, str):  # SQLite: JSON comes back as text from raw SQL
+                retirement = json.loads(retirement)
+            room = r.dl + r.ds < project_target(retirement or {}, r.redundancy)
+            if (r.label_count, r.lease_count, bool(r.has_room)) != (r.dl, r.ds, room):
+                bad.append({"tile_id": r.id, "label_count": r.label_count, "derived_labels": r.dl,
+                            "lease_count": r.lease_count, "derived_leases": r.ds,
+                            "has_room": bool(r.has_room), "derived_room": room})
         if fix and bad:
-            conn.execute(sa.text("UPDATE tiles SET label_count = :dl, lease_count = :ds WHERE id = :id"),
-                         [{"id": b["tile_id"], "dl": b["derived_labels"], "ds": b["derived_leases"]}
-                          for b in bad])
+            conn.execute(sa.text("UPDATE tiles SET label_count = :dl, lease_count = :ds, "
+                                 "has_room = :room WHERE id = :id"),
+                         [{"id": b["tile_id"], "dl": b["derived_labels"], "ds": b["derived_leases"],
+                           "room": b["derived_room"]} for b in bad])
     return bad
 
 

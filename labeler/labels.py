@@ -154,8 +154,8 @@ _ROW_KEYS = ("p", "tile_id", "v", "answer", "points", "skipped", "flag_note", "k
              "correct", "spent", "now")
 _ROW_CASTS = ("int", "int", "int", "text", "json", "boolean", "text", "text", "boolean",
               "boolean", "int", "timestamptz")
-_UPD_KEYS = ("id", "lc", "rel", "ac", "ca", "cf", "st", "ra")
-_UPD_CASTS = ("int", "int", "int", "json", "text", "float8", "text", "timestamptz")
+_UPD_KEYS = ("id", "lc", "rel", "ac", "ca", "cf", "st", "ra", "tg")
+_UPD_CASTS = ("int", "int", "int", "json", "text", "float8", "text", "timestamptz", "int")
 
 
 def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]],
@@ -182,8 +182,9 @@ def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]
     if upds:
         sql += (", upd AS (UPDATE tiles SET label_count = d.lc, lease_count = tiles.lease_count - d.rel, "
                 "answer_counts = d.ac, consensus_answer = d.ca, confidence = d.cf, state = d.st, "
-                "retired_at = COALESCE(tiles.retired_at, d.ra) "
-                f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra) "
+                "retired_at = COALESCE(tiles.retired_at, d.ra), "
+                "has_room = (d.lc + tiles.lease_count - d.rel < d.tg) "
+                f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra, tg) "
                 "WHERE tiles.id = d.id AND d.id IN (SELECT tile_id FROM ins))")
     # the volunteer's label counter (read back by ``state``'s count as ``cnt``)
     sql += (", cnt AS (INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
@@ -207,8 +208,8 @@ _COUNT_SQL = (
 
 _UPDATE_SQL = (
     "UPDATE tiles SET label_count = :lc, lease_count = lease_count - :rel, answer_counts = :ac, "
-    "consensus_answer = :ca, confidence = :cf, state = :st, retired_at = COALESCE(retired_at, :ra) "
-    "WHERE id = :id")
+    "consensus_answer = :ca, confidence = :cf, state = :st, retired_at = COALESCE(retired_at, :ra), "
+    "has_room = (:lc + lease_count - :rel < :tg) WHERE id = :id")
 
 
 def _classify_duplicates(conn: Connection, volunteer_id: int, labels: list[LabelIn]) -> set[int]:
@@ -460,7 +461,7 @@ def _tile_update(tile: Any, answer: str | None, *, release: int, project: Projec
         if state == "live":
             state = new_state
     return {"id": tile.id, "lc": label_count, "rel": release, "ac": counts, "ca": ca, "cf": cf,
-            "st": state}
+            "st": state, "tg": project.target}
 
 
 def volunteer_stats(conn: Connection, volunteer_id: int) -> dict[str, Any]:

@@ -59,6 +59,10 @@ class Project(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+#: the rows of ``ix_tiles_room``: the claim's ``_ELIGIBLE`` has each of these terms
+ROOM_INDEX_WHERE = "state = 'live' AND has_room AND gold_answer IS NULL AND NOT tutorial"
+
+
 class Tile(SQLModel, table=True):
     __tablename__ = "tiles"
     __table_args__ = (
@@ -68,6 +72,12 @@ class Tile(SQLModel, table=True):
         # project with few or no gold tiles scanned all its tiles inside the write lock)
         sa.Index("ix_tiles_gold", "project_id", sqlite_where=sa.text("gold_answer IS NOT NULL"),
                  postgresql_where=sa.text("gold_answer IS NOT NULL")),
+        # the claim's queue: only the tiles a claim may take (live, with room, not gold or
+        # tutorial), so it no longer walks past the tiles that are full with live leases —
+        # as many as the volunteers holding tasks at the top of the queue
+        sa.Index("ix_tiles_room", "project_id", "label_count", "id",
+                 sqlite_where=sa.text(ROOM_INDEX_WHERE),
+                 postgresql_where=sa.text(ROOM_INDEX_WHERE)),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -89,6 +99,11 @@ class Tile(SQLModel, table=True):
     # recomputes them from scratch.
     label_count: int = 0
     lease_count: int = 0
+    # whether ``label_count + lease_count`` is below the project's target (its redundancy, or
+    # an adaptive policy's ``max_votes``): kept with the two counters by the same statements,
+    # and when the target changes. Only what ``ix_tiles_room`` indexes; the claim still checks
+    # the counts themselves (a stale ``has_room`` could hide a tile, never overfill one).
+    has_room: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     answer_counts: Any = _json()
     consensus_answer: Optional[str] = Field(default=None, max_length=64)
     confidence: Optional[float] = None

@@ -59,6 +59,16 @@ EDITABLE = (
 )
 
 
+def project_target(retirement: Mapping[str, Any], redundancy: int) -> int:
+    """Most non-gold labels (plus live leases) a tile may collect: ``redundancy``, or for an
+    adaptive project its retirement policy's ``max_votes`` (where the tile goes unresolved)."""
+    if retirement.get("policy") == "adaptive":
+        from labeler.retire import policy_for
+
+        return policy_for(retirement, redundancy).max_votes
+    return redundancy
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     """What the volunteer hot path needs to know about a project (immutable snapshot)."""
@@ -90,13 +100,8 @@ class ProjectConfig:
 
     @cached_property
     def target(self) -> int:
-        """Most non-gold labels (plus live leases) a tile may collect: ``redundancy``, or for an
-        adaptive project its retirement policy's ``max_votes`` (where the tile goes unresolved)."""
-        if self.retirement.get("policy") == "adaptive":
-            from labeler.retire import policy_for
-
-            return policy_for(self.retirement, self.redundancy).max_votes
-        return self.redundancy
+        """Most non-gold labels (plus live leases) a tile may collect (:func:`project_target`)."""
+        return project_target(self.retirement, self.redundancy)
 
     def image_urls(self, z: int, x: int, y: int, tile_layers: list[str] | None = None) -> dict[str, str]:
         out = {}
@@ -339,7 +344,18 @@ def update_project(engine: Engine, slug: str, data: Mapping[str, Any], *, actor:
             conn.execute(sa.update(Project.__table__).where(  # type: ignore[attr-defined]
                 Project.__table__.c.id == current.id).values(**values))  # type: ignore[attr-defined]
             audit(conn, actor, "project.update", slug, sorted(k for k in data))
-        return config_from_row(get_row(conn, slug))
+        cfg = config_from_row(get_row(conn, slug))
+        if cfg.target != config_from_row(current).target:
+            set_room(conn, cfg.id, cfg.target)
+        return cfg
+
+
+def set_room(conn: Connection, project_id: int, target: int) -> None:
+    """Bring the project's tiles' ``has_room`` in line with a new target (their counters are
+    unchanged; the tiles now at or past it stay as they are, new claims skip them)."""
+    conn.execute(sa.text(
+        "UPDATE tiles SET has_room = (label_count + lease_count < :t) WHERE project_id = :p "
+        "AND has_room <> (label_count + lease_count < :t)"), {"t": target, "p": project_id})
 
 
 def set_status(engine: Engine, slug: str, status: str, *, actor: str) -> ProjectConfig:
