@@ -9,11 +9,22 @@ The distribution ships five top-level packages with clear rooms:
 * ``crowdsight``- version, settings and the ``crowdsight`` command line (a thin layer)
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("crowdsight")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+unknown"
+from typing import Any
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``__version__``, read from the installed distribution on first use: importing
+    ``importlib.metadata`` costs ~25-30 ms, which every ``crowdsight`` command would pay at
+    start-up (an ingest of a few files takes well under a second)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'crowdsight' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("crowdsight")
+    except PackageNotFoundError:  # running from a source tree without install
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value

@@ -13,7 +13,6 @@ import os
 
 import click
 
-from crowdsight import __version__
 
 # command name -> "module:attribute" (all modules live in crowdsight.cli)
 COMMANDS: dict[str, str] = {
@@ -70,7 +69,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="crowdsight")
+@click.version_option(package_name="crowdsight", prog_name="crowdsight")
 def main() -> None:
     """crowdsight: crowdsourced analysis of satellite imagery.
 
