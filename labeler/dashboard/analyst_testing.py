@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from labeler.db import write_tx
 from labeler.models import Label, Project, Tile, Volunteer
+from labeler.projects import project_target
 
 T_PROJECTS: sa.Table = Project.__table__  # type: ignore[attr-defined, assignment]
 T_TILES: sa.Table = Tile.__table__  # type: ignore[attr-defined, assignment]
@@ -80,11 +81,15 @@ def insert_votes(engine: Engine, slug: str, votes: Sequence[Vote], *,
             })
         if rows:
             conn.execute(sa.insert(T_LABELS), rows)
-        recount(conn, project.id, redundancy or project.redundancy)
+        recount(conn, project.id, redundancy or project.redundancy,
+                target=project_target(project.retirement or {}, project.redundancy))
 
 
-def recount(conn: sa.Connection, project_id: int, redundancy: int) -> None:
-    """Derive ``label_count``, ``answer_counts``, majority answer and fixed-policy retirement."""
+def recount(conn: sa.Connection, project_id: int, redundancy: int, *,
+            target: int | None = None) -> None:
+    """Derive ``label_count``, ``answer_counts``, majority answer and fixed-policy retirement
+    (and ``has_room`` against the project's ``target``, default ``redundancy``)."""
+    target = redundancy if target is None else target
     per_tile: dict[int, list[Any]] = {}
     for r in conn.execute(sa.select(T_LABELS.c.tile_id, T_LABELS.c.answer, T_LABELS.c.skipped,
                                     T_LABELS.c.is_gold, T_LABELS.c.created_at)
@@ -96,7 +101,8 @@ def recount(conn: sa.Connection, project_id: int, redundancy: int) -> None:
         counts = Counter(r.answer for r in answered)
         n = len(answered)
         best = counts.most_common(1)[0] if counts else None
-        values: dict[str, Any] = {"label_count": n, "answer_counts": dict(counts)}
+        values: dict[str, Any] = {"label_count": n, "answer_counts": dict(counts),
+                                  "has_room": T_TILES.c.lease_count + n < target}
         if best:
             values["consensus_answer"] = best[0]
             values["confidence"] = best[1] / n

@@ -113,6 +113,23 @@ def _by_tile(fc: dict) -> dict[int, dict]:
     return {f["properties"]["tile_id"]: f["properties"] for f in fc["features"]}
 
 
+def test_seeded_votes_leave_consistent_tile_counters(seeded):
+    """insert_votes keeps the tiles' counters (and ``has_room``) as the service would: full
+    tiles (5 answers, redundancy 5) have no room, the others do."""
+    from labeler.assign import recount
+
+    engine = make_engine(seeded.settings.resolved_database_url, pool_size=1)
+    try:
+        assert recount(engine) == []
+        with engine.connect() as conn:
+            room = dict(conn.exec_driver_sql(
+                "SELECT id, has_room FROM tiles WHERE gold_answer IS NULL").all())
+    finally:
+        engine.dispose()
+    assert {i: bool(room[t]) for i, t in enumerate(seeded.tiles)} == {
+        0: False, 1: False, 2: False, 3: False, 4: False, 5: True}
+
+
 # ------------------------------------------------------------------------------ results
 
 
