@@ -220,9 +220,10 @@ def _volunteer_state(conn: Connection, params: dict[str, Any]
 # it updated), as it will be once that statement's lease deletions are done: every
 # sub-statement of one statement sees the same snapshot, so the leases of ``ins``'s tiles are
 # left out by hand and the count taken from ``cnt``; k = 3 rows carry ``ins``'s tile ids.
-def _state_pg_sql(after_insert: bool, claim: str = "") -> tuple[str, str]:
+def _state_pg_sql(after_insert: bool, claim: str = "", gold: bool = False) -> tuple[str, str]:
     """``(CTEs, final SELECT)`` of the PostgreSQL state read; ``claim``: the ``ORDER BY`` of a
-    claim made by the same statement (:func:`_claim_in_state_sql`), or "" for none."""
+    claim made by the same statement (:func:`_claim_in_state_sql`, ``gold``: whether the
+    project interleaves gold), or "" for none."""
     gone = " AND tile_id NOT IN (SELECT tile_id FROM ins)" if after_insert else ""
     nulls = "NULL, " * 13 + "NULL"
     ctes = (
@@ -237,7 +238,7 @@ def _state_pg_sql(after_insert: bool, claim: str = "") -> tuple[str, str]:
     expired = (f"FROM leases WHERE volunteer_id = :v AND project_id = :p "
                f"AND expires_at <= :now{gone}")
     if claim:
-        ctes += ", " + _claim_in_state_sql(claim, given, expired)
+        ctes += ", " + _claim_in_state_sql(claim, given, expired, gold)
     select = (
         f"SELECT 0 AS k, {given} AS n, NULL AS task_id, NULL AS expires_at, NULL AS block_row, "
         "NULL AS block_col, NULL AS is_gold, NULL AS id, NULL AS z, NULL AS x, NULL AS y, "
@@ -255,30 +256,34 @@ def _state_pg_sql(after_insert: bool, claim: str = "") -> tuple[str, str]:
     return ctes, select
 
 
-def _claim_in_state_sql(order: str, given: str, expired: str) -> str:
+def _claim_in_state_sql(order: str, given: str, expired: str, gold: bool) -> str:
     """CTEs that claim a single-tile task in the statement that stores a submission and reads
     the volunteer's state (k = 4 rows: the tile claimed), when :meth:`Assigner._fill` would
     claim one next with nothing else to do first: fewer than ``:n`` live tasks after the
-    submission, no expired lease of the volunteer's to reclaim, and not a gold turn
-    (``:gold``: whether the project has gold; :func:`gold_turn` in SQL, on the same float
-    arithmetic, over the labels given plus the tiles held). The tile is the one
+    submission, no expired lease of the volunteer's to reclaim, and — when the project
+    interleaves gold (``gold``) — not a gold turn (:func:`gold_turn` in SQL, on the same float
+    arithmetic, over the labels given plus the tiles held, computed once in CTE ``g``: written
+    out at each of its four uses, it was a dozen subplans that PostgreSQL set up for every
+    statement, executed or not). The tile is the one
     :meth:`Assigner._claim_pg` would pick: the statement's snapshot still shows the leases it
     deletes, so the tiles just labelled stay out (and are left out by hand too)."""
     held = "(SELECT count(*) FROM live)"
-    n = f"({given} + {held})"
-    gold = (f"AND NOT (:gold AND floor(({n} + 1) * (CASE WHEN {n} < :newv THEN :rate2 ELSE "
-            f":rate END) + :ge) > floor({n} * (CASE WHEN {n} < :newv THEN :rate2 ELSE :rate END) "
-            "+ :ge)) ")
+    turn = ""
+    if gold:
+        rate = "CASE WHEN g.n < :newv THEN :rate2 ELSE :rate END"
+        turn = (f"AND NOT (SELECT floor((g.n + 1) * ({rate}) + :ge) > floor(g.n * ({rate}) + :ge) "
+                "FROM g) ")
     return (
-        f"c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
+        (f"g AS (SELECT {given} + {held} AS n), " if gold else "")
+        + f"c AS (SELECT t.id FROM tiles t WHERE {_ELIGIBLE} "
         f"AND t.id NOT IN (SELECT tile_id FROM ins) AND {held} < :n "
-        f"AND NOT EXISTS (SELECT 1 {expired}) {gold}"
+        f"AND NOT EXISTS (SELECT 1 {expired}) {turn}"
         f"ORDER BY {order} LIMIT 1 FOR UPDATE OF t SKIP LOCKED), {_LEASE_CLAIMED}")
 
 
 @functools.lru_cache(maxsize=8)
-def _state_claim_sql(order: str) -> tuple[str, str]:
-    return _state_pg_sql(True, order)
+def _state_claim_sql(order: str, gold: bool) -> tuple[str, str]:
+    return _state_pg_sql(True, order, gold)
 
 
 _STATE_RENEW_PG = "WITH {} {}".format(*_state_pg_sql(False))
@@ -336,7 +341,7 @@ class StateRead:
         if self.claim is None:
             return (*self._SQL, params)
         more, order = self.claim
-        return (*_state_claim_sql(order), {**params, **more})
+        return (*_state_claim_sql(order, more["gold"]), {**params, **more})
 
     def take(self, rows: list[Any]) -> set[int]:
         """Keep the state from the statement's rows; return the tile ids it inserted."""
