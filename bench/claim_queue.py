@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,25 +31,20 @@ from types import SimpleNamespace
 
 import sqlalchemy as sa
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._seed import bench_project  # noqa: E402
+
 
 def seed(url: str, n_tiles: int, full: int, target: int = 5) -> None:
     """A live project with ``n_tiles`` tiles at ``target - 1`` labels; the top ``full`` of the
     queue (highest ids) hold a lease each as well, so they are full."""
-    from labeler.db import make_engine
-    from labeler.migrate import upgrade
-    from labeler.models import Project
-
-    upgrade(url)
-    eng = make_engine(url, pool_size=1)
     now = datetime(2026, 11, 28, tzinfo=UTC)
+    eng = bench_project(url, now, redundancy=target)
     try:
         with eng.begin() as c:
-            c.execute(sa.insert(Project.__table__).values(
-                slug="bench", name="bench", type="find", question="", help_text="", examples=[],
-                answers=[{"value": "yes", "label": "yes"}], layers=[], redundancy=target,
-                retirement={}, gold_rate=0.0, priority="completion", block_cols=1,
-                block_rows=1, context=False, max_points=0, status="live", created_at=now,
-                updated_at=now))
             c.execute(sa.text("INSERT INTO volunteers (public_id, tutorials_passed, created_at) "
                               "VALUES ('v1', '[]', :now)"), {"now": now})
             c.execute(sa.text(

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._seed import bench_project  # noqa: E402
 
 COUNT = "SELECT count(*) AS n FROM labels WHERE volunteer_id = :v AND project_id = :p"
 KEPT = ("SELECT COALESCE((SELECT labels FROM volunteer_progress "
@@ -32,21 +39,10 @@ KEPT = ("SELECT COALESCE((SELECT labels FROM volunteer_progress "
 def seed(url: str, n: int) -> None:
     """A project with ``n`` tiles, 20 volunteers; volunteer 1 labelled all of them, the others
     a share each (so the volunteer's labels are not the whole table)."""
-    from labeler.db import make_engine
-    from labeler.migrate import upgrade
-    from labeler.models import Project
-
-    upgrade(url)
-    eng = make_engine(url, pool_size=1)
     now = datetime(2026, 11, 27, tzinfo=UTC)
+    eng = bench_project(url, now)
     try:
         with eng.begin() as c:
-            c.execute(sa.insert(Project.__table__).values(
-                slug="bench", name="bench", type="find", question="", help_text="", examples=[],
-                answers=[{"value": "yes", "label": "yes"}], layers=[], redundancy=5,
-                retirement={}, gold_rate=0.0, priority="completion", block_cols=1,
-                block_rows=1, context=False, max_points=0, status="live", created_at=now,
-                updated_at=now))
             c.execute(sa.text(
                 "INSERT INTO volunteers (public_id, tutorials_passed, created_at) "
                 "VALUES " + ", ".join(f"('v{i}', '[]', :now)" for i in range(20))), {"now": now})
