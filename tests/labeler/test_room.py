@@ -110,22 +110,29 @@ def test_the_claim_reads_the_flag_and_the_counts_still_guard_the_target(
 
 
 def test_the_claim_uses_the_room_index(backend: str, settings: Settings) -> None:
-    """The claim's own statement walks ``ix_tiles_room`` (SQLite's plan; PostgreSQL picks by
-    its statistics, so its plan is not asserted on a tiny table)."""
-    if backend != "sqlite":
-        import pytest
-
-        pytest.skip("PostgreSQL chooses its plan from statistics; checked on SQLite")
+    """The claim's own query walks ``ix_tiles_room``, not ``ix_tiles_queue`` past the full
+    tiles: SQLite because the query names it; PostgreSQL by its statistics, checked on a
+    project shaped like a busy one (most tiles one label short, the top of the queue full)."""
     from labeler.assign import Assigner
     from labeler.projects import ProjectCache
 
-    p = seed_project(settings, with_images=False, n_tiles=3, gold_rate=0)
+    pg = backend != "sqlite"
+    p = seed_project(settings, with_images=False, n_tiles=1500 if pg else 3, gold_rate=0)
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
         cfg = ProjectCache(engine).get(p.slug)
-        sql = Assigner._anchor_sql(cfg, None)
+        if pg:
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE tiles SET label_count = 4"))
+                conn.execute(sa.text(
+                    "UPDATE tiles SET lease_count = 1, has_room = false WHERE id > :t"),
+                    {"t": p.tile_ids[-200]})
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE tiles")
+        sql = Assigner._anchor_sql(cfg, None, lock=" FOR UPDATE OF t SKIP LOCKED" if pg else "",
+                                   pg=pg)
         with engine.connect() as conn:
-            plan = conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}"),
+            plan = conn.execute(sa.text(("EXPLAIN " if pg else "EXPLAIN QUERY PLAN ") + sql),
                                 {"p": cfg.id, "v": 1, "target": cfg.target}).all()
     finally:
         engine.dispose()
