@@ -176,6 +176,9 @@ def test_real_imagery_pages(page: Page, live_server: str, labeler_settings: Any,
     shoot(page, "volunteer-tutorial", full_page=True)
     page.check(f"#tut-{wrong.get_attribute('data-index')}-yes")
     page.click("#tutorial-check")
+    # passed (the answer is back) before leaving the page: navigating while the check is in
+    # flight shows the tutorial again, as the page does not know it was passed yet
+    expect(page.locator("#tutorial-result")).to_have_class("result ok")
     page.goto(live_server + f"#/p/joplin-damage?near={near}")
 
     # compare: a single tile with faded neighbours, real 256-px JPEGs shown large and crisp
