@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import math
 import os
 import time
@@ -32,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from labeler.batch import forget_rows
 from labeler.db import write_tx
-from labeler.models import TS, utcnow
+from labeler.models import TS, Project, utcnow
 from labeler.projects import ProjectConfig, project_target
 from labeler.sql import from_ts_text, id_params, layer_list, run, ts
 
@@ -575,9 +574,8 @@ class Assigner:
         return time.monotonic() - self._last_reclaim.get(project_id, 0.0) > RECLAIM_EVERY_S
 
     def _reclaim_due(self, project_id: int) -> bool:
-        mono = time.monotonic()
-        if mono - self._last_reclaim.get(project_id, 0.0) > RECLAIM_EVERY_S:
-            self._last_reclaim[project_id] = mono
+        if self._reclaim_is_due(project_id):
+            self._last_reclaim[project_id] = time.monotonic()
             return True
         return False
 
@@ -615,12 +613,10 @@ class Assigner:
     def _claim_pg(self, conn: Connection, project: ProjectConfig, volunteer_id: int,
                   near_xy: tuple[int, int] | None, lease: dict[str, Any]) -> list[TaskTile]:
         cols, rows = project.block_cols, project.block_rows
-        params: dict[str, Any] = {"p": project.id, "v": volunteer_id, "target": project.target,
-                                  "cols": cols, "rows": rows, **lease}
-        if near_xy is not None:
-            params.update(nx=near_xy[0], ny=near_xy[1])
-        anchor = (f"SELECT t.id, t.z, t.x, t.y FROM tiles t WHERE {_ELIGIBLE} "
-                  f"ORDER BY {_order_by(project, near_xy)} LIMIT 1 FOR UPDATE OF t SKIP LOCKED")
+        params = {**self._claim_params(project, volunteer_id, near_xy), "cols": cols,
+                  "rows": rows, **lease}
+        anchor = self._anchor_sql(project, near_xy, "t.id, t.z, t.x, t.y",
+                                  " FOR UPDATE OF t SKIP LOCKED", pg=True)
         if cols * rows == 1:
             claim = f"c AS ({anchor})"
         else:  # every eligible tile of the grid-aligned block around the anchor
@@ -703,18 +699,18 @@ def recount(engine: Engine, project_id: int | None = None, *, now: datetime | No
     """
     where = "WHERE t.project_id = :p" if project_id is not None else ""
     sql = f"""
-      SELECT t.id, t.label_count, t.lease_count, t.has_room, p.redundancy, p.retirement,
+      SELECT t.id, t.project_id, t.label_count, t.lease_count, t.has_room,
         (SELECT count(*) FROM labels l WHERE l.tile_id = t.id AND NOT l.skipped AND NOT l.is_gold) AS dl,
         (SELECT count(*) FROM leases s WHERE s.tile_id = t.id AND NOT s.is_gold) AS ds
-      FROM tiles t JOIN projects p ON p.id = t.project_id {where}"""
+      FROM tiles t {where}"""
+    pt = Project.__table__  # type: ignore[attr-defined]
     with write_tx(engine) as conn:
+        targets = {p.id: project_target(p.retirement or {}, p.redundancy) for p in conn.execute(
+            sa.select(pt.c.id, pt.c.redundancy, pt.c.retirement))}
         rows = conn.execute(sa.text(sql), {"p": project_id}).all()
         bad = []
         for r in rows:
-            retirement = r.retirement
-            if isinstance(retirement, str):  # SQLite: JSON comes back as text from raw SQL
-                retirement = json.loads(retirement)
-            room = r.dl + r.ds < project_target(retirement or {}, r.redundancy)
+            room = r.dl + r.ds < targets[r.project_id]
             if (r.label_count, r.lease_count, bool(r.has_room)) != (r.dl, r.ds, room):
                 bad.append({"tile_id": r.id, "label_count": r.label_count, "derived_labels": r.dl,
                             "lease_count": r.lease_count, "derived_leases": r.ds,

@@ -85,11 +85,9 @@ def insert_votes(engine: Engine, slug: str, votes: Sequence[Vote], *,
                 target=project_target(project.retirement or {}, project.redundancy))
 
 
-def recount(conn: sa.Connection, project_id: int, redundancy: int, *,
-            target: int | None = None) -> None:
+def recount(conn: sa.Connection, project_id: int, redundancy: int, *, target: int) -> None:
     """Derive ``label_count``, ``answer_counts``, majority answer and fixed-policy retirement
-    (and ``has_room`` against the project's ``target``, default ``redundancy``)."""
-    target = redundancy if target is None else target
+    (and ``has_room`` against the project's ``target``)."""
     per_tile: dict[int, list[Any]] = {}
     for r in conn.execute(sa.select(T_LABELS.c.tile_id, T_LABELS.c.answer, T_LABELS.c.skipped,
                                     T_LABELS.c.is_gold, T_LABELS.c.created_at)
