@@ -345,7 +345,7 @@ def update_project(engine: Engine, slug: str, data: Mapping[str, Any], *, actor:
                 Project.__table__.c.id == current.id).values(**values))  # type: ignore[attr-defined]
             audit(conn, actor, "project.update", slug, sorted(k for k in data))
         cfg = config_from_row(get_row(conn, slug))
-        if cfg.target != config_from_row(current).target:
+        if cfg.target != project_target(current.retirement or {}, current.redundancy):
             set_room(conn, cfg.id, cfg.target)
         return cfg
 
