@@ -26,7 +26,7 @@ _WHERE = "state = 'live' AND has_room AND gold_answer IS NULL AND NOT tutorial"
 
 
 def upgrade() -> None:
-    from labeler.projects import project_target
+    from labeler.projects import project_target, set_room
 
     # plain ALTER TABLE on both backends: a batch "move and copy" of ``tiles`` on SQLite would
     # drop the table, and with foreign keys on, every label and lease with it
@@ -39,9 +39,7 @@ def upgrade() -> None:
             import json
 
             retirement = json.loads(retirement)
-        conn.execute(sa.text("UPDATE tiles SET has_room = (label_count + lease_count < :t) "
-                             "WHERE project_id = :p"),
-                     {"t": project_target(retirement or {}, redundancy), "p": pid})
+        set_room(conn, pid, project_target(retirement or {}, redundancy))
     op.create_index("ix_tiles_room", "tiles", ["project_id", "label_count", "id"], unique=False,
                     sqlite_where=sa.text(_WHERE), postgresql_where=sa.text(_WHERE))
 
