@@ -212,27 +212,36 @@ def test_threads_build_the_pyramid_above_the_blocks_before_their_last_tiles(tmp_
                                                                              monkeypatch):
     """With threads, a block's top tile reaches the pyramid as soon as the block is rendered,
     so the tiles above the blocks are written while the last block's tiles still encode (not
-    in a serial tail after them); block records still come after all of a block's tiles."""
+    in a serial tail after them); each block's record still comes after all of its tiles."""
     from tiles.store import TileStore
 
-    events: list[str] = []
+    events: list[tuple[str, object]] = []  # (what, which block's record: None above them)
     real_write, real_save, real_store = (render.BlockWork.write_tile, render._save_record,
                                          TileStore.write)
 
     def slow_tile(self, task):
         threading.Event().wait(0.01)  # the last block's tiles take a while
         real_write(self, task)
-        events.append("tile")
+        events.append(("tile", self.record))
 
     def above(self, *args, **kwargs):  # the pyramid above the blocks writes through here
         real_store(self, *args, **kwargs)
-        events.append("above")
+        events.append(("above", None))
 
     monkeypatch.setattr(render.BlockWork, "write_tile", slow_tile)
-    monkeypatch.setattr(render, "_save_record", lambda *a: events.append("record") or
-                        real_save(*a))
+    monkeypatch.setattr(render, "_save_record", lambda record, res: events.append(
+        ("record", record)) or real_save(record, res))
     monkeypatch.setattr(TileStore, "write", above)
     ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=2, zoom=19, workers="threads")
-    assert "above" in events and events[-1] == "record"
-    last_tile = max(i for i, e in enumerate(events) if e == "tile")
-    assert events.index("above") < last_tile, events
+    kinds = [k for k, _ in events]
+    assert "above" in kinds, kinds
+    last_tile = max(i for i, k in enumerate(kinds) if k == "tile")
+    assert kinds.index("above") < last_tile, kinds
+    # (the pyramid above may finish after the last record: it is built on this thread while
+    # a helper thread may write a block's last tile and its record)
+    records = {b: i for i, (k, b) in enumerate(events) if k == "record"}
+    tiles_of = {b for k, b in events if k == "tile"}
+    assert tiles_of and tiles_of <= set(records), (tiles_of, records)
+    for i, (k, b) in enumerate(events):
+        if k == "tile":
+            assert i < records[b], (b, kinds)
