@@ -23,7 +23,8 @@ from labeler.errors import (
     TutorialRequired,
     ValidationError,
 )
-from labeler.assign import labels_given
+from labeler.assign import StateRead, labels_given
+from labeler.batchsubmit import FastSubmit
 from labeler.db import write_tx
 from labeler.labels import parse_submission, submit_in, volunteer_stats
 from labeler.manifest import check_min_coverage, load_manifest
@@ -443,32 +444,51 @@ async def submit_labels(request: Request) -> Response:
     want_next = _parse_flag(request, "next")
     ahead = _parse_flag(request, "ahead") if want_next else False
     near = _parse_near(request.query_params.get("near")) if want_next else None
-    key = st.assigner.task_key
     # Store the labels (and claim the next task) in ONE write transaction shared with other
     # volunteers' concurrent requests (labeler.batch: group commit); the answer is sent only
     # after that transaction committed.
-    def store(conn: Any) -> tuple[Any, Any]:
-        # the statement storing the labels also reads the state the next task starts from
-        state = None
-        if want_next and project.status == "live":
-            # (its next task may come with this statement; not for someone who must pass
-            # the project's tutorial first: ``next`` then says so and claims nothing)
-            state = st.assigner.state_read(project, session.id, ahead=1 if ahead else 0,
-                                           near=near,
-                                           claim=not _tutorial_pending(st, project, session.id))
-        result = submit_in(conn, project, session.id, task_id, labels, task_key=key,
-                           state=state)
-        parts = (_next_parts_or_none(st, project, session.id, near, ahead, conn, state)
-                 if want_next else None)
-        return result, parts
+    store, fast = submission_work(st, project, session.id, task_id, labels,
+                                  want_next=want_next, ahead=ahead, near=near)
     result, parts = await st.committer.run(
-        store, locks=[(lb.tile_id, session.id) for lb in labels])
+        store, locks=[(lb.tile_id, session.id) for lb in labels], fast=fast)
     parts = await _with_progress(request, project, parts)
     # The answer is built after the commit, outside the batch's transaction.
     body = result.to_json()
     if want_next:  # the next task comes back with the answer: one request per task, not two
         body["next"] = None if parts is None else _next_body(project, parts, ahead)
     return JSONResponse(body, headers={"Cache-Control": "no-store"} if want_next else None)
+
+
+def submission_work(st: Any, project: ProjectConfig, vid: int, task_id: str,
+                    labels: list[Any], *, want_next: bool, ahead: bool,
+                    near: tuple[float, float] | None) -> tuple[Any, FastSubmit]:
+    """What a group-committed batch runs for one ``POST /labels``: ``(work, fast)``, the
+    request's own work (store the labels, then claim the next task when ``want_next``:
+    ``(SubmitResult, next parts or None)``) and the same described for
+    :func:`labeler.batchsubmit.submit_many`, which may store it together with the batch's
+    other submissions (PostgreSQL)."""
+    key = st.assigner.task_key
+
+    def make_state() -> StateRead | None:
+        # the statement storing the labels also reads the state the next task starts from
+        if want_next and project.status == "live":
+            # (its next task may come with this statement; not for someone who must pass
+            # the project's tutorial first: ``next`` then says so and claims nothing)
+            return st.assigner.state_read(project, vid, ahead=1 if ahead else 0, near=near,
+                                          claim=not _tutorial_pending(st, project, vid))
+        return None
+
+    def finish(conn: Any, result: Any, state: StateRead | None) -> tuple[Any, Any]:
+        parts = (_next_parts_or_none(st, project, vid, near, ahead, conn, state)
+                 if want_next else None)
+        return result, parts
+
+    def store(conn: Any) -> tuple[Any, Any]:
+        state = make_state()
+        result = submit_in(conn, project, vid, task_id, labels, task_key=key, state=state)
+        return finish(conn, result, state)
+
+    return store, FastSubmit(project, vid, task_id, labels, key, make_state, finish)
 
 
 _NEAR = ("string", "lon,lat: start near this place (projects with a task zoom)")

@@ -32,6 +32,7 @@ from labeler import api, tilesrv
 from labeler.assign import Assigner
 from labeler.auth import TokenCache
 from labeler.batch import GroupCommitter
+from labeler.batchsubmit import submit_many
 from labeler.db import make_engine
 from labeler.errors import LabelerError, RateLimited, status_for
 from labeler.labels import lock_tiles
@@ -96,7 +97,7 @@ def build_state(settings: Settings, engine: Engine) -> LabelerState:
         ip_limiter=RateLimiter(settings.rate_limit_ip),
         trusted_proxies=frozenset(h.strip() for h in settings.forwarded_allow_ips.split(",")
                                   if h.strip()),
-        committer=GroupCommitter(engine, lock_rows=lock_tiles),
+        committer=GroupCommitter(engine, lock_rows=lock_tiles, fast=submit_many),
     )
 
 

@@ -111,14 +111,21 @@ Work = Callable[[Connection], Any]
 LockRows = Callable[[Connection, list[Any], bool], Iterable[Any]]
 
 
-class _Item:
-    __slots__ = ("work", "fut", "keys", "deferred")
+#: ``fast(conn, [descriptor, ...])``: run several requests' work at once, set-based
+#: (PostgreSQL, see :mod:`labeler.batchsubmit`); ``{index: value}`` of those it ran.
+Fast = Callable[[Connection, list[Any]], dict[int, Any]]
 
-    def __init__(self, work: Work, fut: "asyncio.Future[Any]", keys: tuple[Any, ...]) -> None:
+
+class _Item:
+    __slots__ = ("work", "fut", "keys", "deferred", "fast")
+
+    def __init__(self, work: Work, fut: "asyncio.Future[Any]", keys: tuple[Any, ...],
+                 fast: Any = None) -> None:
         self.work = work
         self.fut = fut
         self.keys = keys
         self.deferred = 0
+        self.fast = fast
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -140,27 +147,30 @@ class GroupCommitter:
     locks=)``) before running them; unused on SQLite, whose writers are serialised."""
 
     def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH,
-                 lock_rows: LockRows | None = None) -> None:
+                 lock_rows: LockRows | None = None, fast: Fast | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.sqlite = is_sqlite(engine)
         self._lock = writer_lock(engine) if self.sqlite else None
         self._lock_rows = None if self.sqlite else lock_rows
+        self._fast = None if self.sqlite else fast
         self._queues: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         # one connection per event loop, kept across batches
         self._conns: dict[asyncio.AbstractEventLoop, Connection] = {}
 
-    async def run(self, work: Work, *, locks: Iterable[Any] = ()) -> Any:
+    async def run(self, work: Work, *, locks: Iterable[Any] = (), fast: Any = None) -> Any:
         """Run ``work(conn)`` inside a shared write transaction; return its result once the
         transaction is committed (or raise its exception, or the commit's). ``locks``: keys
-        of rows ``work`` will lock (PostgreSQL: locked up front, with the batch's others)."""
+        of rows ``work`` will lock (PostgreSQL: locked up front, with the batch's others).
+        ``fast``: the same work described for the committer's ``fast`` runner, which may
+        run it together with the batch's other such requests instead of ``work``."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         queue = self._queues.get(loop)
         if queue is None:
             queue = self._queues[loop] = []
             loop.create_task(self._drain(loop, queue))
-        queue.append(_Item(work, fut, tuple(locks)))
+        queue.append(_Item(work, fut, tuple(locks), fast))
         return await fut
 
     def close(self) -> None:
@@ -302,7 +312,11 @@ class GroupCommitter:
         try:
             with conn.begin():
                 raw = conn.connection.driver_connection
-                for item in batch:
+                done = self._run_fast(conn, batch) if not savepoints else {}
+                for k, item in enumerate(batch):
+                    if k in done:
+                        outcomes.append((True, done[k]))
+                        continue
                     if savepoints:
                         raw.execute("SAVEPOINT cs_req")
                     try:
@@ -325,6 +339,24 @@ class GroupCommitter:
         except _Retry:
             return outcomes if len(batch) == 1 else None
         return outcomes
+
+    def _run_fast(self, conn: Connection, batch: list[_Item]) -> dict[int, Any]:
+        """The values of the batch's requests that ``fast`` ran together (by position in
+        ``batch``), before the others run one by one. Any error of it, or of one of its
+        requests, makes the optimistic transaction roll back (:class:`_Retry`): the batch
+        then runs again one request at a time, where each gets its own answer."""
+        if self._fast is None:
+            return {}
+        at = [k for k, item in enumerate(batch) if item.fast is not None]
+        if len(at) < 2:
+            return {}
+        try:
+            got = self._fast(conn, [batch[k].fast for k in at])
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            raise _Retry() from exc
+        return {at[j]: value for j, value in got.items()}
 
 
 class _Retry(Exception):

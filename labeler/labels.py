@@ -340,52 +340,10 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
                 or tiles[lb.tile_id].task_id != lease_id]
     dup = _classify_duplicates(conn, volunteer_id, unleased) if unleased else set()
     result.duplicates = len(dup)
-    fresh: list[LabelIn] = []
-    for lb in labels:
-        if lb.index in dup:
-            continue
-        f = f"labels.{lb.index}"
-        tile = tiles.get(lb.tile_id)
-        if tile is None or tile.project_id != project.id:
-            raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
-                                  field=f"{f}.tile_id")
-        if tile.task_id != lease_id or not lease_id:
-            _check_late(project, volunteer_id, task_id, tile, lb, task_key, f)
-        if lb.points:
-            for j, (lon, lat) in enumerate(lb.points):
-                if not (tile.west - EPS <= lon <= tile.east + EPS
-                        and tile.south - EPS <= lat <= tile.north + EPS):
-                    raise ValidationError(
-                        f"point {j} ({lon}, {lat}) is outside tile {lb.tile_id} "
-                        f"[{tile.west}, {tile.south}, {tile.east}, {tile.north}]",
-                        field=f"{f}.points.{j}")
-        fresh.append(lb)
+    fresh, plan = _plan(conn, project, volunteer_id, task_id, lease_id, labels, tiles, dup,
+                        task_key, ts(conn, now))
     if not fresh:
         return result
-    now_db = ts(conn, now)
-    plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
-    for lb in fresh:
-        tile = tiles[lb.tile_id]
-        is_gold = tile.gold_answer is not None
-        row = dict(
-            p=project.id, tile_id=lb.tile_id, v=volunteer_id, answer=lb.answer,
-            points=None if lb.points is None else js(conn, lb.points), skipped=lb.skipped,
-            flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
-            correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
-            spent=lb.time_spent_ms, now=now_db)
-        # The lease this label consumes: none for a gold lease (gold is not counted) or
-        # when the lease is gone (a late label); a live normal lease of this volunteer on
-        # the tile (even under another task) is released.
-        release = 0 if tile.task_id is None or tile.lease_gold else 1
-        if is_gold:  # gold answers feed skill, not the tile's counts
-            upd = _tile_update(tile, None, release=1, project=project) if release else None
-        else:
-            upd = _tile_update(tile, None if lb.skipped else lb.answer,
-                               release=release, project=project)
-        if upd is not None:
-            upd = {**upd, "ac": js(conn, upd["ac"]), "counts": upd["ac"],
-                   "ra": now_db if upd["st"] != "live" else None}
-        plan.append((lb, row, upd))
     inserted: set[int] = set()
     if pg:
         # One round trip: insert; for what went in, drop the leases and update the tiles.
@@ -414,6 +372,14 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
         late = _classify_duplicates(conn, volunteer_id, [lb for lb in fresh
                                                          if lb.tile_id not in inserted])
         result.duplicates += len(late)
+    _stored(result, fresh, tiles, inserted)
+    return result
+
+
+def _stored(result: SubmitResult, fresh: list[LabelIn], tiles: dict[int, Any],
+            inserted: set[int]) -> None:
+    """Count the labels of ``fresh`` that went in (``inserted``: their tile ids) into
+    ``result``, with the feedback of the gold tiles among them."""
     result.stored = len(inserted)
     for lb in fresh:
         tile = tiles[lb.tile_id]
@@ -421,7 +387,59 @@ def submit_in(conn: Connection, project: ProjectConfig, volunteer_id: int, task_
             result.feedback.append({
                 "tile_id": lb.tile_id, "correct": lb.answer == tile.gold_answer,
                 "expected": tile.gold_answer, "explanation": tile.gold_explanation or ""})
-    return result
+
+
+def _plan(conn: Connection, project: ProjectConfig, volunteer_id: int, task_id: str,
+          lease_id: str, labels: list[LabelIn], tiles: dict[int, Any], dup: set[int],
+          task_key: bytes | None, now_db: Any
+          ) -> tuple[list[LabelIn], list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]]]:
+    """Check ``labels`` against their tiles' rows (``tiles``, by id, with this volunteer's
+    lease) and plan what storing them writes: ``(labels to store, [(label, its row for
+    labels, its tile's update or None)])``. No statement runs here; raises on a bad label."""
+    fresh: list[LabelIn] = []
+    for lb in labels:
+        if lb.index in dup:
+            continue
+        f = f"labels.{lb.index}"
+        tile = tiles.get(lb.tile_id)
+        if tile is None or tile.project_id != project.id:
+            raise ValidationError(f"tile {lb.tile_id} is not part of project '{project.slug}'",
+                                  field=f"{f}.tile_id")
+        if tile.task_id != lease_id or not lease_id:
+            _check_late(project, volunteer_id, task_id, tile, lb, task_key, f)
+        if lb.points:
+            for j, (lon, lat) in enumerate(lb.points):
+                if not (tile.west - EPS <= lon <= tile.east + EPS
+                        and tile.south - EPS <= lat <= tile.north + EPS):
+                    raise ValidationError(
+                        f"point {j} ({lon}, {lat}) is outside tile {lb.tile_id} "
+                        f"[{tile.west}, {tile.south}, {tile.east}, {tile.north}]",
+                        field=f"{f}.points.{j}")
+        fresh.append(lb)
+    plan: list[tuple[LabelIn, dict[str, Any], dict[str, Any] | None]] = []
+    for lb in fresh:
+        tile = tiles[lb.tile_id]
+        is_gold = tile.gold_answer is not None
+        row = dict(
+            p=project.id, tile_id=lb.tile_id, v=volunteer_id, answer=lb.answer,
+            points=None if lb.points is None else js(conn, lb.points), skipped=lb.skipped,
+            flag_note=lb.flag_note, key=lb.idempotency_key, is_gold=is_gold,
+            correct=(lb.answer == tile.gold_answer) if is_gold and not lb.skipped else None,
+            spent=lb.time_spent_ms, now=now_db)
+        # The lease this label consumes: none for a gold lease (gold is not counted) or
+        # when the lease is gone (a late label); a live normal lease of this volunteer on
+        # the tile (even under another task) is released.
+        release = 0 if tile.task_id is None or tile.lease_gold else 1
+        if is_gold:  # gold answers feed skill, not the tile's counts
+            upd = _tile_update(tile, None, release=1, project=project) if release else None
+        else:
+            upd = _tile_update(tile, None if lb.skipped else lb.answer,
+                               release=release, project=project)
+        if upd is not None:
+            upd = {**upd, "ac": js(conn, upd["ac"]), "counts": upd["ac"],
+                   "ra": now_db if upd["st"] != "live" else None}
+        plan.append((lb, row, upd))
+    return fresh, plan
 
 
 def _check_late(project: ProjectConfig, volunteer_id: int, task_id: str, tile: Any, lb: LabelIn,
