@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from crowdsight.settings import Settings
+from labeler import batch as batch_mod
 from labeler import batchsubmit
 from labeler.api import submission_work
 from labeler.app import build_state, create_app
@@ -135,7 +136,10 @@ class World:
 
 
 @pytest.fixture
-def world(pg: Settings):  # type: ignore[no-untyped-def]
+def world(pg: Settings, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    # the set-based path from two submissions on (the service waits for FAST_MIN: below it,
+    # one statement per submission costs the database less; the results are the same)
+    monkeypatch.setattr(batch_mod, "FAST_MIN", 2)
     made: list[World] = []
 
     def make(**seed: Any) -> World:
@@ -356,3 +360,20 @@ def test_an_expired_lease_is_reclaimed_before_the_next_claim(world: Any) -> None
         assert conn.execute(sa.text("SELECT count(*) FROM leases WHERE expires_at < now()")
                             ).scalar() == 0
     w.check()
+
+
+def test_small_batches_run_one_submission_at_a_time(pg: Settings) -> None:
+    """Below ``FAST_MIN`` plain submissions, each runs its own single statement."""
+    w = World(pg, n_tiles=12, redundancy=3, gold_rate=0)
+    try:
+        vols = w.volunteers(batch_mod.FAST_MIN - 1)
+        got = w.batch([(vid, t["task_id"], _answer(t)) for vid, t in vols])
+        assert w.handled == [] and not w.statements
+        assert [g[0].stored for g in got] == [1] * len(vols)
+        assert all(len(g[1][0]) == 2 for g in got)
+        more = w.volunteers(batch_mod.FAST_MIN)
+        w.batch([(vid, t["task_id"], _answer(t)) for vid, t in more])
+        assert w.handled == [batch_mod.FAST_MIN]
+        w.check()
+    finally:
+        w.close()
