@@ -195,11 +195,14 @@ def submit_many(conn: Connection, items: list[FastSubmit]) -> dict[int, Any]:
                 "key": row["key"], "is_gold": row["is_gold"], "correct": row["correct"],
                 "spent": row["spent"], "at": _iso(stamp)})
             if upd is not None:
+                # a tile answered twice in the batch: one row, the second answer's counts
+                # (planned on the tile as the first left it), both leases released
                 prev = tiles.get(upd["id"])
                 tiles[upd["id"]] = {
-                    "id": upd["id"], "lc": upd["lc"], "rel": upd["rel"] + (prev["rel"] if prev else 0),
-                    "ac": upd["counts"], "ca": upd["ca"], "cf": upd["cf"], "st": upd["st"],
-                    "ra": (prev and prev["ra"]) or _iso(upd["ra"]), "tg": upd["tg"]}
+                    "id": upd["id"], "lc": upd["lc"], "ac": upd["counts"], "ca": upd["ca"],
+                    "cf": upd["cf"], "st": upd["st"], "tg": upd["tg"],
+                    "rel": upd["rel"] + (prev["rel"] if prev else 0),
+                    "ra": (prev and prev["ra"]) or _iso(upd["ra"])}
         # later submissions of the batch plan against the rows as this one leaves them
         _keep_written(conn, item.volunteer_id, plan, {lb.tile_id for lb in fresh})
         _stored(result, fresh, by_id, {lb.tile_id for lb in fresh})

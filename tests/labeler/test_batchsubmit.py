@@ -28,15 +28,22 @@ from labeler.db import make_engine
 from labeler.errors import ValidationError
 from labeler.labels import parse_submission
 from labeler.projects import config_from_row, get_row
-from labeler.testing import (assert_counters_consistent, label_for, run_async, seed_project,
-                             start_volunteer)
+from labeler.testing import (assert_counters_consistent, label_for, postgres_available,
+                             run_async, seed_project, start_volunteer)
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres, id="postgresql")])
+def backend(request: pytest.FixtureRequest) -> str:
+    """PostgreSQL only: set-based batch submissions are PostgreSQL's (SQLite serialises its
+    writers, and each submission runs its own statements)."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (or CROWDSIGHT_TEST_POSTGRES=0)")
+    return request.param
 
 
 @pytest.fixture
 def pg(settings: Settings) -> Settings:
-    if not settings.resolved_database_url.startswith("postgresql"):
-        pytest.skip("set-based batch submissions are PostgreSQL's (SQLite serialises its "
-                    "writers and runs each submission's own statements)")
+    assert settings.resolved_database_url.startswith("postgresql")
     return settings
 
 
@@ -161,7 +168,7 @@ def test_a_batch_of_answers_is_stored_together_and_each_gets_its_next_task(world
     vols = w.volunteers(6)
     got = w.batch([(vid, t["task_id"], _answer(t)) for vid, t in vols])
     assert w.handled == [6]  # all six by the set-based statements
-    for (vid, task), (result, parts) in zip(vols, got):
+    for (_vid, task), (result, parts) in zip(vols, got):
         assert result.stored == 1 and result.duplicates == 0
         tasks, _ = parts
         # the task held ahead comes first, then one newly claimed
@@ -187,7 +194,7 @@ def test_claims_take_the_head_of_the_queue_and_respect_room(world: Any) -> None:
     got = w.batch([(vid, t["task_id"], _answer(t)) for vid, t in vols])
     assert w.handled == [4]
     claimed = []
-    for (vid, task), (result, parts) in zip(vols, got):
+    for (_vid, task), (result, parts) in zip(vols, got):
         assert result.stored == 1
         tasks, _ = parts
         assert tasks[0].tiles[0].tile_id == task["ahead"]["tiles"][0]["tile_id"]
@@ -291,7 +298,7 @@ def test_gold_turns_are_left_to_next_tasks(world: Any) -> None:
     vols = w.volunteers(3, ahead=False)
     got = w.batch([(vid, t["task_id"], _answer(t)) for vid, t in vols], ahead=False)
     assert w.handled == [3]
-    for (vid, task), (result, parts) in zip(vols, got):
+    for (_vid, _task), (result, parts) in zip(vols, got):
         assert result.stored == 1
         tasks, _ = parts
         assert len(tasks) == 1 and tasks[0].is_gold
@@ -315,7 +322,7 @@ def test_a_failure_after_the_set_based_statements_stores_nothing_of_them(
     got = w.batch([(vid, t["task_id"], _answer(t)) for vid, t in vols])
     assert w.handled == []
     assert [g[0].stored for g in got] == [1, 1, 1]
-    for (vid, task), (_, parts) in zip(vols, got):
+    for (_vid, _task), (_, parts) in zip(vols, got):
         assert len(parts[0]) == 2
     with w.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM labels")).scalar() == 3
@@ -347,7 +354,7 @@ def test_an_expired_lease_is_reclaimed_before_the_next_claim(world: Any) -> None
     ``next_tasks`` releases the expired lease first, then claims (its counts stay right)."""
     w = world(n_tiles=12, redundancy=3, gold_rate=0)
     vols = w.volunteers(3)
-    vid0, t0 = vols[0]
+    _, t0 = vols[0]
     with w.engine.begin() as conn:
         conn.execute(sa.text("UPDATE leases SET expires_at = now() - interval '1 second' "
                              "WHERE task_id = :t"), {"t": split_task_id(t0["ahead"]["task_id"])})
