@@ -41,6 +41,13 @@ deadlock or a serialization failure happen anyway, the whole batch runs again (a
 
 Requests of one batch run one after another in the same transaction, so later ones see the
 earlier ones' writes exactly as if they had been separate transactions in that order.
+
+PostgreSQL: a request may also describe its work for the committer's ``fast`` runner
+(``run(work, fast=...)``; :func:`labeler.batchsubmit.submit_many` for submissions). When a
+batch holds at least ``FAST_MIN`` of them, the runner takes them together first, with a few
+set-based statements instead of one (or more) per request; the requests it leaves run their
+own work after it. Its errors are treated like a request's in an optimistic batch: the
+transaction is rolled back and the batch runs again one request at a time, with savepoints.
 """
 
 from __future__ import annotations
