@@ -65,16 +65,51 @@ async def _volunteer(base: str, slug: str, acked: list[tuple[str, int]], errors:
             acked.extend((lb["idempotency_key"], lb["tile_id"]) for lb in labels)
 
 
-@pytest.mark.parametrize("block", [None, {"cols": 2, "rows": 2}])
-def test_concurrent_volunteers(live_server: str, settings: Settings, block: dict | None) -> None:
+async def _page_volunteer(base: str, slug: str, acked: list[tuple[str, int]],
+                          errors: list[str], seed: int) -> None:
+    """As the volunteer page works: ``GET /next?ahead=1`` once, then each answer brings the
+    next task (``labels?next=1&ahead=1``) while one more is held ahead."""
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        r = await c.post("/api/session", json={})
+        csrf = {"X-CSRF-Token": r.json()["csrf_token"]}
+        r = await c.get(f"/api/projects/{slug}/next?ahead=1")
+        task = r.json()
+        for _ in range(100):
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text}")
+                return
+            if task is None or task.get("done"):
+                return
+            labels = [{"tile_id": t["tile_id"], "answer": rng.choice(["yes", "no"]),
+                       "idempotency_key": uuid.uuid4().hex} for t in task["tiles"]]
+            body = {"task_id": task["task_id"], "labels": labels}
+            for _ in range(2 if rng.random() < 0.3 else 1):  # some clients retry
+                r = await c.post(f"/api/projects/{slug}/labels?next=1&ahead=1", json=body,
+                                 headers=csrf)
+                if r.status_code != 200:
+                    errors.append(f"labels {r.status_code} {r.text}")
+                    return
+            acked.extend((lb["idempotency_key"], lb["tile_id"]) for lb in labels)
+            task = r.json()["next"]
+
+
+@pytest.mark.parametrize("block,page", [(None, False), ({"cols": 2, "rows": 2}, False),
+                                        (None, True)],
+                         ids=["tiles", "blocks", "page"])
+def test_concurrent_volunteers(live_server: str, settings: Settings, block: dict | None,
+                               page: bool) -> None:
+    """``page``: the volunteer page's flow, whose answers claim the next task in the same
+    batch (on PostgreSQL, batches of several answers run set-based: labeler.batchsubmit)."""
     fields = {"block": block} if block else {}
     p = seed_project(settings, n_tiles=16, grid_cols=4, redundancy=3, gold_rate=0,
                      with_images=False, **fields)
     acked: list[tuple[str, int]] = []
     errors: list[str] = []
+    volunteer = _page_volunteer if page else _volunteer
 
     async def main() -> None:
-        await asyncio.gather(*(_volunteer(live_server, p.slug, acked, errors, i)
+        await asyncio.gather(*(volunteer(live_server, p.slug, acked, errors, i)
                                for i in range(24)))
 
     run_async(main)
