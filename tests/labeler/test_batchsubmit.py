@@ -384,3 +384,36 @@ def test_small_batches_run_one_submission_at_a_time(pg: Settings) -> None:
         w.check()
     finally:
         w.close()
+
+
+def test_gold_answers_and_skips_in_a_batch(world: Any) -> None:
+    """Gold answers give their feedback and leave the gold tiles' counts alone; a skip
+    releases its lease without counting; both stored together with the plain answers."""
+    w = world(n_tiles=10, gold=6, redundancy=3, gold_rate=1.0)
+    vols = w.volunteers(4, ahead=False)  # a new volunteer's first task is a gold turn
+    assert all(t["tiles"][0]["tile_id"] in w.p.gold_ids for _, t in vols)
+    subs = []
+    for i, (vid, t) in enumerate(vols):
+        tile = t["tiles"][0]
+        if i == 3:
+            labels = [{"tile_id": tile["tile_id"], "skipped": True,
+                       "idempotency_key": uuid.uuid4().hex}]
+        else:
+            right = w.p.gold_answers[tile["tile_id"]]
+            labels = [label_for(tile, answer=right if i < 2 else ("no" if right == "yes"
+                                                                   else "yes"))]
+        subs.append((vid, t["task_id"], labels))
+    got = w.batch(subs, ahead=False)
+    assert w.handled == [4]
+    assert [[f["correct"] for f in r.feedback] for r, _ in got] == [[True], [True], [False], []]
+    assert [r.stored for r, _ in got] == [1, 1, 1, 1]
+    with w.engine.connect() as conn:
+        counted = conn.execute(sa.text(
+            "SELECT count(*) FROM tiles WHERE gold_answer IS NOT NULL AND "
+            "(label_count > 0 OR lease_count > 0)")).scalar()
+        rows = conn.execute(sa.text(
+            "SELECT is_gold, correct, skipped FROM labels ORDER BY id")).all()
+    assert counted == 0
+    assert sorted(map(str, rows)) == sorted(map(str, [
+        (True, True, False), (True, True, False), (True, False, False), (True, None, True)]))
+    w.check()
