@@ -74,6 +74,8 @@ class Refused(Exception):
 _LABEL_COLS = ("p int, tile_id int, v int, answer text, points json, skipped bool, "
                "flag_note text, key text, is_gold bool, correct bool, spent int, at timestamptz")
 
+# (``cnt`` takes the counters' row locks in volunteer order, as every batch does, so two
+# workers' batches with volunteers in common cannot deadlock on them.)
 _WRITE_SQL = (
     f"WITH d AS (SELECT * FROM json_to_recordset(CAST(:labels AS json)) AS d({_LABEL_COLS})), "
     "ins AS (INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, skipped, "
@@ -89,7 +91,8 @@ _WRITE_SQL = (
     "retired_at = COALESCE(tiles.retired_at, u.ra), "
     "has_room = (u.lc + tiles.lease_count - u.rel < u.tg) FROM u WHERE tiles.id = u.id), "
     "cnt AS (INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
-    "SELECT v, p, count(*) FROM d GROUP BY v, p ON CONFLICT (volunteer_id, project_id) "
+    "SELECT v, p, count(*) FROM d GROUP BY v, p ORDER BY v, p "
+    "ON CONFLICT (volunteer_id, project_id) "
     "DO UPDATE SET labels = volunteer_progress.labels + EXCLUDED.labels) "
     "SELECT count(*) AS n FROM ins")
 
