@@ -22,8 +22,9 @@ statements whatever their number:
 What each submission plans is checked in Python against the tile rows the batch locked
 (:func:`labeler.labels.lock_tiles`), exactly as :func:`labeler.labels.submit_in` checks them.
 Only the plain case runs here: a submission whose labels are all for tiles leased to it under
-its task, the first of the batch from its volunteer. Anything else — a late label, a duplicate,
-a second submission of the same volunteer — is left to the submission's own code, which runs
+its task, the first of the batch from its volunteer, for the project of the batch's first.
+Anything else — a late label, a duplicate, a second submission of the same volunteer, another
+project's — is left to the submission's own code, which runs
 after these statements in the same transaction. A claim this path does not make (a gold turn,
 an expired lease to reclaim first, a tile queue exhausted by the batch) is made by
 :meth:`labeler.assign.Assigner.next_tasks` as before.
