@@ -45,7 +45,9 @@ from typing import Any, Callable
 from sqlalchemy.engine import Connection
 
 from labeler.assign import StateRead, _order_by, _parse_state_pg, gold_turn, split_task_id
-from labeler.labels import LabelIn, SubmitResult, _keep_written, _locked_rows, _plan, _stored
+from labeler.labels import (LABEL_COLUMNS, PG_TILE_SET, _ROW_CASTS, _ROW_KEYS, _UPD_CASTS,
+                            _UPD_KEYS, LabelIn, SubmitResult, _keep_written, _locked_rows,
+                            _plan, _stored)
 from labeler.models import utcnow
 from labeler.projects import ProjectConfig
 from labeler.sql import run
@@ -72,27 +74,25 @@ class Refused(Exception):
     at a time, where duplicates and reused keys are sorted out per request."""
 
 
-_LABEL_COLS = ("p int, tile_id int, v int, answer text, points json, skipped bool, "
-               "flag_note text, key text, is_gold bool, correct bool, spent int, at timestamptz")
+def _recordset(keys: tuple[str, ...], casts: tuple[str, ...]) -> str:
+    """The column list of ``json_to_recordset`` for rows with ``keys`` of types ``casts``."""
+    return ", ".join(f"{k} {c}" for k, c in zip(keys, casts))
+
 
 # (``cnt`` takes the counters' row locks in volunteer order, as every batch does, so two
 # workers' batches with volunteers in common cannot deadlock on them.)
 _WRITE_SQL = (
-    f"WITH d AS (SELECT * FROM json_to_recordset(CAST(:labels AS json)) AS d({_LABEL_COLS})), "
-    "ins AS (INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, skipped, "
-    "flag_note, idempotency_key, is_gold, correct, time_spent_ms, created_at) "
-    "SELECT p, tile_id, v, answer, points, skipped, flag_note, key, is_gold, correct, spent, at "
-    "FROM d ON CONFLICT DO NOTHING RETURNING tile_id, volunteer_id), "
+    "WITH nl AS (SELECT * FROM json_to_recordset(CAST(:labels AS json)) "
+    f"AS nl({_recordset(_ROW_KEYS, _ROW_CASTS)})), "
+    f"ins AS (INSERT INTO labels ({LABEL_COLUMNS}) SELECT {', '.join(_ROW_KEYS)} "
+    "FROM nl ON CONFLICT DO NOTHING RETURNING tile_id, volunteer_id), "
     "del AS (DELETE FROM leases s USING ins WHERE s.tile_id = ins.tile_id "
     "AND s.volunteer_id = ins.volunteer_id), "
-    "u AS (SELECT * FROM json_to_recordset(CAST(:tiles AS json)) AS u(id int, lc int, rel int, "
-    "ac json, ca text, cf float8, st text, ra timestamptz, tg int)), "
-    "upd AS (UPDATE tiles SET label_count = u.lc, lease_count = tiles.lease_count - u.rel, "
-    "answer_counts = u.ac, consensus_answer = u.ca, confidence = u.cf, state = u.st, "
-    "retired_at = COALESCE(tiles.retired_at, u.ra), "
-    "has_room = (u.lc + tiles.lease_count - u.rel < u.tg) FROM u WHERE tiles.id = u.id), "
+    "d AS (SELECT * FROM json_to_recordset(CAST(:tiles AS json)) "
+    f"AS d({_recordset(_UPD_KEYS, _UPD_CASTS)})), "
+    f"upd AS (UPDATE tiles SET {PG_TILE_SET} FROM d WHERE tiles.id = d.id), "
     "cnt AS (INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
-    "SELECT v, p, count(*) FROM d GROUP BY v, p ORDER BY v, p "
+    "SELECT v, p, count(*) FROM nl GROUP BY v, p ORDER BY v, p "
     "ON CONFLICT (volunteer_id, project_id) "
     "DO UPDATE SET labels = volunteer_progress.labels + EXCLUDED.labels) "
     "SELECT count(*) AS n FROM ins")
@@ -193,23 +193,20 @@ def submit_many(conn: Connection, items: list[FastSubmit]) -> dict[int, Any]:
         fresh, plan = _plan(conn, item.project, item.volunteer_id, item.task_id, lease_id,
                             item.labels, by_id, set(), item.task_key, stamp)
         for lb, row, upd in plan:
-            labels.append({
-                "p": row["p"], "tile_id": row["tile_id"], "v": row["v"], "answer": row["answer"],
-                "points": lb.points, "skipped": row["skipped"], "flag_note": row["flag_note"],
-                "key": row["key"], "is_gold": row["is_gold"], "correct": row["correct"],
-                "spent": row["spent"], "at": _iso(stamp)})
+            # (JSON values as such: the row's are wrapped for the driver)
+            labels.append({**row, "points": lb.points, "now": _iso(stamp)})
             if upd is not None:
                 # a tile answered twice in the batch: one row, the second answer's counts
                 # (planned on the tile as the first left it), both leases released
                 prev = tiles.get(upd["id"])
                 tiles[upd["id"]] = {
-                    "id": upd["id"], "lc": upd["lc"], "ac": upd["counts"], "ca": upd["ca"],
-                    "cf": upd["cf"], "st": upd["st"], "tg": upd["tg"],
+                    **{k: upd[k] for k in _UPD_KEYS}, "ac": upd["counts"],
                     "rel": upd["rel"] + (prev["rel"] if prev else 0),
                     "ra": (prev and prev["ra"]) or _iso(upd["ra"])}
+        planned = {lb.tile_id for lb in fresh}
         # later submissions of the batch plan against the rows as this one leaves them
-        _keep_written(conn, item.volunteer_id, plan, {lb.tile_id for lb in fresh})
-        _stored(result, fresh, by_id, {lb.tile_id for lb in fresh})
+        _keep_written(conn, item.volunteer_id, plan, planned)
+        _stored(result, fresh, by_id, planned)
         handled.append((i, item, result))
     if not handled:
         return {}

@@ -144,18 +144,27 @@ def parse_submission(project: ProjectConfig, body: Any, max_points: int) -> tupl
     return task_id, out
 
 
-_INSERT_SQL = (
-    "INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, skipped, flag_note, "
-    "idempotency_key, is_gold, correct, time_spent_ms, created_at) VALUES (:p, :tile_id, :v, "
-    ":answer, :points, :skipped, :flag_note, :key, :is_gold, :correct, :spent, :now) "
-    "ON CONFLICT DO NOTHING RETURNING tile_id")
-
+#: the columns of ``labels`` a submission writes, in the order of ``_ROW_KEYS`` (the keys of a
+#: label's row in :func:`_plan`) and ``_ROW_CASTS`` (their PostgreSQL types)
+LABEL_COLUMNS = ("project_id, tile_id, volunteer_id, answer, points, skipped, flag_note, "
+                 "idempotency_key, is_gold, correct, time_spent_ms, created_at")
 _ROW_KEYS = ("p", "tile_id", "v", "answer", "points", "skipped", "flag_note", "key", "is_gold",
              "correct", "spent", "now")
 _ROW_CASTS = ("int", "int", "int", "text", "json", "boolean", "text", "text", "boolean",
               "boolean", "int", "timestamptz")
+#: a tile's update (:func:`_tile_update`): keys and their PostgreSQL types
 _UPD_KEYS = ("id", "lc", "rel", "ac", "ca", "cf", "st", "ra", "tg")
 _UPD_CASTS = ("int", "int", "int", "json", "text", "float8", "text", "timestamptz", "int")
+#: PostgreSQL: ``SET`` of an answer's tile update from a row ``d`` with the keys ``_UPD_KEYS``
+PG_TILE_SET = (
+    "label_count = d.lc, lease_count = tiles.lease_count - d.rel, answer_counts = d.ac, "
+    "consensus_answer = d.ca, confidence = d.cf, state = d.st, "
+    "retired_at = COALESCE(tiles.retired_at, d.ra), "
+    "has_room = (d.lc + tiles.lease_count - d.rel < d.tg)")
+
+_INSERT_SQL = (
+    f"INSERT INTO labels ({LABEL_COLUMNS}) VALUES ("
+    + ", ".join(f":{k}" for k in _ROW_KEYS) + ") ON CONFLICT DO NOTHING RETURNING tile_id")
 
 
 def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]],
@@ -168,8 +177,7 @@ def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]
     for i, (_, row, _) in enumerate(plan):
         values.append("(" + ", ".join(f":{k}{i}::{c}" for k, c in zip(_ROW_KEYS, _ROW_CASTS)) + ")")
         params.update({f"{k}{i}": row[k] for k in _ROW_KEYS})
-    sql = ("WITH ins AS (INSERT INTO labels (project_id, tile_id, volunteer_id, answer, points, "
-           "skipped, flag_note, idempotency_key, is_gold, correct, time_spent_ms, created_at) "
+    sql = (f"WITH ins AS (INSERT INTO labels ({LABEL_COLUMNS}) "
            f"VALUES {', '.join(values)} ON CONFLICT DO NOTHING RETURNING tile_id), "
            "del AS (DELETE FROM leases WHERE volunteer_id = :v "
            "AND tile_id IN (SELECT tile_id FROM ins))")
@@ -180,11 +188,8 @@ def _pg_submit_sql(plan: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]
         upds.append("(" + ", ".join(f":u{k}{i}::{c}" for k, c in zip(_UPD_KEYS, _UPD_CASTS)) + ")")
         params.update({f"u{k}{i}": upd[k] for k in _UPD_KEYS})
     if upds:
-        sql += (", upd AS (UPDATE tiles SET label_count = d.lc, lease_count = tiles.lease_count - d.rel, "
-                "answer_counts = d.ac, consensus_answer = d.ca, confidence = d.cf, state = d.st, "
-                "retired_at = COALESCE(tiles.retired_at, d.ra), "
-                "has_room = (d.lc + tiles.lease_count - d.rel < d.tg) "
-                f"FROM (VALUES {', '.join(upds)}) AS d(id, lc, rel, ac, ca, cf, st, ra, tg) "
+        sql += (f", upd AS (UPDATE tiles SET {PG_TILE_SET} "
+                f"FROM (VALUES {', '.join(upds)}) AS d({', '.join(_UPD_KEYS)}) "
                 "WHERE tiles.id = d.id AND d.id IN (SELECT tile_id FROM ins))")
     # the volunteer's label counter (read back by ``state``'s count as ``cnt``)
     sql += (", cnt AS (INSERT INTO volunteer_progress (volunteer_id, project_id, labels) "
