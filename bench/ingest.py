@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -240,12 +241,6 @@ def _encode_one(i: int) -> int:
     return len(encode(a, ext, quality))
 
 
-def median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def make_large(path: Path, size: int) -> None:
     """A size x size RGB uint8 GeoTIFF written window by window (never whole in memory)."""
     import numpy as np
@@ -323,13 +318,13 @@ def main() -> None:
             _, cs_kb = count_tiles(cs_store / "bench" / "before", ext)
             enc = EncodeBound(cs_store / "bench" / "before", ext, quality, args.jobs)
             warm = WarmIngester(files, ext, quality, zmin, zmax, args.jobs)
-            first_warm = warm.run(tmp / f"warm-{ext}-0")  # the child's first: not warm yet
-            # Alternate ingest and encode-only runs, so that all see the same moments of this
-            # (shared, noisy) machine. Every ingest writes a fresh store and none is deleted
-            # before the end (see file_creation_us).
-            runs = [(cs, manifest["ingest_stats"]["seconds"], warm.run(tmp / f"warm-{ext}-1"),
-                     enc.parallel())]
             try:
+                first_warm = warm.run(tmp / f"warm-{ext}-0")  # the child's first: not warm
+                # Alternate ingest and encode-only runs, so that all see the same moments of
+                # this (shared, noisy) machine. Every ingest writes a fresh store and none is
+                # deleted before the end (see file_creation_us).
+                runs = [(cs, manifest["ingest_stats"]["seconds"],
+                         warm.run(tmp / f"warm-{ext}-1"), enc.parallel())]
                 for r in range(1, args.repeat):
                     cs_cmd[cs_cmd.index("--store") + 1] = str(tmp / f"cs-{ext}-{r}")
                     again = measure(cs_cmd)
@@ -340,10 +335,11 @@ def main() -> None:
             finally:
                 enc.close()
                 warm.close()
-            cli_wall = median([r[0]["wall"] for r in runs])
-            inproc = median([r[1] for r in runs])
-            warm_s = median([r[2] for r in runs])
-            par = median([r[3] for r in runs])
+            med = statistics.median
+            cli_wall = med([r[0]["wall"] for r in runs])
+            inproc = med([r[1] for r in runs])
+            warm_s = med([r[2] for r in runs])
+            par = med([r[3] for r in runs])
             ratios = [r[1] / r[3] for r in runs]
             warm_ratios = [r[2] / r[3] for r in runs]
             cli_ratios = [r[0]["wall"] / r[3] for r in runs]
@@ -371,10 +367,10 @@ def main() -> None:
             thr_cpu = (g2t["cpu"] / g2t_tiles) / (cs["cpu"] / cs_tiles)
             print(f"  => throughput vs gdal2tiles: {thr:.2f}x (goal >= 3x)")
             print(f"  => wall time vs encode-only ({args.jobs} processes, warmed up), median of "
-                  f"the runs' ratios (goal <= 1.5x): warm in-process {median(warm_ratios):.2f}x "
+                  f"the runs' ratios (goal <= 1.5x): warm in-process {med(warm_ratios):.2f}x "
                   f"(range {min(warm_ratios):.2f}-{max(warm_ratios):.2f}); fresh process "
-                  f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}); CLI incl. "
-                  f"interpreter start-up {median(cli_ratios):.2f}x")
+                  f"{med(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}); CLI incl. "
+                  f"interpreter start-up {med(cli_ratios):.2f}x")
             print(f"     by CPU time (less sensitive to other load on the machine): "
                   f"{thr_cpu:.2f}x less CPU per tile than gdal2tiles; "
                   f"{(cs['cpu'] / cs_tiles) / (enc.cpu / enc.tiles):.2f}x the encode-only "

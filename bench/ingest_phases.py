@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import pkgutil
 import shutil
 import statistics
 import sys
@@ -49,25 +50,10 @@ STEPS = [
 ]
 
 
-def _resolve(path: str):
-    import importlib
-
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ModuleNotFoundError:
-            continue
-        for name in parts[i:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(path)
-
-
 def instrument(events: list) -> None:
     """Wrap every step of :data:`STEPS`; each call appends (thread, label, cpu s)."""
     for owner_path, attr, label in STEPS:
-        owner = _resolve(owner_path)
+        owner = pkgutil.resolve_name(owner_path)
         fn = getattr(owner, attr)
 
         @functools.wraps(fn)
