@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import rasterio
 
 from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError, store_writes)
-from ingest.render import (BlockJob, BlockResult, BlockWork, LayerSpec, block_dir, block_levels,
-                           cv2_single_threaded, downsample2, encode_tile, open_sources,
-                           preload, render_block, render_block_in_worker, work_dir)
+from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec, SharedSources,
+                           block_dir, block_levels, cv2_single_threaded, downsample2,
+                           encode_tile, open_sources, plan_block, preload, render_block,
+                           render_block_in_worker, work_dir)
 from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
@@ -91,150 +93,155 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         raise OptionError(f"--min-zoom {min_zoom}: must be between 0 and {MAX_ZOOM}")
     aoi_geom = _parse_aoi(aoi) if aoi is not None else None
 
-    # 1. open, validate and describe every source (nothing written yet) ------------------
-    infos: dict[str, list[SourceInfo]] = {}
-    hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
-    hash_cache = _read_json(hash_cache_path)
-    for name, files in layers.items():
-        infos[name] = [describe(Path(f), max_pixels, hash_cache) for f in files]
-        report(0, 0, f"checked {name}")
-    layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
+    # the sources stay open from their description to the end of the run: the render
+    # threads borrow them (see SharedSources)
+    with SharedSources() as shared, rasterio.Env(**GDAL_ENV):
+        # 1. open, validate and describe every source (nothing written yet) ------------------
+        infos: dict[str, list[SourceInfo]] = {}
+        hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
+        hash_cache = _read_json(hash_cache_path)
+        for name, files in layers.items():
+            infos[name] = [describe(Path(f), max_pixels, hash_cache, keep=shared.keep)
+                           for f in files]
+            report(0, 0, f"checked {name}")
+        layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
 
-    footprints = {name: _union_bounds(i.bounds_lonlat for i in li) for name, li in infos.items()}
-    names = list(infos)
-    for a_i, a in enumerate(names):
-        for b in names[a_i + 1:]:
-            if _intersection(footprints[a], footprints[b]) is None:
-                raise NoOverlapError(
-                    f"layers {a!r} ({_fmt_bounds(footprints[a])}) and {b!r} "
-                    f"({_fmt_bounds(footprints[b])}) do not overlap; check that the files "
-                    "show the same place", None)
+        footprints = {name: _union_bounds(i.bounds_lonlat for i in li)
+                      for name, li in infos.items()}
+        names = list(infos)
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1:]:
+                if _intersection(footprints[a], footprints[b]) is None:
+                    raise NoOverlapError(
+                        f"layers {a!r} ({_fmt_bounds(footprints[a])}) and {b!r} "
+                        f"({_fmt_bounds(footprints[b])}) do not overlap; check that the files "
+                        "show the same place", None)
 
-    # 2. zooms ------------------------------------------------------------------------
-    if zoom is None:
-        merc = min(i.merc_res for li in infos.values() for i in li)
-        zoom = zoom_for_resolution(merc, 0.0, tile_size)  # Mercator metres: latitude 0
-    all_bounds = _union_bounds(footprints.values())
-    if min_zoom is None:
-        min_zoom = _default_min_zoom(all_bounds, zoom)
-    if min_zoom > zoom:
-        raise OptionError(f"--min-zoom {min_zoom} is above the task zoom {zoom}")
+        # 2. zooms ------------------------------------------------------------------------
+        if zoom is None:
+            merc = min(i.merc_res for li in infos.values() for i in li)
+            zoom = zoom_for_resolution(merc, 0.0, tile_size)  # Mercator metres: latitude 0
+        all_bounds = _union_bounds(footprints.values())
+        if min_zoom is None:
+            min_zoom = _default_min_zoom(all_bounds, zoom)
+        if min_zoom > zoom:
+            raise OptionError(f"--min-zoom {min_zoom} is above the task zoom {zoom}")
 
-    # 3. task tiles per layer (footprint of each source, clipped to the AOI) -------------
-    candidates: dict[str, set[tuple[int, int]]] = {}
-    for name, li in infos.items():
-        cand: set[tuple[int, int]] = set()
-        for i in li:
-            cand.update(tiles_in_bounds(i.bounds_lonlat, zoom))
-        if aoi_geom is not None:
-            cand = _clip_to_aoi(cand, zoom, aoi_geom)
-            if not cand:
-                raise NoOverlapError(f"the area of interest does not overlap layer {name!r} "
-                                     f"({_fmt_bounds(footprints[name])})")
-        candidates[name] = cand
-    for a_i, a in enumerate(names):
-        for b in names[a_i + 1:]:
-            if not candidates[a] & candidates[b]:
-                raise NoOverlapError(f"layers {a!r} and {b!r} share no z{zoom} tile"
-                                     f"{' inside the area of interest' if aoi_geom else ''}; "
-                                     "check that the files show the same place")
-
-    # 4. store, fingerprints, jobs -----------------------------------------------------
-    ts = TileStore(store)
-    try:
-        ts.check_writable(project)
-    except StoreError as exc:
-        raise StoreNotWritableError(str(exc)) from None
-    with _project_lock(ts, project):
-        B = block or max(1, min(2048 // tile_size, 1 << zoom))
-        B = 1 << int(math.log2(B))
-        specs: dict[str, LayerSpec] = {}
-        jobs_by_layer: dict[str, list[BlockJob]] = {}
-        stretches: dict[str, dict | None] = {}
-        fresh: set[str] = set()
+        # 3. task tiles per layer (footprint of each source, clipped to the AOI) -------------
+        candidates: dict[str, set[tuple[int, int]]] = {}
         for name, li in infos.items():
-            stretch = percentile_stretch(li, layer_bands[name])
-            stretches[name] = stretch
-            spec = LayerSpec(
-                name=name, sources=tuple(li), bands=layer_bands[name],
-                stretch_low=tuple(stretch["low"]) if stretch else None,
-                stretch_high=tuple(stretch["high"]) if stretch else None,
-                ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom,
-                min_zoom=min_zoom, resampling=resampling,
-                store_root=str(Path(store).absolute()), project=project)
-            specs[name] = spec
-            if not ts.layer_dir(project, name).exists():
-                fresh.add(name)  # no tile of this layer on disk yet: nothing to prune later
-            resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
-            blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
-            for x, y in candidates[name]:
-                blocks[(x // B, y // B)].add((x, y))
-            ordered = sorted(blocks, key=lambda k: morton(*k))
-            jobs_by_layer[name] = [
-                BlockJob(layer=spec, bx=bx, by=by, size=B,
-                         allowed=None if aoi_geom is None and len(blocks[(bx, by)]) == B * B
-                         else frozenset(blocks[(bx, by)]),
-                         skip_existing=resume)
-                for bx, by in ordered]
+            cand: set[tuple[int, int]] = set()
+            for i in li:
+                cand.update(tiles_in_bounds(i.bounds_lonlat, zoom))
+            if aoi_geom is not None:
+                cand = _clip_to_aoi(cand, zoom, aoi_geom)
+                if not cand:
+                    raise NoOverlapError(f"the area of interest does not overlap layer {name!r} "
+                                         f"({_fmt_bounds(footprints[name])})")
+            candidates[name] = cand
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1:]:
+                if not candidates[a] & candidates[b]:
+                    raise NoOverlapError(f"layers {a!r} and {b!r} share no z{zoom} tile"
+                                         f"{' inside the area of interest' if aoi_geom else ''}; "
+                                         "check that the files show the same place")
 
-        # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks -----
-        total = sum(len(c) for c in candidates.values())
-        done = 0
-        written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set)
-                                                               for n in specs}
-        coverage: dict[str, dict[tuple[int, int], float]] = {n: {} for n in specs}
-        stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
-        all_jobs = [j for n in names for j in jobs_by_layer[n]]
-        pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n],
-                                resume=bool(jobs_by_layer[n])
-                                and jobs_by_layer[n][0].skip_existing)
-                    for n in names}
-        report(0, total, "render")
-        early: set[tuple[str, int, int]] = set()  # blocks whose top reached the pyramid
-
-        def top_ready(res: BlockResult) -> None:
-            pyramids[res.layer].add(res)
-            early.add((res.layer, res.bx, res.by))
-
-        results = _run(all_jobs, jobs, scheduler, workers, top_ready)
+        # 4. store, fingerprints, jobs -----------------------------------------------------
+        ts = TileStore(store)
         try:
-            for res in results:
-                for z, xy in res.tiles.items():
-                    written[res.layer][z].update(xy)
-                coverage[res.layer].update(res.coverage)
-                stats["written"] += res.written
-                stats["skipped"] += res.skipped
-                stats["resumed_blocks"] += int(res.resumed)
-                if (res.layer, res.bx, res.by) not in early:
-                    pyramids[res.layer].add(res)
-                done += res.candidates
-                report(done, total, res.layer)
-        finally:
-            results.close()  # stops the pool / dask client at once, also on errors
-        for name, pyr in pyramids.items():
-            for z, xy in pyr.finish().items():
-                written[name][z].update(xy)
-            stats["written"] += pyr.written
-            stats["skipped"] += pyr.skipped
+            ts.check_writable(project)
+        except StoreError as exc:
+            raise StoreNotWritableError(str(exc)) from None
+        with _project_lock(ts, project):
+            B = block or max(1, min(2048 // tile_size, 1 << zoom))
+            B = 1 << int(math.log2(B))
+            specs: dict[str, LayerSpec] = {}
+            jobs_by_layer: dict[str, list[BlockJob]] = {}
+            stretches: dict[str, dict | None] = {}
+            fresh: set[str] = set()
+            for name, li in infos.items():
+                stretch = percentile_stretch(li, layer_bands[name])
+                stretches[name] = stretch
+                spec = LayerSpec(
+                    name=name, sources=tuple(li), bands=layer_bands[name],
+                    stretch_low=tuple(stretch["low"]) if stretch else None,
+                    stretch_high=tuple(stretch["high"]) if stretch else None,
+                    ext=ext, quality=quality, tile_size=tile_size, task_zoom=zoom,
+                    min_zoom=min_zoom, resampling=resampling,
+                    store_root=str(Path(store).absolute()), project=project)
+                specs[name] = spec
+                if not ts.layer_dir(project, name).exists():
+                    fresh.add(name)  # no tile of this layer on disk yet: nothing to prune later
+                resume = _prepare_layer_dir(ts, project, name, _fingerprint(spec, B, aoi_geom))
+                blocks: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
+                for x, y in candidates[name]:
+                    blocks[(x // B, y // B)].add((x, y))
+                ordered = sorted(blocks, key=lambda k: morton(*k))
+                jobs_by_layer[name] = [
+                    BlockJob(layer=spec, bx=bx, by=by, size=B,
+                             allowed=None if aoi_geom is None and len(blocks[(bx, by)]) == B * B
+                             else frozenset(blocks[(bx, by)]),
+                             skip_existing=resume)
+                    for bx, by in ordered]
 
-        # 6. prune stale tiles (other options / zooms), write the manifest ----------------
-        for name in names:
-            if name not in fresh:
-                _prune(ts, project, name, written[name], ext)
-        manifest = _manifest(project, specs, infos, stretches, footprints, written, coverage,
-                             zoom, min_zoom, tile_size, aoi)
-        manifest["ingest_stats"] = {
-            "seconds": round(time.perf_counter() - started, 3),
-            "tiles_written": stats["written"], "tiles_skipped_existing": stats["skipped"],
-            "blocks_resumed": stats["resumed_blocks"],
-            "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
-        try:
-            atomic_write_json(hash_cache_path, dict(list(hash_cache.items())[-10_000:]))
-            atomic_write_json(ts.manifest_path(project), manifest)
-        except OSError as exc:
-            raise StoreNotWritableError(
-                f"cannot write {ts.manifest_path(project)}: {exc}") from exc
-        return manifest
+            # 5. render (task zoom + in-block pyramid), then the pyramid above the blocks -----
+            total = sum(len(c) for c in candidates.values())
+            done = 0
+            written: dict[str, dict[int, set[tuple[int, int]]]] = {n: defaultdict(set)
+                                                                   for n in specs}
+            coverage: dict[str, dict[tuple[int, int], float]] = {n: {} for n in specs}
+            stats = {"written": 0, "skipped": 0, "resumed_blocks": 0}
+            all_jobs = [j for n in names for j in jobs_by_layer[n]]
+            pyramids = {n: _Pyramid(specs[n], ts, jobs_by_layer[n],
+                                    resume=bool(jobs_by_layer[n])
+                                    and jobs_by_layer[n][0].skip_existing)
+                        for n in names}
+            report(0, total, "render")
+            early: set[tuple[str, int, int]] = set()  # blocks whose top reached the pyramid
+
+            def top_ready(res: BlockResult) -> None:
+                pyramids[res.layer].add(res)
+                early.add((res.layer, res.bx, res.by))
+
+            results = _run(all_jobs, jobs, scheduler, workers, top_ready, shared)
+            try:
+                for res in results:
+                    for z, xy in res.tiles.items():
+                        written[res.layer][z].update(xy)
+                    coverage[res.layer].update(res.coverage)
+                    stats["written"] += res.written
+                    stats["skipped"] += res.skipped
+                    stats["resumed_blocks"] += int(res.resumed)
+                    if (res.layer, res.bx, res.by) not in early:
+                        pyramids[res.layer].add(res)
+                    done += res.candidates
+                    report(done, total, res.layer)
+            finally:
+                results.close()  # stops the pool / dask client at once, also on errors
+            for name, pyr in pyramids.items():
+                for z, xy in pyr.finish().items():
+                    written[name][z].update(xy)
+                stats["written"] += pyr.written
+                stats["skipped"] += pyr.skipped
+
+            # 6. prune stale tiles (other options / zooms), write the manifest ----------------
+            for name in names:
+                if name not in fresh:
+                    _prune(ts, project, name, written[name], ext)
+            manifest = _manifest(project, specs, infos, stretches, footprints, written, coverage,
+                                 zoom, min_zoom, tile_size, aoi)
+            manifest["ingest_stats"] = {
+                "seconds": round(time.perf_counter() - started, 3),
+                "tiles_written": stats["written"], "tiles_skipped_existing": stats["skipped"],
+                "blocks_resumed": stats["resumed_blocks"],
+                "jobs": _jobs(jobs) if scheduler is None else None, "scheduler": scheduler}
+            try:
+                atomic_write_json(hash_cache_path, dict(list(hash_cache.items())[-10_000:]))
+                atomic_write_json(ts.manifest_path(project), manifest)
+            except OSError as exc:
+                raise StoreNotWritableError(
+                    f"cannot write {ts.manifest_path(project)}: {exc}") from exc
+            return manifest
 
 
 # ---------------------------------------------------------------------------------------
@@ -509,10 +516,11 @@ WORKERS = ("auto", "threads", "processes")
 
 
 def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
-         workers: str = "auto", on_top: Callable[[BlockResult], None] | None = None
-         ) -> Iterator[BlockResult]:
+         workers: str = "auto", on_top: Callable[[BlockResult], None] | None = None,
+         shared: SharedSources | None = None) -> Iterator[BlockResult]:
     """Yield block results as they finish: in-process, in this process plus forked workers,
-    or on dask.distributed. ``on_top``: see :func:`_run_threads` (threads only)."""
+    or on dask.distributed. ``on_top``: see :func:`_run_threads` (threads only); ``shared``:
+    the sources opened by the description, lent to this process's render threads."""
     if not all_jobs:
         return
     if scheduler:
@@ -520,15 +528,15 @@ def _run(all_jobs: list[BlockJob], jobs: int | None, scheduler: str | None,
         return
     n = min(_jobs(jobs), len(all_jobs))
     if n == 1:
-        with open_sources():
+        with open_sources(shared):
             for job in all_jobs:
                 yield render_block(job)
         return
     if workers == "threads" or (workers == "auto"
                                 and len(all_jobs) <= THREADS_UP_TO_BLOCKS_PER_JOB * n):
-        yield from _run_threads(all_jobs, n, on_top)
+        yield from _run_threads(all_jobs, n, on_top, shared)
     else:
-        yield from _run_processes(all_jobs, n)
+        yield from _run_processes(all_jobs, n, shared)
 
 
 #: a local parallel run with at most this many blocks per job uses threads that share the
@@ -538,8 +546,8 @@ THREADS_UP_TO_BLOCKS_PER_JOB = 2
 
 
 def _run_threads(all_jobs: list[BlockJob], n: int,
-                 on_top: Callable[[BlockResult], None] | None = None
-                 ) -> Iterator[BlockResult]:
+                 on_top: Callable[[BlockResult], None] | None = None,
+                 shared: SharedSources | None = None) -> Iterator[BlockResult]:
     """``n`` threads render the blocks: this one and ``n - 1`` helpers, sharing tiles.
 
     A thread that finds no tile waiting takes the next block and warps it
@@ -553,8 +561,15 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
     written): the pyramid above the blocks is then built alongside the last block's tiles
     instead of after them. An error stops every thread after its current unit and is raised here;
     so is an interrupt of this thread.
+
+    Every block is planned here first (:func:`~ingest.render.plan_block`: the coordinate
+    transformations) and the helpers read the datasets ``shared`` lends them: this thread
+    described the sources, so its PROJ context is built, and a helper's first use of PROJ
+    would hold the GIL for ~10-20 ms while building its own.
     """
     preload(all_jobs[0].layer.ext)
+    crs = shared.crs() if shared is not None else None
+    plans = [None if job.skip_existing else plan_block(job, crs) for job in all_jobs]
     cond = threading.Condition()
     tiles: deque[tuple[BlockWork, Any]] = deque()  # (block, tile task) waiting
     finished: deque[tuple[bool, BlockResult]] = deque()  # (rendered only?, result)
@@ -574,14 +589,14 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
                 work, task = tiles.popleft()
                 job = None
             elif state["next"] < total:
-                job = all_jobs[state["next"]]
+                job, plan = all_jobs[state["next"]], plans[state["next"]]
                 state["next"] += 1
             else:
                 return False
             state["busy"] += 1
         try:
             if job is not None:
-                work = BlockWork(job)
+                work = BlockWork(job, plan)
                 if on_top is not None:
                     with cond:
                         finished.append((True, work.res))  # see on_top in the docstring
@@ -620,7 +635,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
             yield res
 
     def helper() -> None:
-        with open_sources():
+        with open_sources(shared):
             while True:
                 try:
                     if step():
@@ -639,7 +654,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
         for t in helpers:
             t.start()
         try:
-            with open_sources():
+            with open_sources(shared):
                 while True:
                     ran = step()
                     while finished:
@@ -667,7 +682,8 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
                 t.join()
 
 
-def _run_processes(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
+def _run_processes(all_jobs: list[BlockJob], n: int,
+                   shared: SharedSources | None = None) -> Iterator[BlockResult]:
     """``n`` processes render the blocks: this one and ``n - 1`` forked workers.
 
     Each process takes the next unclaimed block (a shared counter) until none is left, so
@@ -677,7 +693,7 @@ def _run_processes(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
     the pickling of its own results; it also runs the consumer's pyramid steps between its
     blocks. On an error or interrupt the workers are stopped at once (SIGTERM), as a pool's
     ``terminate()`` would; a worker that dies without reporting fails the ingest instead of
-    hanging it.
+    hanging it. ``shared``: datasets this process may borrow (a worker opens its own).
     """
     preload(all_jobs[0].layer.ext)  # once here, inherited by forked workers
     # fork is cheap and safe while we are single-threaded; otherwise use a clean forkserver
@@ -694,7 +710,7 @@ def _run_processes(all_jobs: list[BlockJob], n: int) -> Iterator[BlockResult]:
             w.start()
         pending = total
         try:
-            with open_sources():
+            with open_sources(shared):
                 while (i := _claim(counter, total)) is not None:
                     res = render_block(all_jobs[i])
                     pending -= 1

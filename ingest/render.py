@@ -131,30 +131,117 @@ def cv2_single_threaded() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-#: per thread: (pid, {path: open dataset}) while :func:`open_sources` is active
+#: per thread: (pid, {path: open dataset}, SharedSources | None) while :func:`open_sources`
+#: is active
 _open = threading.local()
 #: most source files kept open at once by :func:`open_sources` (least recently used closed)
+#: and by :class:`SharedSources`
 MAX_OPEN_SOURCES = 32
 
 
+class SharedSources:
+    """Source datasets opened once (when the ingest describes them) and lent to the render
+    threads of this process, one thread at a time.
+
+    A thread's first GeoTIFF open builds its PROJ context (reading the CRS): ~10-20 ms
+    holding the GIL, which stalls every other thread of the run. With the datasets
+    describe opened and the blocks planned in the same thread (:func:`plan_block`), the
+    render threads never touch PROJ. A dataset that another thread is reading is not waited
+    for: the borrower opens its own (:func:`open_sources`). Keeps at most ``limit`` files
+    open; :meth:`close` closes them. Useless in another process (a forked worker must never
+    share its parent's file offsets): it lends nothing there.
+    """
+
+    def __init__(self, limit: int = MAX_OPEN_SOURCES) -> None:
+        self.limit = limit
+        self._pid = os.getpid()
+        self._items: dict[str, list] = {}  # path -> [dataset, lent]
+        self._lock = threading.Lock()
+
+    def keep(self, path: str, ds) -> bool:  # type: ignore[no-untyped-def]
+        """Take ``ds`` (an open dataset of ``path``) into the pool; False if it is full (the
+        caller then closes it)."""
+        with self._lock:
+            if len(self._items) >= self.limit or path in self._items:
+                return False
+            self._items[path] = [ds, False]
+            return True
+
+    def crs(self) -> dict[str, object]:
+        """Path -> the open dataset's CRS (for :func:`plan_block`)."""
+        return {path: item[0].crs for path, item in self._items.items()}
+
+    def borrow(self, path: str):  # type: ignore[no-untyped-def]
+        """The dataset of ``path``, now lent to the caller, or None (not kept, lent to
+        another thread, or another process); give it back with :meth:`give_back`."""
+        if os.getpid() != self._pid:
+            return None
+        with self._lock:
+            item = self._items.get(path)
+            if item is None or item[1]:
+                return None
+            item[1] = True
+            return item[0]
+
+    def give_back(self, path: str) -> None:
+        with self._lock:
+            self._items[path][1] = False
+
+    def close(self) -> None:
+        with self._lock:
+            items, self._items = self._items, {}
+        if os.getpid() == self._pid:
+            for ds, _ in items.values():
+                ds.close()
+
+    def __enter__(self) -> SharedSources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @contextmanager
-def open_sources() -> Iterator[None]:
+def open_sources(shared: SharedSources | None = None) -> Iterator[None]:
     """Keep the source files that :func:`render_block` opens open until the block loop ends.
 
     A file of a mosaic is read by several blocks; opening a GeoTIFF (header, CRS as WKT) costs
     ~1-3 ms. For this thread and process only (a forked worker never uses its parent's
     handles: they share file offsets), at most :data:`MAX_OPEN_SOURCES` at a time; all are
     closed on exit. Without it (dask workers) every block opens and closes its files.
+    ``shared``: datasets to borrow first (see :class:`SharedSources`).
     """
     prev = getattr(_open, "cache", None)
     cache: dict[str, object] = {}
-    _open.cache = (os.getpid(), cache)
+    _open.cache = (os.getpid(), cache, shared)
     try:
         yield
     finally:
         _open.cache = prev
         for ds in cache.values():
             ds.close()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _source_dataset(src: SourceInfo) -> Iterator:
+    """An open dataset of ``src`` for one read: borrowed from the run's
+    :class:`SharedSources`, else this thread's (see :func:`open_sources`), else opened for
+    this use."""
+    entry = getattr(_open, "cache", None)
+    shared = entry[2] if entry is not None and entry[0] == os.getpid() else None
+    ds = shared.borrow(src.path) if shared is not None else None
+    if ds is not None:
+        try:
+            yield ds
+        finally:
+            shared.give_back(src.path)  # type: ignore[union-attr]
+        return
+    ds, close = _open_source(src)
+    try:
+        yield ds
+    finally:
+        if close:
+            ds.close()
 
 
 def _open_source(src: SourceInfo):
@@ -354,22 +441,30 @@ def _source_window(src: SourceInfo, bounds_src: np.ndarray) -> tuple[float, floa
     return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
 
 
-def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, ...],
-                 dst_w: int, dst_h: int) -> _SourceWindow | None:
-    """Read the part of ``src`` under the block (or None when there is nothing to draw).
+def plan_source(src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, ...], dst_w: int,
+                dst_h: int, crs=None) -> SourcePlan | None:
+    """The geometry of reading and warping ``src`` into a block (no pixels read), or None
+    when the source does not reach the block.
+
+    ``dst_bounds`` (left, bottom, right, top) in Web-Mercator metres, ``dst_w x dst_h`` pixels;
+    ``crs``: the source's CRS (a ``rasterio`` CRS; parsed from ``src.crs_wkt`` when not
+    given). Everything here goes through PROJ: a thread's first use of PROJ builds its
+    context (~10-20 ms holding the GIL), so a threaded run plans every block in the thread
+    that described the sources (see :func:`plan_block`).
 
     The window is decimated with ``Resampling.average`` when the source is finer than the
     block: to ~1 source pixel per block pixel for the cv2 warp (which, unlike GDAL's warper,
     does not widen its kernel when shrinking), by an integer factor >= 2 for GDAL's
-    ``average`` resampling (as before).
+    ``average`` resampling.
     """
+    crs = src.crs_wkt if crs is None else crs
     left, bottom, right, top = dst_bounds
     n = 21
     xs = np.concatenate([np.linspace(left, right, n), np.full(n, right),
                          np.linspace(right, left, n), np.full(n, left)])
     ys = np.concatenate([np.full(n, top), np.linspace(top, bottom, n),
                          np.full(n, bottom), np.linspace(bottom, top, n)])
-    sx, sy = warp_transform("EPSG:3857", ds.crs, xs, ys)
+    sx, sy = warp_transform("EPSG:3857", crs, xs, ys)
     pts = np.array([sx, sy], dtype=np.float64)
     if not np.isfinite(pts).all():
         pts = pts[:, np.isfinite(pts).all(axis=0)]
@@ -391,7 +486,51 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
     else:
         k = float(max(1, int(ratio))) if ratio >= 2 else 1.0
     out_h, out_w = max(1, math.ceil(h / k)), max(1, math.ceil(w / k))
-    window = Window(col0, row0, w, h)
+    a, b, c, d, e, f = src.transform
+    sa, se = w / out_w, h / out_h
+    win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c,
+                    d * sa, e * se, d * col0 + e * row0 + f)
+    # where the window lands in the block: warp only that part of the destination grid
+    uc = np.concatenate([np.linspace(col0, col1, n), np.full(n, col1),
+                         np.linspace(col1, col0, n), np.full(n, col0)])
+    ur = np.concatenate([np.full(n, row0), np.linspace(row0, row1, n),
+                         np.full(n, row1), np.linspace(row1, row0, n)])
+    mx, my = warp_transform(crs, "EPSG:3857", a * uc + b * ur + c, d * uc + e * ur + f)
+    mx, my = np.asarray(mx), np.asarray(my)
+    ok = np.isfinite(mx) & np.isfinite(my)
+    px, py = (right - left) / dst_w, (top - bottom) / dst_h
+    if ok.all():
+        dc0 = max(0, math.floor((mx.min() - left) / px) - 2)
+        dc1 = min(dst_w, math.ceil((mx.max() - left) / px) + 2)
+        dr0 = max(0, math.floor((top - my.max()) / py) - 2)
+        dr1 = min(dst_h, math.ceil((top - my.min()) / py) + 2)
+    else:
+        dc0, dr0, dc1, dr1 = 0, 0, dst_w, dst_h
+    if dc1 <= dc0 or dr1 <= dr0:
+        return None
+    grid = None
+    if spec.resampling in CV2_INTERPOLATION:
+        grid = plan_grid(crs, win_tf, (left + dc0 * px, top - dr0 * py), (px, py),
+                         (dc1 - dc0, dr1 - dr0))
+    return SourcePlan(Window(col0, row0, w, h), (out_h, out_w), win_tf, (dc0, dr0, dc1, dr1),
+                      grid)
+
+
+@dataclass
+class SourcePlan:
+    """Where one source meets one block (see :func:`plan_source`): geometry only."""
+
+    window: Window  # source pixels to read
+    out_shape: tuple[int, int]  # (rows, cols) they are read into (decimated when finer)
+    transform: Affine  # georeferencing of the window as read
+    region: tuple[int, int, int, int]  # destination pixels it can reach: c0, r0, c1, r1
+    grid: tuple[np.ndarray, int] | None  # plan_grid() for the cv2 warp; None: GDAL's warper
+
+
+def _read_window(ds, src: SourceInfo, spec: LayerSpec, plan: SourcePlan) -> _SourceWindow | None:
+    """Read the window of :func:`plan_source` (None when every pixel of it is masked)."""
+    out_h, out_w = plan.out_shape
+    window = plan.window
     nb = spec.channels
     try:
         data = ds.read(list(spec.bands), window=window, out_shape=(nb, out_h, out_w),
@@ -428,34 +567,12 @@ def _read_source(ds, src: SourceInfo, spec: LayerSpec, dst_bounds: tuple[float, 
     # band-sequential read plus cv2.merge is ~5x faster than GDAL reading into an
     # interleaved buffer)
     stack = cv2.merge([*channels, alpha])
-    a, b, c, d, e, f = src.transform
-    sa, se = w / out_w, h / out_h
-    win_tf = Affine(a * sa, b * se, a * col0 + b * row0 + c,
-                    d * sa, e * se, d * col0 + e * row0 + f)
-    # where the window lands in the block: warp only that part of the destination grid
-    uc = np.concatenate([np.linspace(col0, col1, n), np.full(n, col1),
-                         np.linspace(col1, col0, n), np.full(n, col0)])
-    ur = np.concatenate([np.full(n, row0), np.linspace(row0, row1, n),
-                         np.full(n, row1), np.linspace(row1, row0, n)])
-    mx, my = warp_transform(ds.crs, "EPSG:3857", a * uc + b * ur + c, d * uc + e * ur + f)
-    mx, my = np.asarray(mx), np.asarray(my)
-    ok = np.isfinite(mx) & np.isfinite(my)
-    px, py = (right - left) / dst_w, (top - bottom) / dst_h
-    if ok.all():
-        dc0 = max(0, math.floor((mx.min() - left) / px) - 2)
-        dc1 = min(dst_w, math.ceil((mx.max() - left) / px) + 2)
-        dr0 = max(0, math.floor((top - my.max()) / py) - 2)
-        dr1 = min(dst_h, math.ceil((top - my.min()) / py) + 2)
-    else:
-        dc0, dr0, dc1, dr1 = 0, 0, dst_w, dst_h
-    if dc1 <= dc0 or dr1 <= dr0:
-        return None
-    return _SourceWindow(stack, win_tf, (dc0, dr0, dc1, dr1), opaque)
+    return _SourceWindow(stack, plan.transform, plan.region, opaque)
 
 
 @dataclass
 class _SourceWindow:
-    """A source window read for one block (see :func:`_read_source`)."""
+    """A source window read for one block (see :func:`_read_window`)."""
 
     stack: np.ndarray  # (h, w, C+1) uint8, alpha last (all 255 when opaque), not premultiplied
     transform: Affine  # georeferencing of ``stack`` (decimated window)
@@ -768,35 +885,61 @@ def _warp_gdal(win: _SourceWindow, src: SourceInfo, spec: LayerSpec, out: np.nda
     premultiply(out)
 
 
-def _render_canvas(job: BlockJob, size_px: int,
-                   drawn: list[tuple[int, int, int, int]] | None = None) -> np.ndarray | None:
-    """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
-
-    The colour is premultiplied by alpha (see :func:`premultiply`). ``drawn``, if given,
-    receives the (c0, r0, c1, r1) pixel regions written to: the rest is still zero."""
-    spec = job.layer
-    z, B = spec.task_zoom, job.size
+def _block_bounds(job: BlockJob) -> tuple[tuple[float, float, float, float],
+                                          tuple[float, float, float, float]]:
+    """The block's (left, bottom, right, top) in Web-Mercator metres and (w, s, e, n) in
+    lon/lat."""
+    z, B = job.layer.task_zoom, job.size
     x0, y0 = job.bx * B, job.by * B
     left, _, _, top = tile_xy_bounds(z, x0, y0)
     _, bottom, right, _ = tile_xy_bounds(z, x0 + B - 1, y0 + B - 1)
     bw, _, _, bn = tile_bounds(z, x0, y0)
     _, bs, be, _ = tile_bounds(z, x0 + B - 1, y0 + B - 1)
+    return (left, bottom, right, top), (bw, bs, be, bn)
+
+
+def plan_block(job: BlockJob, crs: dict[str, object] | None = None
+               ) -> tuple[SourcePlan | None, ...]:
+    """:func:`plan_source` of every source of the layer for this block (None where a source
+    does not reach it), in ``job.layer.sources`` order. ``crs`` maps a source path to its
+    parsed CRS, e.g. the open dataset's ``crs`` (parsed from the WKT otherwise)."""
+    spec = job.layer
+    size_px = job.size * spec.tile_size
+    merc, (bw, bs, be, bn) = _block_bounds(job)
+    plans: list[SourcePlan | None] = []
+    for src in spec.sources:
+        sw, ss, se_, sn = src.bounds_lonlat  # cheap reject on lon/lat footprints
+        if sw > be or se_ < bw or ss > bn or sn < bs:
+            plans.append(None)
+            continue
+        plans.append(plan_source(src, spec, merc, size_px, size_px,
+                                 None if crs is None else crs.get(src.path)))
+    return tuple(plans)
+
+
+def _render_canvas(job: BlockJob, size_px: int,
+                   drawn: list[tuple[int, int, int, int]] | None = None,
+                   plans: tuple[SourcePlan | None, ...] | None = None) -> np.ndarray | None:
+    """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
+
+    The colour is premultiplied by alpha (see :func:`premultiply`). ``drawn``, if given,
+    receives the (c0, r0, c1, r1) pixel regions written to: the rest is still zero.
+    ``plans``: the block's :func:`plan_block`, when made beforehand (else made here)."""
+    spec = job.layer
+    (left, bottom, right, top), _ = _block_bounds(job)
     px, py = (right - left) / size_px, (top - bottom) / size_px
     nb = spec.channels
     interpolation = CV2_INTERPOLATION.get(spec.resampling)
     canvas: np.ndarray | None = None
     have_data = False  # some source put alpha > 0 into the canvas
     with rasterio.Env(**GDAL_ENV):
-        for src in spec.sources:
-            sw, ss, se_, sn = src.bounds_lonlat  # cheap reject on lon/lat footprints
-            if sw > be or se_ < bw or ss > bn or sn < bs:
+        if plans is None:
+            plans = plan_block(job)
+        for src, plan in zip(spec.sources, plans):
+            if plan is None:
                 continue
-            ds, close = _open_source(src)
-            try:
-                win = _read_source(ds, src, spec, (left, bottom, right, top), size_px, size_px)
-            finally:
-                if close:
-                    ds.close()
+            with _source_dataset(src) as ds:
+                win = _read_window(ds, src, spec, plan)
             if win is None:
                 continue
             c0, r0, c1, r1 = win.region
@@ -806,21 +949,20 @@ def _render_canvas(job: BlockJob, size_px: int,
                 canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
             region = canvas[r0:r1, c0:c1]
             origin = (left + c0 * px, top - r0 * py)
-            plan = None if interpolation is None else plan_grid(
-                src.crs_wkt, win.transform, origin, (px, py), (c1 - c0, r1 - r0))
+            grid = plan.grid
             # the first source with data is warped straight into the (zeroed) canvas; later
             # ones into a temporary, then mosaicked: uninitialised for cv2's warp, which
             # writes every pixel (remap_into), zeroed for GDAL's, which may leave some alone
             if not have_data:
                 out = region
-            elif plan is not None:
+            elif grid is not None:
                 out = np.empty((r1 - r0, c1 - c0, nb + 1), np.uint8)
             else:
                 out = np.zeros((r1 - r0, c1 - c0, nb + 1), np.uint8)
-            if plan is not None:
+            if grid is not None:
                 if not win.opaque:
                     premultiply_source(win.stack)
-                remap_into(win.stack, plan, out, interpolation)
+                remap_into(win.stack, grid, out, interpolation)  # type: ignore[arg-type]
             else:
                 _warp_gdal(win, src, spec, out,
                            Affine(px, 0.0, origin[0], 0.0, -py, origin[1]))
@@ -877,8 +1019,9 @@ def render_block(job: BlockJob) -> BlockResult:
 class BlockWork:
     """One block in three steps, so that several threads can share its tiles:
 
-    1. ``BlockWork(job)``: resume from the block's record, or warp the canvas, reduce the
-       pyramid levels inside the block and list the tiles to encode (:attr:`tasks`);
+    1. ``BlockWork(job, plans)``: resume from the block's record, or warp the canvas (with
+       the block's :func:`plan_block`, made here when not given), reduce the pyramid levels
+       inside the block and list the tiles to encode (:attr:`tasks`);
     2. :meth:`write_tile` for each task, in any order and from any thread (each encodes and
        writes one tile; Pillow's encoders, cv2 and file I/O release the GIL);
     3. :meth:`finish` once every task is done: the block record, then the result.
@@ -886,7 +1029,8 @@ class BlockWork:
     :func:`render_block` runs the three steps in a row.
     """
 
-    def __init__(self, job: BlockJob) -> None:
+    def __init__(self, job: BlockJob,
+                 plans: tuple[SourcePlan | None, ...] | None = None) -> None:
         spec = self.spec = job.layer
         ts, B, z = spec.tile_size, job.size, spec.task_zoom
         x0, y0 = job.bx * B, job.by * B
@@ -909,7 +1053,7 @@ class BlockWork:
                 return
 
         drawn: list[tuple[int, int, int, int]] = []
-        canvas = _render_canvas(job, B * ts, drawn)
+        canvas = _render_canvas(job, B * ts, drawn, plans)
         if canvas is not None and job.allowed is not None:
             for j in range(B):
                 for i in range(B):

@@ -11,7 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -194,18 +194,19 @@ def crs_name(crs) -> str:
     return ":".join(auth) if auth else crs.to_string()
 
 
-def describe(path: Path | str, max_pixels: int,
-             hash_cache: dict[str, str] | None = None) -> SourceInfo:
+def describe(path: Path | str, max_pixels: int, hash_cache: dict[str, str] | None = None,
+             keep: Callable[[str, Any], bool] | None = None) -> SourceInfo:
     """Open, validate and describe one source file (also hashes it).
 
     ``hash_cache`` maps ``"path|size|mtime_ns"`` to a sha256 so that re-runs do not re-read
-    big unchanged files; it is updated in place.
+    big unchanged files; it is updated in place. ``keep(path, dataset)``, if given, may take
+    the open dataset (returning True: it then closes it); else it is closed here.
     """
     from rasterio.errors import RasterioError
 
     ds = open_raster(path, max_pixels)
     p = Path(ds.name)
-    with ds:
+    try:
         try:
             bounds = _footprint_lonlat(ds)
             merc_res = _mercator_resolution(ds)
@@ -216,7 +217,7 @@ def describe(path: Path | str, max_pixels: int,
         if not all(math.isfinite(v) for v in bounds) or bounds[1] >= 85.06 or bounds[3] <= -85.06:
             raise NoGeoreferenceError(f"{p}: lies outside Web Mercator's latitude range", str(p))
         t = ds.transform
-        return SourceInfo(
+        info = SourceInfo(
             path=str(p), sha256=_cached_sha256(p, hash_cache), size=p.stat().st_size,
             crs_wkt=ds.crs.to_wkt(), crs_name=crs_name(ds.crs),
             transform=(t.a, t.b, t.c, t.d, t.e, t.f), width=ds.width, height=ds.height,
@@ -224,6 +225,12 @@ def describe(path: Path | str, max_pixels: int,
             nodata=None if ds.nodata is None else float(ds.nodata),
             bounds_lonlat=tuple(float(v) for v in bounds),  # type: ignore[arg-type]
             default_bands=default_bands(ds), merc_res=merc_res)
+    except BaseException:
+        ds.close()
+        raise
+    if keep is None or not keep(info.path, ds):
+        ds.close()
+    return info
 
 
 def _footprint_lonlat(ds, n: int = 21) -> tuple[float, float, float, float]:

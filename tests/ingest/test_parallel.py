@@ -44,8 +44,8 @@ def test_small_runs_use_threads_longer_runs_processes(tmp_path, mosaic, monkeypa
     used = []
     monkeypatch.setattr(pipeline, "_run_threads",
                         lambda jobs, n, *hook: used.append(("t", len(jobs))) or iter(()))
-    monkeypatch.setattr(pipeline, "_run_processes", lambda jobs, n: used.append(("p", len(jobs)))
-                        or iter(()))
+    monkeypatch.setattr(pipeline, "_run_processes",
+                        lambda jobs, n, *shared: used.append(("p", len(jobs))) or iter(()))
     for block in (8, 1):  # the runners are stubs: no tile is rendered
         ingest({"image": mosaic}, tmp_path / str(block), "p", jobs=2, block=block, zoom=19,
                min_zoom=19)
