@@ -36,10 +36,10 @@ SHARED = Path(os.environ.get("CROWDSIGHT_SHARED_DIR", ROOT.parent / "shared")) /
 STEPS = [
     ("ingest.pipeline", "describe", "describe sources"),
     ("ingest.render", "_open_source", "  open (render)"),
-    ("ingest.render", "_read_source", "  read window"),
+    ("ingest.render", "_read_window", "  read window"),
     ("ingest.render", "remap_into", "  warp"),
     ("ingest.render", "_reduce_drawn", "  reduce level"),
-    ("ingest.render", "tile_stats", "  tile stats"),
+    ("ingest.render", "tile_alpha_sums", "  tile alpha sums"),
     ("ingest.render.BlockWork", "__init__", "block (render + levels)"),
     ("ingest.render", "encode_tile", "  encode"),
     ("tiles.store", "_atomic_write_in", "  write file"),

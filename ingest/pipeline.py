@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -27,7 +28,8 @@ from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec
                            block_dir, block_levels, cv2_single_threaded, downsample2,
                            encode_tile, open_sources, plan_block, preload, render_block,
                            render_block_in_worker, work_dir)
-from ingest.sources import SourceInfo, check_bands, describe, percentile_stretch
+from ingest.sources import (SourceHasher, SourceInfo, check_bands, describe,
+                            percentile_stretch)
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
 from tiles.grid import (MAX_ZOOM, TILE_SIZES, morton, rounded, tile_bounds, tiles_in_bounds,
@@ -93,15 +95,16 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         raise OptionError(f"--min-zoom {min_zoom}: must be between 0 and {MAX_ZOOM}")
     aoi_geom = _parse_aoi(aoi) if aoi is not None else None
 
+    hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
+    hash_cache = _read_json(hash_cache_path)
     # the sources stay open from their description to the end of the run: the render
-    # threads borrow them (see SharedSources)
-    with SharedSources() as shared, rasterio.Env(**GDAL_ENV):
+    # threads borrow them (see SharedSources); they are hashed meanwhile (SourceHasher)
+    with SharedSources() as shared, rasterio.Env(**GDAL_ENV), \
+            SourceHasher([f for files in layers.values() for f in files], hash_cache) as hasher:
         # 1. open, validate and describe every source (nothing written yet) ------------------
         infos: dict[str, list[SourceInfo]] = {}
-        hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
-        hash_cache = _read_json(hash_cache_path)
         for name, files in layers.items():
-            infos[name] = [describe(Path(f), max_pixels, hash_cache, keep=shared.keep)
+            infos[name] = [describe(Path(f), max_pixels, keep=shared.keep, hashed=False)
                            for f in files]
             report(0, 0, f"checked {name}")
         layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
@@ -147,6 +150,8 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                                          "check that the files show the same place")
 
         # 4. store, fingerprints, jobs -----------------------------------------------------
+        infos = {name: [replace(i, sha256=hasher.sha256(i.path)) for i in li]
+                 for name, li in infos.items()}
         ts = TileStore(store)
         try:
             ts.check_writable(project)

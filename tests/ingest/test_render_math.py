@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.render import _downsample2_numpy, downsample2, tile_coverage, tile_stats
+from ingest.render import _downsample2_numpy, downsample2, tile_alpha_sums, tile_coverage
 
 
 def _reference_downsample(a: np.ndarray) -> np.ndarray:
@@ -49,22 +49,24 @@ def test_downsample2_of_premultiplied_rgba_does_not_touch_the_colour() -> None:
     assert downsample2(la).tolist() == [[[50, 64]]]
 
 
-def test_tile_stats_match_per_tile_reductions() -> None:
+def test_tile_alpha_sums_match_per_tile_sums() -> None:
     rng = np.random.default_rng(2)
     ts = 32
-    alpha = np.zeros((3 * ts, 3 * ts), np.uint8)
-    alpha[:ts, :ts] = 255                                    # opaque
-    alpha[ts:2 * ts, :] = rng.integers(0, 256, (ts, 3 * ts))  # mixed
-    alpha[2 * ts + 5, 2 * ts + 7] = 1                         # one faint pixel
-    mx, mn, sm = tile_stats(alpha, ts, with_sum=True)
-    for j in range(3):
-        for i in range(3):
-            t = alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
-            assert (mx[j, i], mn[j, i]) == (t.max(), t.min())
-            assert sm[j, i] == int(t.sum(dtype=np.uint64))
-    assert (mx[0, 0], mn[0, 0], mx[0, 1]) == (255, 255, 0)
-    assert tile_coverage(alpha[2 * ts:, 2 * ts:]) == 0.001
-    assert len(tile_stats(alpha, ts, with_sum=False)) == 2
+    for channels in (2, 4):
+        level = rng.integers(0, 256, (3 * ts, 4 * ts, channels), dtype=np.uint8)
+        alpha = level[..., -1]
+        alpha[:ts, :ts] = 255                                  # opaque
+        alpha[2 * ts:, 2 * ts:] = 0
+        alpha[2 * ts + 5, 2 * ts + 7] = 1                      # one faint pixel
+        alpha[2 * ts:, 3 * ts:] = 0                            # empty
+        view = np.zeros((3 * ts, 5 * ts, channels), np.uint8)[:, ts:]  # strided rows
+        view[...] = level
+        for lv in (level, view):
+            sums = tile_alpha_sums(lv, ts)
+            assert sums == [[int(alpha[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts]
+                                 .sum(dtype=np.uint64)) for i in range(4)] for j in range(3)]
+        assert sums[0][0] == 255 * ts * ts and sums[2][3] == 0 and sums[2][2] == 1
+    assert tile_coverage(alpha[2 * ts:, 2 * ts:3 * ts]) == 0.001
 
 
 def test_unpremultiply_matches_the_rounded_division() -> None:
