@@ -119,29 +119,23 @@ class EncodeBound:
     """The encode-only lower bound: encode the same tiles again with the same settings; no
     I/O, no warping.
 
-    The decoded tiles are loaded *before* the worker processes are forked, so the workers
-    inherit them and receive only indices: pickling 256 KB arrays through a pipe would
-    make the parallel figure no faster than one process (it measured the pipe, not Pillow).
-    Workers are warmed up (Pillow plugins loaded) before timing. The pool stays up so that
+    The tiles are the very arrays the ingest handed to the encoder (captured by
+    :meth:`WarmIngester.capture`), not the written tiles decoded again: a lossy tile
+    decoded and re-encoded is smoother than the pixels the ingest encoded, and libwebp
+    encodes it ~2-3 % faster (measured on the Joplin tiles, 28 Nov), which would flatter the
+    bound. They are loaded *before* the worker processes are forked, so the workers inherit
+    them and receive only indices: pickling 256 KB arrays through a pipe would make the
+    parallel figure no faster than one process (it measured the pipe, not Pillow). Workers
+    are warmed up (Pillow plugins loaded) before timing. The pool stays up so that
     :meth:`parallel` can be timed again between ingest runs (see ``--repeat``).
     """
 
-    def __init__(self, tile_dir: Path, ext: str, quality: int | None, jobs: int) -> None:
+    def __init__(self, tiles: list[tuple], ext: str, quality: int | None, jobs: int) -> None:
         import multiprocessing
 
-        import numpy as np
-
-        from tiles.encode import decode
-
-        arrays = []
-        for p in sorted(tile_dir.rglob(f"*.{ext}")):
-            if not p.parent.parent.name.isdigit():
-                continue
-            a = decode(p.read_bytes())
-            arrays.append(np.ascontiguousarray(a[..., :3]) if int(a[..., 3].min()) == 255 else a)
-        self.tiles = len(arrays)
+        self.tiles = len(tiles)
         self.jobs = jobs
-        _ENC[:] = [(a, ext, quality) for a in arrays]
+        _ENC[:] = [(a, ext, quality, opaque) for a, opaque in tiles]
         _encode_one(0)  # load the Pillow plugin once, as a long-running ingest would
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(self.tiles):
@@ -162,7 +156,7 @@ class EncodeBound:
         self._pool.join()
 
 
-_ENC: list = []  # (array, ext, quality) per tile; filled before forking the encode pool
+_ENC: list = []  # (array, ext, quality, opaque) per tile; filled before forking the pool
 
 
 class WarmIngester:
@@ -187,13 +181,26 @@ class WarmIngester:
 
     def run(self, store: Path) -> float:
         """Seconds of one ``ingest()`` into ``store`` (as the manifest's ``ingest_stats``)."""
+        return self._ask(str(store))["seconds"]
+
+    def capture(self, store: Path) -> tuple[float, list[tuple]]:
+        """One ``ingest()`` into ``store`` that keeps a copy of every array it hands to the
+        tile encoder: its seconds (copies included) and ``[(array, opaque flag), ...]``."""
+        import pickle
+
+        dump = store.with_suffix(".pickle")
+        seconds = self._ask(f"capture {store} {dump}")["seconds"]
+        with open(dump, "rb") as f:
+            return seconds, pickle.load(f)
+
+    def _ask(self, line: str) -> dict:
         assert self._proc.stdin and self._proc.stdout
-        self._proc.stdin.write(f"{store}\n")
+        self._proc.stdin.write(f"{line}\n")
         self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
-        if not line:
+        out = self._proc.stdout.readline()
+        if not out:
             raise SystemExit(f"the warm ingest process failed (exit {self._proc.wait()})")
-        return json.loads(line)["seconds"]
+        return json.loads(out)
 
     def close(self) -> None:
         if self._proc.stdin:
@@ -202,16 +209,39 @@ class WarmIngester:
 
 
 def _warm_main(spec_json: str) -> None:
-    """Child of :class:`WarmIngester`: one ingest per store path read from stdin."""
+    """Child of :class:`WarmIngester`: one ingest per line read from stdin, a store path or
+    ``capture STORE DUMP`` (see :meth:`WarmIngester.capture`)."""
     sys.path.insert(0, str(ROOT))
+    import pickle
+
+    import numpy as np
+
+    from ingest import render
     from ingest.pipeline import ingest
 
     spec = json.loads(spec_json)
+    real = render.encode
     for line in sys.stdin:
-        m = ingest({"before": [Path(f) for f in spec["files"]]}, Path(line.strip()), "bench",
-                   zoom=spec["zmax"], min_zoom=spec["zmin"], fmt=spec["ext"],
-                   quality=spec["quality"], jobs=spec["jobs"])
-        print(json.dumps({"seconds": m["ingest_stats"]["seconds"]}), flush=True)
+        words = line.split()
+        captured: list[tuple] = []
+        if words[0] == "capture":
+            def spy(array, fmt, quality=None, *, opaque=None):  # noqa: ANN001, ANN202
+                captured.append((np.ascontiguousarray(array), opaque))
+                return real(array, fmt, quality, opaque=opaque)
+
+            render.encode = spy
+        try:
+            m = ingest({"before": [Path(f) for f in spec["files"]]}, Path(words[-2]
+                       if words[0] == "capture" else words[0]), "bench", zoom=spec["zmax"],
+                       min_zoom=spec["zmin"], fmt=spec["ext"], quality=spec["quality"],
+                       jobs=spec["jobs"])
+        finally:
+            render.encode = real
+        if words[0] == "capture":
+            with open(words[-1], "wb") as f:
+                pickle.dump(captured, f, protocol=pickle.HIGHEST_PROTOCOL)
+        print(json.dumps({"seconds": m["ingest_stats"]["seconds"],
+                          "tiles": m["layers"]["before"]["tile_count"]}), flush=True)
 
 
 def file_creation_us(directory: Path, n: int = 200) -> float:
@@ -237,8 +267,8 @@ def file_creation_us(directory: Path, n: int = 200) -> float:
 def _encode_one(i: int) -> int:
     from tiles.encode import encode
 
-    a, ext, quality = _ENC[i]
-    return len(encode(a, ext, quality))
+    a, ext, quality, opaque = _ENC[i]
+    return len(encode(a, ext, quality, opaque=opaque))
 
 
 def make_large(path: Path, size: int) -> None:
@@ -316,10 +346,16 @@ def main() -> None:
             manifest = json.loads((cs_store / "bench" / "manifest.json").read_text())
             cs_tiles = manifest["layers"]["before"]["tile_count"]
             _, cs_kb = count_tiles(cs_store / "bench" / "before", ext)
-            enc = EncodeBound(cs_store / "bench" / "before", ext, quality, args.jobs)
             warm = WarmIngester(files, ext, quality, zmin, zmax, args.jobs)
+            enc = None
             try:
-                first_warm = warm.run(tmp / f"warm-{ext}-0")  # the child's first: not warm
+                # the child's first run (not warm) captures the tiles for the bound
+                first_warm, captured = warm.capture(tmp / f"warm-{ext}-0")
+                if len(captured) != cs_tiles:
+                    raise SystemExit(f"captured {len(captured)} tiles, the ingest wrote "
+                                     f"{cs_tiles}")
+                enc = EncodeBound(captured, ext, quality, args.jobs)
+                del captured
                 # Alternate ingest and encode-only runs, so that all see the same moments of
                 # this (shared, noisy) machine. Every ingest writes a fresh store and none is
                 # deleted before the end (see file_creation_us).
@@ -333,7 +369,8 @@ def main() -> None:
                     runs.append((again, m["ingest_stats"]["seconds"],
                                  warm.run(tmp / f"warm-{ext}-{r + 1}"), enc.parallel()))
             finally:
-                enc.close()
+                if enc is not None:
+                    enc.close()
                 warm.close()
             med = statistics.median
             cli_wall = med([r[0]["wall"] for r in runs])
