@@ -13,7 +13,6 @@ import threading
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -28,8 +27,8 @@ from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec
                            block_dir, block_levels, cv2_single_threaded, downsample2,
                            encode_tile, open_sources, plan_block, preload, render_block,
                            render_block_in_worker, work_dir)
-from ingest.sources import (SourceHasher, SourceInfo, check_bands, describe,
-                            percentile_stretch)
+from ingest.sources import (SourceInfo, check_bands, check_path, describe, percentile_stretch,
+                            prehash, sniff)
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
 from tiles.grid import (MAX_ZOOM, TILE_SIZES, morton, rounded, tile_bounds, tiles_in_bounds,
@@ -95,16 +94,20 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         raise OptionError(f"--min-zoom {min_zoom}: must be between 0 and {MAX_ZOOM}")
     aoi_geom = _parse_aoi(aoi) if aoi is not None else None
 
-    hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
-    hash_cache = _read_json(hash_cache_path)
     # the sources stay open from their description to the end of the run: the render
-    # threads borrow them (see SharedSources); they are hashed meanwhile (SourceHasher)
-    with SharedSources() as shared, rasterio.Env(**GDAL_ENV), \
-            SourceHasher([f for files in layers.values() for f in files], hash_cache) as hasher:
+    # threads borrow them (see SharedSources)
+    with SharedSources() as shared, rasterio.Env(**GDAL_ENV):
         # 1. open, validate and describe every source (nothing written yet) ------------------
         infos: dict[str, list[SourceInfo]] = {}
+        hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
+        hash_cache = _read_json(hash_cache_path)
         for name, files in layers.items():
-            infos[name] = [describe(Path(f), max_pixels, keep=shared.keep, hashed=False)
+            for f in files:
+                sniff(check_path(f))  # refuse what is no GeoTIFF before hashing it
+        prehash([f for files in layers.values() for f in files], hash_cache,
+                _jobs(jobs) if scheduler is None else 1)
+        for name, files in layers.items():
+            infos[name] = [describe(Path(f), max_pixels, hash_cache, keep=shared.keep)
                            for f in files]
             report(0, 0, f"checked {name}")
         layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
@@ -150,8 +153,6 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
                                          "check that the files show the same place")
 
         # 4. store, fingerprints, jobs -----------------------------------------------------
-        infos = {name: [replace(i, sha256=hasher.sha256(i.path)) for i in li]
-                 for name, li in infos.items()}
         ts = TileStore(store)
         try:
             ts.check_writable(project)
@@ -567,23 +568,34 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
     instead of after them. An error stops every thread after its current unit and is raised here;
     so is an interrupt of this thread.
 
-    Every block is planned here first (:func:`~ingest.render.plan_block`: the coordinate
-    transformations) and the helpers read the datasets ``shared`` lends them: this thread
-    described the sources, so its PROJ context is built, and a helper's first use of PROJ
-    would hold the GIL for ~10-20 ms while building its own.
+    Every block is planned here (:func:`~ingest.render.plan_block`: the coordinate
+    transformations), the first before the helpers start and the others while they work,
+    and the helpers read the datasets ``shared`` lends them: this thread described the
+    sources, so its PROJ context is built, and a helper's first use of PROJ would hold the
+    GIL for ~10-20 ms while building its own.
     """
     preload(all_jobs[0].layer.ext)
     crs = shared.crs() if shared is not None else None
-    plans = [None if job.skip_existing else plan_block(job, crs) for job in all_jobs]
     cond = threading.Condition()
     tiles: deque[tuple[BlockWork, Any]] = deque()  # (block, tile task) waiting
     finished: deque[tuple[bool, BlockResult]] = deque()  # (rendered only?, result)
     remaining: dict[int, int] = {}  # id(block) -> tiles not yet written
-    state = {"next": 0, "busy": 0, "error": None, "stop": False}
     total = len(all_jobs)
+    plans: list[Any] = [None] * total  # plans[:state["planned"]] are made
+    state = {"next": 0, "planned": 0, "busy": 0, "error": None, "stop": False}
 
     def idle() -> bool:  # under cond: nothing left to start
         return not tiles and state["next"] >= total
+
+    def unplanned() -> bool:  # under cond: the next block to start is not planned yet
+        return not tiles and state["planned"] <= state["next"] < total
+
+    def plan(i: int) -> None:  # this thread only (see the docstring)
+        made = None if all_jobs[i].skip_existing else plan_block(all_jobs[i], crs)
+        with cond:
+            plans[i] = made
+            state["planned"] = i + 1
+            cond.notify_all()
 
     def step() -> bool:
         """Run one unit of work (a tile, or a new block); False when none is available."""
@@ -593,15 +605,15 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
             if tiles:
                 work, task = tiles.popleft()
                 job = None
-            elif state["next"] < total:
-                job, plan = all_jobs[state["next"]], plans[state["next"]]
+            elif state["next"] < state["planned"]:
+                job, block_plan = all_jobs[state["next"]], plans[state["next"]]
                 state["next"] += 1
             else:
                 return False
             state["busy"] += 1
         try:
             if job is not None:
-                work = BlockWork(job, plan)
+                work = BlockWork(job, block_plan)
                 if on_top is not None:
                     with cond:
                         finished.append((True, work.res))  # see on_top in the docstring
@@ -648,17 +660,20 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
                 except BaseException:  # noqa: BLE001 - recorded in state, raised by the caller
                     return
                 with cond:
-                    while not state["stop"] and idle() and state["busy"]:
+                    while not state["stop"] and (idle() and state["busy"] or unplanned()):
                         cond.wait()  # more tiles may come from a block being warped
                     if state["stop"] or (idle() and not state["busy"]):
                         return
 
     helpers = [threading.Thread(target=helper, name=f"crowdsight-ingest-{k}", daemon=True)
                for k in range(n - 1)]
+    plan(0)
     with cv2_single_threaded():  # the threads are the parallelism (see cv2_single_threaded)
         for t in helpers:
             t.start()
         try:
+            for i in range(1, total):
+                plan(i)
             with open_sources(shared):
                 while True:
                     ran = step()

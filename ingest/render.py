@@ -584,7 +584,7 @@ CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
 DECIMATE_ABOVE = 1.2
 #: destination pixels between exactly transformed grid nodes (halved while the estimated
 #: linear-interpolation error exceeds GRID_TOLERANCE source pixels)
-GRID_STEP = 64
+GRID_STEP = 256
 GRID_TOLERANCE = 0.02
 #: a strip of :func:`remap_into` whose grid nodes all lie within this many source pixels of
 #: one affine map is warped with ``cv2.warpAffine`` (no coordinate maps; see _strip_affine)

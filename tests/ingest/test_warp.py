@@ -295,13 +295,14 @@ def test_strip_affine_fits_projected_crs_and_refuses_curved_ones():
     from ingest.render import AFFINE_TOLERANCE, _strip_affine
 
     _, (grid, step) = _utm_window_and_plan()
-    fit = _strip_affine(grid[:10], step, 0)
+    nodes = grid[:10]
+    fit = _strip_affine(nodes, step, 0)
     assert fit is not None and fit[1] < AFFINE_TOLERANCE
     matrix, _ = fit
     cols = (np.arange(grid.shape[1]) - 1) * step + (step - 1) / 2
-    rows = (np.arange(10) - 1) * step + (step - 1) / 2
+    rows = (np.arange(len(nodes)) - 1) * step + (step - 1) / 2
     x = matrix[0, 0] * cols[None, :] + matrix[0, 1] * rows[:, None] + matrix[0, 2]
-    assert np.abs(x - grid[:10, :, 0]).max() <= fit[1] + 1e-9
+    assert np.abs(x - nodes[..., 0]).max() <= fit[1] + 1e-9
     res, pixel = 0.01, 2400.0
     win_tf = Affine(res, 0, 20.0, 0, -res, 20.0)
     (mx,), (my,) = warp_transform("EPSG:4326", "EPSG:3857", [25.0], [15.0])
