@@ -37,7 +37,7 @@ from tiles.store import TileStore, atomic_write_json, check_layer, check_project
 
 ProgressFn = Callable[[int, int, str], None]
 MANIFEST_FORMAT = "crowdsight-manifest/1"
-RENDER_VERSION = 5  # bump when tile rendering changes, so old tiles are re-rendered
+RENDER_VERSION = 6  # bump when tile rendering changes, so old tiles are re-rendered
 DEFAULT_MAX_PIXELS = 2_000_000_000
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "lanczos", "average")
 

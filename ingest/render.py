@@ -927,6 +927,8 @@ def _render_canvas(job: BlockJob, size_px: int,
     nb = spec.channels
     interpolation = CV2_INTERPOLATION.get(spec.resampling)
     canvas: np.ndarray | None = None
+    tiles = _CanvasTiles(size_px, spec.tile_size)
+    regions = drawn if drawn is not None else []
     have_data = False  # some source put alpha > 0 into the canvas
     with rasterio.Env(**GDAL_ENV):
         if plans is None:
@@ -939,13 +941,15 @@ def _render_canvas(job: BlockJob, size_px: int,
             if win is None:
                 continue
             c0, r0, c1, r1 = win.region
-            if drawn is not None:
-                drawn.append(win.region)
+            regions.append(win.region)
             if canvas is None:
-                canvas = np.zeros((size_px, size_px, nb + 1), np.uint8)
+                # uninitialised: only the tiles that sources draw into are zeroed (before
+                # they are drawn, and only outside what the warp writes); see _CanvasTiles
+                canvas = np.empty((size_px, size_px, nb + 1), np.uint8)
+            grid = plan.grid
+            tiles.zero(canvas, win.region, written=not have_data and grid is not None)
             region = canvas[r0:r1, c0:c1]
             origin = (left + c0 * px, top - r0 * py)
-            grid = plan.grid
             # the first source with data is warped straight into the (zeroed) canvas; later
             # ones into a temporary, then mosaicked: uninitialised for cv2's warp, which
             # writes every pixel (remap_into), zeroed for GDAL's, which may leave some alone
@@ -975,7 +979,55 @@ def _render_canvas(job: BlockJob, size_px: int,
             # one 8-bit mask and a masked copy, ~3x faster than numpy's broadcast `where`)
             more = cv2.compare(alpha, cv2.extractChannel(region, nb), cv2.CMP_GT)
             cv2.copyTo(out, more, region)
-    return canvas if have_data else None
+    if not have_data:
+        return None
+    # the rest of the drawn tiles' box, grown to whole 2 x 2-tile groups (what the block's
+    # statistics and reductions read: see _drawn_tiles, _reduce_drawn)
+    tx0, ty0, tx1, ty1 = _drawn_tiles(regions, spec.tile_size, tiles.n)
+    ts = spec.tile_size
+    tiles.zero(canvas, (tx0 // 2 * 2 * ts, ty0 // 2 * 2 * ts, min(tiles.n, -(-tx1 // 2) * 2) * ts,
+                        min(tiles.n, -(-ty1 // 2) * 2) * ts), written=False)
+    return canvas
+
+
+class _CanvasTiles:
+    """Which tiles of an uninitialised block canvas hold defined pixels yet.
+
+    ``np.zeros`` for the 2048 x 2048 x 4 canvas of every block cost a 16 MB memset in a
+    process that has rendered before (calloc reuses freed memory), yet sources draw into
+    ~40 % of a Joplin block and the first one writes every pixel of its region anyway.
+    Before pixels are drawn, :meth:`zero` zeroes each tile they touch for the first time:
+    whole, or, when the caller will write every pixel of the region (cv2's warp of the
+    first source), only the tile's part outside it. The tiles nothing touched stay
+    undefined; nothing reads them (see :func:`_render_canvas`).
+    """
+
+    def __init__(self, size_px: int, ts: int) -> None:
+        self.ts, self.n = ts, size_px // ts
+        self._done = np.zeros((self.n, self.n), bool)
+
+    def zero(self, canvas: np.ndarray, rect: tuple[int, int, int, int], written: bool) -> None:
+        """Make the tiles meeting pixel ``rect`` (c0, r0, c1, r1) defined (see the class)."""
+        ts = self.ts
+        c0, r0, c1, r1 = rect
+        for j in range(r0 // ts, min(self.n, -(-r1 // ts))):
+            for i in range(c0 // ts, min(self.n, -(-c1 // ts))):
+                if self._done[j, i]:
+                    continue
+                self._done[j, i] = True
+                x0, y0, x1, y1 = i * ts, j * ts, (i + 1) * ts, (j + 1) * ts
+                if not written:
+                    canvas[y0:y1, x0:x1] = 0
+                    continue
+                # the tile minus the rectangle: bands above and below, then left and right
+                ya, yb = max(y0, r0), min(y1, r1)
+                if ya >= yb or max(x0, c0) >= min(x1, c1):
+                    canvas[y0:y1, x0:x1] = 0
+                    continue
+                canvas[y0:ya, x0:x1] = 0
+                canvas[yb:y1, x0:x1] = 0
+                canvas[ya:yb, x0:max(x0, c0)] = 0
+                canvas[ya:yb, min(x1, c1):x1] = 0
 
 
 def _drawn_tiles(drawn: list[tuple[int, int, int, int]], ts: int,

@@ -244,6 +244,30 @@ def test_mosaic_of_two_files_is_seamless(tmp_path, two_file_mosaic, tile_reader)
         assert diff.max() <= 1
 
 
+def test_uninitialised_block_memory_never_reaches_a_tile(tmp_path, two_file_mosaic,
+                                                       pattern_fn, monkeypatch):
+    """The block canvas is np.empty and only the tiles sources draw into are zeroed: with
+    every np.empty filled with garbage, a mosaic (two files, partial tiles, a pyramid inside
+    the block) must come out byte for byte as with np.empty giving zeros."""
+    a, b, _ = two_file_mosaic(pattern_fn(256, 512, 3))
+    real_empty = np.empty
+    out = {}
+    for name, fill in (("zeros", 0), ("garbage", 0xA5)):
+        def filled(*args, __fill=fill, **kw):
+            arr = real_empty(*args, **kw)
+            arr.fill(__fill)
+            return arr
+
+        monkeypatch.setattr(np, "empty", filled)
+        m = ingest({"image": [a, b]}, tmp_path / name, "p", fmt="png", jobs=1, zoom=19,
+                   min_zoom=15, block=8)
+        monkeypatch.setattr(np, "empty", real_empty)
+        tiles = sorted((tmp_path / name / "p" / "image").rglob("*.png"))
+        out[name] = (m["layers"]["image"]["tile_count"],
+                     {p.relative_to(tmp_path / name).as_posix(): p.read_bytes() for p in tiles})
+    assert out["zeros"][0] > 4 and out["zeros"] == out["garbage"]
+
+
 def test_mosaic_first_file_wins_where_files_overlap(tmp_path, make_tif, tile_reader):
     """Two opaque files overlapping by 100 px: wherever the first file has full data, the
     mosaic shows the first file's pixels (a later file fills only what is less opaque)."""
