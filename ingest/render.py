@@ -1041,11 +1041,14 @@ def _drawn_tiles(drawn: list[tuple[int, int, int, int]], ts: int,
     return (max(0, c0 // ts), max(0, r0 // ts), min(n, -(-c1 // ts)), min(n, -(-r1 // ts)))
 
 
-def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int],
-                  ts: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int], ts: int,
+                  last: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """:func:`downsample2` of a level that is zero outside the tiles ``box`` (see
     :func:`_drawn_tiles`), reducing only the 2 x 2-tile groups that meet ``box``; the next
-    level and its own box. Identical to reducing the whole level (zeros reduce to zeros)."""
+    level and its own box. Identical to reducing the whole level (zeros reduce to zeros) where
+    the result is defined: in the 2 x 2-tile groups that meet the new box (what the next
+    reduction reads), or everywhere when ``last`` (the block's top level); the rest of the
+    next level stays uninitialised (see _CanvasTiles)."""
     tx0, ty0, tx1, ty1 = box
     h, w, c = level.shape
     nx0, ny0, nx1, ny1 = tx0 // 2, ty0 // 2, -(-tx1 // 2), -(-ty1 // 2)
@@ -1054,8 +1057,19 @@ def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int],
     part = level[2 * ny0 * ts:2 * ny1 * ts, 2 * nx0 * ts:2 * nx1 * ts]
     if c != 4:
         part = np.ascontiguousarray(part)  # Pillow's reduce wants contiguous rows
-    out = np.zeros((h // 2, w // 2, c), np.uint8)
+    out = np.empty((h // 2, w // 2, c), np.uint8)
     out[ny0 * ts:ny1 * ts, nx0 * ts:nx1 * ts] = downsample2(part)
+    if last:
+        gx0, gy0, gx1, gy1 = 0, 0, w // 2, h // 2
+    else:
+        n_x, n_y = w // 2 // ts, h // 2 // ts
+        gx0, gy0 = nx0 // 2 * 2 * ts, ny0 // 2 * 2 * ts
+        gx1, gy1 = min(n_x, -(-nx1 // 2) * 2) * ts, min(n_y, -(-ny1 // 2) * 2) * ts
+    # zero [gx0, gx1) x [gy0, gy1) outside the reduced part: bands above, below, left, right
+    out[gy0:ny0 * ts, gx0:gx1] = 0
+    out[ny1 * ts:gy1, gx0:gx1] = 0
+    out[ny0 * ts:ny1 * ts, gx0:nx0 * ts] = 0
+    out[ny0 * ts:ny1 * ts, nx1 * ts:gx1] = 0
     return out, (nx0, ny0, nx1, ny1)
 
 
@@ -1126,7 +1140,7 @@ class BlockWork:
                 if level is None:
                     break
                 if lv:
-                    level, box = _reduce_drawn(level, box, ts)
+                    level, box = _reduce_drawn(level, box, ts, last=lv == levels)
                 tx0, ty0, tx1, ty1 = box
                 sums = tile_alpha_sums(level[ty0 * ts:ty1 * ts, tx0 * ts:tx1 * ts], ts)
                 for j in range(ty1 - ty0):

@@ -140,25 +140,41 @@ def test_clip_affine_zeroes_exactly_the_pixels_mapped_outside(seed: int) -> None
 
 @pytest.mark.parametrize("channels", [4, 2])
 @pytest.mark.parametrize("box", [(0, 0, 4, 4), (1, 1, 3, 2), (3, 0, 4, 1), (0, 2, 1, 4),
-                                 (1, 1, 2, 2)])
-def test_reducing_only_the_drawn_tiles_equals_reducing_the_level(channels, box) -> None:
+                                 (1, 1, 2, 2), (5, 2, 7, 7), (2, 4, 3, 5)])
+def test_reducing_only_the_drawn_tiles_equals_reducing_the_level(channels, box,
+                                                                  monkeypatch) -> None:
     """A level that is zero outside the tiles ``box`` reduces to the same next level (and
-    the box of the tiles that can be non-zero there) as the whole level."""
+    the box of the tiles that can be non-zero there) as the whole level: everywhere for the
+    last level, else in the 2 x 2-tile groups that meet the new box (what the next reduction
+    reads; the rest is left uninitialised, here filled with garbage)."""
     from ingest.render import _drawn_tiles, _reduce_drawn
 
-    ts, n = 8, 4
+    real_empty = np.empty
+
+    def garbage(*args, **kw):
+        arr = real_empty(*args, **kw)
+        arr.fill(0x5A)
+        return arr
+
+    ts, n = 8, 8
     rng = np.random.default_rng(7)
     level = np.zeros((n * ts, n * ts, channels), np.uint8)
     tx0, ty0, tx1, ty1 = box
     level[ty0 * ts:ty1 * ts, tx0 * ts:tx1 * ts] = rng.integers(
         1, 256, ((ty1 - ty0) * ts, (tx1 - tx0) * ts, channels), dtype=np.uint8)
-    out, nbox = _reduce_drawn(level, box, ts)
-    assert np.array_equal(out, downsample2(level))
+    monkeypatch.setattr(np, "empty", garbage)
+    out, nbox = _reduce_drawn(level, box, ts, last=True)
+    part, pbox = _reduce_drawn(level, box, ts)
+    monkeypatch.setattr(np, "empty", real_empty)
+    assert np.array_equal(out, downsample2(level)) and pbox == nbox
     nx0, ny0, nx1, ny1 = nbox
+    gx0, gy0 = nx0 // 2 * 2 * ts, ny0 // 2 * 2 * ts
+    gx1, gy1 = min(n // 2, -(-nx1 // 2) * 2) * ts, min(n // 2, -(-ny1 // 2) * 2) * ts
+    assert np.array_equal(part[gy0:gy1, gx0:gx1], out[gy0:gy1, gx0:gx1])
     inside = np.zeros(out.shape[:2], bool)
     inside[ny0 * ts:ny1 * ts, nx0 * ts:nx1 * ts] = True
     assert not out[~inside].any() and out[inside].any(axis=-1).reshape(-1).any()
     assert nbox == (tx0 // 2, ty0 // 2, -(-tx1 // 2), -(-ty1 // 2))
     # regions in pixels -> the tiles they touch (ends exclusive), clipped to the canvas
     assert _drawn_tiles([(ts * tx0 + 1, ts * ty0, ts * tx1 - 1, ts * ty1 - 3)], ts, n) == box
-    assert _drawn_tiles([(3, 9, 5, 10), (20, 30, 40, 33)], ts, n) == (0, 1, 4, 4)
+    assert _drawn_tiles([(3, 9, 5, 10), (20, 30, 40, 33)], ts, 4) == (0, 1, 4, 4)
