@@ -10,6 +10,7 @@ import math
 from typing import Iterable, Iterator
 
 import mercantile
+import numpy as np
 
 from tiles.errors import InvalidTileError
 
@@ -42,6 +43,14 @@ def tile_xy_bounds(z: int, x: int, y: int) -> Bounds:
     """Bounds of a tile in Web-Mercator metres (EPSG:3857)."""
     b = mercantile.xy_bounds(x, y, z)
     return (b.left, b.bottom, b.right, b.top)
+
+
+def lonlat_from_mercator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Web-Mercator metres (EPSG:3857) to WGS84 lon/lat degrees: the inverse spherical
+    Mercator (as ``mercantile.lnglat``, on arrays; non-finite input stays non-finite)."""
+    r = CIRCUMFERENCE / (2 * math.pi)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return np.degrees(x / r), np.degrees(np.pi / 2 - 2 * np.arctan(np.exp(-y / r)))
 
 
 def rounded(bounds: Iterable[float], ndigits: int = 7) -> list[float]:

@@ -78,3 +78,21 @@ def test_check_tile_rejects(zxy):
 
 def test_ground_resolution_equator():
     assert ground_resolution(0, 0.0) == pytest.approx(2 * math.pi * 6378137 / 256)
+
+
+def test_lonlat_from_mercator_inverts_mercantile_and_proj():
+    import numpy as np
+    from rasterio.warp import transform
+
+    from tiles.grid import lonlat_from_mercator
+
+    lon = np.array([-179.9, -94.5, 0.0, 24.3, 179.9])
+    lat = np.array([-85.0, 37.1, 0.0, 13.4, 84.9])
+    x, y = transform("EPSG:4326", "EPSG:3857", lon, lat)
+    got_lon, got_lat = lonlat_from_mercator(np.array(x), np.array(y))
+    assert np.allclose(got_lon, lon, atol=1e-9) and np.allclose(got_lat, lat, atol=1e-9)
+    for (gx, gy), (lo, la) in zip(zip(x, y), zip(got_lon, got_lat)):
+        ref = mercantile.lnglat(gx, gy)
+        assert abs(ref.lng - lo) < 1e-9 and abs(ref.lat - la) < 1e-9
+    nan_lon, nan_lat = lonlat_from_mercator(np.array([np.inf]), np.array([np.nan]))
+    assert not np.isfinite(nan_lon).any() and not np.isfinite(nan_lat).any()
