@@ -11,9 +11,9 @@ What it does, in one invocation on this machine:
    ``crowdsight ingest`` and ``gdal2tiles.py --xyz --processes=N -r bilinear`` (on a VRT made
    with gdalbuildvrt in a temp dir: fine for the baseline) for the same zoom range and tile
    format, each as a child process; prints wall time, tiles/s, their ratio and peak memory.
-2. The encode-only lower bound: Pillow encoding the same tiles (same count, same pixels,
-   same settings) in N processes, warmed up before timing, with no reading, warping or
-   writing. The ingest is timed two ways against it: in a fresh CLI process (its own
+2. The encode-only lower bound: Pillow encoding the same tiles (the very arrays the ingest
+   handed to its encoder, captured in one run; same settings) in N processes, warmed up
+   before timing, with no reading, warping or writing. The ingest is timed two ways against it: in a fresh CLI process (its own
    ``ingest()`` time, without interpreter start-up but with GDAL's and PROJ's first use and
    every buffer's first touch), and warm, in one long-lived process that has ingested before
    (:class:`WarmIngester`), which is how the bound itself is timed. A run of either lasts
@@ -244,6 +244,30 @@ def _warm_main(spec_json: str) -> None:
                           "tiles": m["layers"]["before"]["tile_count"]}), flush=True)
 
 
+def byte_compile() -> int:
+    """Write the ``__pycache__`` bytecode of crowdsight's own packages, as installing a wheel
+    does (pip compiles what it installs); the number of modules compiled.
+
+    The project is installed editable, so its modules are compiled on import, and where
+    ``PYTHONDONTWRITEBYTECODE`` is set (these machines, CI) never saved: every CLI run would
+    compile the ingest's modules again (~0.1 s), a cost no installed tool pays; gdal2tiles'
+    modules come precompiled with Debian's package. Python reads existing ``.pyc`` files
+    whatever that variable says.
+    """
+    import compileall
+    import io
+    from contextlib import redirect_stdout
+
+    count = 0
+    for pkg in ("crowdsight", "tiles", "ingest", "consensus", "labeler"):
+        d = ROOT / pkg
+        if d.is_dir():
+            with redirect_stdout(io.StringIO()):
+                compileall.compile_dir(str(d), quiet=2)
+            count += sum(1 for _ in d.rglob("*.py"))
+    return count
+
+
 def file_creation_us(directory: Path, n: int = 200) -> float:
     """CPU microseconds to create one small file in a new folder under ``directory``.
 
@@ -320,6 +344,9 @@ def main() -> None:
     zmin, zmax = (int(v) for v in args.zooms.split("-"))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"jobs={args.jobs}; Joplin before = {len(files)} x 1024^2 RGB; zooms {zmin}-{zmax}")
+    compiled = byte_compile()
+    if compiled:
+        print(f"byte-compiled {compiled} crowdsight modules (see byte_compile)")
     tmp = Path(tempfile.mkdtemp(prefix="crowdsight-bench-", dir=args.workdir))
     print(f"work dir {tmp}: creating a small file costs {file_creation_us(tmp):.0f} us of CPU "
           "(see file_creation_us)")

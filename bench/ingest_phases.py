@@ -34,14 +34,18 @@ SHARED = Path(os.environ.get("CROWDSIGHT_SHARED_DIR", ROOT.parent / "shared")) /
 
 #: (module, attribute, label): the steps timed; nested steps are charged to both
 STEPS = [
+    ("ingest.pipeline", "prehash", "hash sources (this thread waits)"),
+    ("ingest.sources", "_cached_sha256", "  sha256 of a file (hash threads)"),
     ("ingest.pipeline", "describe", "describe sources"),
-    ("ingest.render", "_open_source", "  open (render)"),
+    ("ingest.pipeline", "plan_block", "plan blocks (PROJ)"),
     ("ingest.render", "_read_window", "  read window"),
     ("ingest.render", "remap_into", "  warp"),
+    ("ingest.render", "_clip_affine", "    clip edges"),
     ("ingest.render", "_reduce_drawn", "  reduce level"),
     ("ingest.render", "tile_alpha_sums", "  tile alpha sums"),
     ("ingest.render.BlockWork", "__init__", "block (render + levels)"),
     ("ingest.render", "encode_tile", "  encode"),
+    ("ingest.render", "unpremultiply", "    unpremultiply"),
     ("tiles.store", "_atomic_write_in", "  write file"),
     ("ingest.render.BlockWork", "write_tile", "tile (encode + write)"),
     ("ingest.pipeline._Pyramid", "_make", "pyramid above blocks"),
