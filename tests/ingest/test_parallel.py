@@ -167,6 +167,53 @@ def test_open_sources_reuses_and_closes_datasets(make_tif):
     c.close()
 
 
+def test_shared_sources_lend_one_thread_at_a_time(make_tif):
+    from ingest.sources import describe
+
+    with render.SharedSources(limit=1) as shared:
+        info = describe(make_tif(), 10**9, keep=shared.keep)
+        other = make_tif()
+        assert not shared.keep(str(other), object())  # full: the caller closes its own
+        ds = shared.borrow(info.path)
+        assert ds is not None and not ds.closed
+        assert shared.borrow(info.path) is None  # lent out: a second thread opens its own
+        with render.open_sources(shared):
+            with render._source_dataset(info) as own:
+                assert own is not ds
+        shared.give_back(info.path)
+        assert shared.borrow(info.path) is ds
+        shared.give_back(info.path)
+        with render.open_sources(shared):
+            with render._source_dataset(info) as lent:
+                assert lent is ds
+            assert shared.borrow(info.path) is ds  # given back after the read
+        shared.give_back(info.path)
+    assert ds.closed and shared.borrow(info.path) is None
+
+
+def test_render_threads_never_open_a_source_or_touch_proj(tmp_path, mosaic, monkeypatch):
+    """The helper threads of a threaded run read the datasets the description opened and get
+    every coordinate transformation planned by the ingesting thread: a thread's first PROJ
+    use holds the GIL for 10-20 ms (see SharedSources)."""
+    import threading
+
+    import rasterio.warp
+
+    calls = []
+    for owner, name in ((render.rasterio, "open"), (render, "warp_transform"),
+                        (rasterio.warp, "transform")):
+        real = getattr(owner, name)
+
+        def spy(*a, __real=real, __name=name, **k):
+            calls.append((__name, threading.current_thread() is threading.main_thread()))
+            return __real(*a, **k)
+
+        monkeypatch.setattr(owner, name, spy)
+    m = ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=2, zoom=19, workers="threads")
+    assert m["layers"]["image"]["tile_count"] > 4
+    assert calls and all(main for _, main in calls), calls
+
+
 def test_all_valid_sources_skip_the_mask_read(tmp_path, make_tif, monkeypatch):
     """GDAL reports one list of mask flags per band: an all-valid file needs no mask read."""
     import rasterio.io
