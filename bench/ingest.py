@@ -225,8 +225,8 @@ def _warm_main(spec_json: str) -> None:
         words = line.split()
         captured: list[tuple] = []
         if words[0] == "capture":
-            def spy(array, fmt, quality=None, *, opaque=None):  # noqa: ANN001, ANN202
-                captured.append((np.ascontiguousarray(array), opaque))
+            def spy(array, fmt, quality=None, *, opaque=None, out=captured):
+                out.append((np.ascontiguousarray(array), opaque))
                 return real(array, fmt, quality, opaque=opaque)
 
             render.encode = spy

@@ -26,7 +26,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Self
 
 import cv2
 import numpy as np
@@ -194,7 +194,7 @@ class SharedSources:
             for ds, _ in items.values():
                 ds.close()
 
-    def __enter__(self) -> SharedSources:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

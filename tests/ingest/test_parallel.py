@@ -177,9 +177,8 @@ def test_shared_sources_lend_one_thread_at_a_time(make_tif):
         ds = shared.borrow(info.path)
         assert ds is not None and not ds.closed
         assert shared.borrow(info.path) is None  # lent out: a second thread opens its own
-        with render.open_sources(shared):
-            with render._source_dataset(info) as own:
-                assert own is not ds
+        with render.open_sources(shared), render._source_dataset(info) as own:
+            assert own is not ds
         shared.give_back(info.path)
         assert shared.borrow(info.path) is ds
         shared.give_back(info.path)
