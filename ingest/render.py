@@ -919,7 +919,9 @@ def _render_canvas(job: BlockJob, size_px: int,
     """Warp every intersecting source into the block; (H, W, C+1) uint8 or None if empty.
 
     The colour is premultiplied by alpha (see :func:`premultiply`). ``drawn``, if given,
-    receives the (c0, r0, c1, r1) pixel regions written to: the rest is still zero.
+    receives the (c0, r0, c1, r1) pixel regions written to: the rest of their tiles' box,
+    grown to whole 2 x 2-tile groups, is zero; tiles outside it are left uninitialised
+    (see :class:`_CanvasTiles`).
     ``plans``: the block's :func:`plan_block`, when made beforehand (else made here)."""
     spec = job.layer
     (left, bottom, right, top), _ = _block_bounds(job)
@@ -1043,7 +1045,7 @@ def _drawn_tiles(drawn: list[tuple[int, int, int, int]], ts: int,
 
 def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int], ts: int,
                   last: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """:func:`downsample2` of a level that is zero outside the tiles ``box`` (see
+    """:func:`downsample2` of a level that is empty outside the tiles ``box`` (see
     :func:`_drawn_tiles`), reducing only the 2 x 2-tile groups that meet ``box``; the next
     level and its own box. Identical to reducing the whole level (zeros reduce to zeros) where
     the result is defined: in the 2 x 2-tile groups that meet the new box (what the next
@@ -1129,8 +1131,9 @@ class BlockWork:
                             and j * ts < r1 for c0, r0, c1, r1 in drawn):
                         canvas[j * ts:(j + 1) * ts, i * ts:(i + 1) * ts] = 0
         level = canvas
-        # the tiles a source drew into: everything else is zero at every level, so the tile
-        # statistics and the 2x2 reductions skip it (Joplin: ~40 % of each block is drawn)
+        # the tiles a source drew into: everything else is empty (zero where it is defined) at
+        # every level, so the tile statistics and the 2x2 reductions skip it (Joplin: ~40 %
+        # of each block is drawn)
         box = _drawn_tiles(drawn, ts, B) if canvas is not None else (0, 0, 0, 0)
         self.out = store.layer_writer(spec.project, spec.name, spec.ext)
         opaque_sum = 255 * ts * ts
