@@ -222,13 +222,21 @@ def open_sources(shared: SharedSources | None = None) -> Iterator[None]:
             ds.close()  # type: ignore[attr-defined]
 
 
+def _thread_sources() -> tuple[dict[str, object] | None, SharedSources | None]:
+    """This thread's :func:`open_sources` cache and shared datasets (None, None outside it
+    or in another process)."""
+    entry = getattr(_open, "cache", None)
+    if entry is None or entry[0] != os.getpid():
+        return None, None
+    return entry[1], entry[2]
+
+
 @contextmanager
 def _source_dataset(src: SourceInfo) -> Iterator:
     """An open dataset of ``src`` for one read: borrowed from the run's
     :class:`SharedSources`, else this thread's (see :func:`open_sources`), else opened for
     this use."""
-    entry = getattr(_open, "cache", None)
-    shared = entry[2] if entry is not None and entry[0] == os.getpid() else None
+    shared = _thread_sources()[1]
     ds = shared.borrow(src.path) if shared is not None else None
     if ds is not None:
         try:
@@ -246,8 +254,7 @@ def _source_dataset(src: SourceInfo) -> Iterator:
 
 def _open_source(src: SourceInfo):
     """``(dataset, close_after_use)`` for ``src`` (kept open inside :func:`open_sources`)."""
-    entry = getattr(_open, "cache", None)
-    cache = entry[1] if entry is not None and entry[0] == os.getpid() else None
+    cache = _thread_sources()[0]
     if cache is not None:
         ds = cache.pop(src.path, None)
         if ds is not None:
@@ -985,10 +992,9 @@ def _render_canvas(job: BlockJob, size_px: int,
         return None
     # the rest of the drawn tiles' box, grown to whole 2 x 2-tile groups (what the block's
     # statistics and reductions read: see _drawn_tiles, _reduce_drawn)
-    tx0, ty0, tx1, ty1 = _drawn_tiles(regions, spec.tile_size, tiles.n)
     ts = spec.tile_size
-    tiles.zero(canvas, (tx0 // 2 * 2 * ts, ty0 // 2 * 2 * ts, min(tiles.n, -(-tx1 // 2) * 2) * ts,
-                        min(tiles.n, -(-ty1 // 2) * 2) * ts), written=False)
+    groups = _pair_groups(_drawn_tiles(regions, ts, tiles.n), tiles.n, tiles.n)
+    tiles.zero(canvas, tuple(v * ts for v in groups), written=False)  # type: ignore[arg-type]
     return canvas
 
 
@@ -1017,19 +1023,33 @@ class _CanvasTiles:
                 if self._done[j, i]:
                     continue
                 self._done[j, i] = True
-                x0, y0, x1, y1 = i * ts, j * ts, (i + 1) * ts, (j + 1) * ts
-                if not written:
-                    canvas[y0:y1, x0:x1] = 0
-                    continue
-                # the tile minus the rectangle: bands above and below, then left and right
-                ya, yb = max(y0, r0), min(y1, r1)
-                if ya >= yb or max(x0, c0) >= min(x1, c1):
-                    canvas[y0:y1, x0:x1] = 0
-                    continue
-                canvas[y0:ya, x0:x1] = 0
-                canvas[yb:y1, x0:x1] = 0
-                canvas[ya:yb, x0:max(x0, c0)] = 0
-                canvas[ya:yb, min(x1, c1):x1] = 0
+                tile = (i * ts, j * ts, (i + 1) * ts, (j + 1) * ts)
+                _zero_outside(canvas, tile, rect if written else (0, 0, 0, 0))
+
+
+def _zero_outside(a: np.ndarray, outer: tuple[int, int, int, int],
+                  inner: tuple[int, int, int, int]) -> None:
+    """Zero the pixels of ``a`` in the rectangle ``outer`` but not in ``inner`` (both
+    ``(c0, r0, c1, r1)``; ``inner`` is clipped to ``outer``, and an empty one zeroes all of
+    it): bands above and below ``inner``, then left and right of it."""
+    x0, y0, x1, y1 = outer
+    xa, xb = max(x0, inner[0]), min(x1, inner[2])
+    ya, yb = max(y0, inner[1]), min(y1, inner[3])
+    if xa >= xb or ya >= yb:
+        a[y0:y1, x0:x1] = 0
+        return
+    a[y0:ya, x0:x1] = 0
+    a[yb:y1, x0:x1] = 0
+    a[ya:yb, x0:xa] = 0
+    a[ya:yb, xb:x1] = 0
+
+
+def _pair_groups(box: tuple[int, int, int, int], n_x: int,
+                 n_y: int) -> tuple[int, int, int, int]:
+    """The tiles ``box`` grown to whole 2 x 2-tile groups (what :func:`_reduce_drawn` reads),
+    clipped to ``n_x x n_y`` tiles."""
+    tx0, ty0, tx1, ty1 = box
+    return (tx0 // 2 * 2, ty0 // 2 * 2, min(n_x, -(-tx1 // 2) * 2), min(n_y, -(-ty1 // 2) * 2))
 
 
 def _drawn_tiles(drawn: list[tuple[int, int, int, int]], ts: int,
@@ -1061,18 +1081,12 @@ def _reduce_drawn(level: np.ndarray, box: tuple[int, int, int, int], ts: int,
         part = np.ascontiguousarray(part)  # Pillow's reduce wants contiguous rows
     out = np.empty((h // 2, w // 2, c), np.uint8)
     out[ny0 * ts:ny1 * ts, nx0 * ts:nx1 * ts] = downsample2(part)
-    if last:
-        gx0, gy0, gx1, gy1 = 0, 0, w // 2, h // 2
-    else:
-        n_x, n_y = w // 2 // ts, h // 2 // ts
-        gx0, gy0 = nx0 // 2 * 2 * ts, ny0 // 2 * 2 * ts
-        gx1, gy1 = min(n_x, -(-nx1 // 2) * 2) * ts, min(n_y, -(-ny1 // 2) * 2) * ts
-    # zero [gx0, gx1) x [gy0, gy1) outside the reduced part: bands above, below, left, right
-    out[gy0:ny0 * ts, gx0:gx1] = 0
-    out[ny1 * ts:gy1, gx0:gx1] = 0
-    out[ny0 * ts:ny1 * ts, gx0:nx0 * ts] = 0
-    out[ny0 * ts:ny1 * ts, nx1 * ts:gx1] = 0
-    return out, (nx0, ny0, nx1, ny1)
+    nbox = (nx0, ny0, nx1, ny1)
+    n_x, n_y = w // 2 // ts, h // 2 // ts
+    groups = (0, 0, n_x, n_y) if last else _pair_groups(nbox, n_x, n_y)
+    _zero_outside(out, tuple(v * ts for v in groups),  # type: ignore[arg-type]
+                  tuple(v * ts for v in nbox))  # type: ignore[arg-type]
+    return out, nbox
 
 
 def render_block(job: BlockJob) -> BlockResult:
