@@ -101,10 +101,11 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         infos: dict[str, list[SourceInfo]] = {}
         hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
         hash_cache = _read_json(hash_cache_path)
-        all_files = [f for files in layers.values() for f in files]
-        for f in all_files:
-            sniff(check_path(f))  # refuse what is no GeoTIFF before hashing it
-        prehash(all_files, hash_cache, _jobs(jobs) if scheduler is None else 1)
+        checked = []
+        for f in (f for files in layers.values() for f in files):
+            checked.append(check_path(f))
+            sniff(checked[-1])  # refuse what is no GeoTIFF before hashing it
+        prehash(checked, hash_cache, _jobs(jobs) if scheduler is None else 1)
         for name, files in layers.items():
             infos[name] = [describe(Path(f), max_pixels, hash_cache, keep=shared.keep)
                            for f in files]

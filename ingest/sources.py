@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -162,9 +161,14 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
+def _hash_key(p: Path) -> str:
+    """``"path|size|mtime_ns"``: a file's key in the hash cache (see :func:`describe`)."""
     st = p.stat()
-    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
+    key = _hash_key(p)
     if cache is not None and key in cache:
         return cache[key]
     digest = sha256_file(p)
@@ -173,26 +177,25 @@ def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
     return digest
 
 
-def prehash(paths: Iterable[Path | str], cache: dict[str, str], threads: int) -> None:
+def prehash(paths: Iterable[Path], cache: dict[str, str], threads: int) -> None:
     """Hash the files not yet in ``cache`` (see :func:`describe`) with ``threads`` threads
     at once, filling ``cache``; :func:`describe` then finds their hashes there.
 
+    ``paths`` as :func:`check_path` returns them (absolute paths of regular files).
     Hashing releases the GIL, so the files' hashes take about 1 / ``threads`` of the time;
     describing them cannot share the time (GDAL's open and PROJ hold the GIL, and a thread
     hashing beside them waits for it after every chunk: tried, slower than hashing first).
-    Paths that are not regular files, or not readable, are left to :func:`describe` to
-    report.
+    A file that cannot be read is left to :func:`describe` to report.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     todo = []
-    for raw in dict.fromkeys(Path(p).expanduser().absolute() for p in paths):
+    for p in dict.fromkeys(paths):
         try:
-            st = raw.stat()
+            if _hash_key(p) not in cache:
+                todo.append(p)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and f"{raw}|{st.st_size}|{st.st_mtime_ns}" not in cache:
-            todo.append(raw)
     if len(todo) < 2 or threads < 2:
         return
 
