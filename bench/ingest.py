@@ -181,7 +181,7 @@ class WarmIngester:
 
     def run(self, store: Path) -> float:
         """Seconds of one ``ingest()`` into ``store`` (as the manifest's ``ingest_stats``)."""
-        return self._ask(str(store))["seconds"]
+        return self._ask({"store": str(store)})["seconds"]
 
     def capture(self, store: Path) -> tuple[float, list[tuple]]:
         """One ``ingest()`` into ``store`` that keeps a copy of every array it hands to the
@@ -189,13 +189,13 @@ class WarmIngester:
         import pickle
 
         dump = store.with_suffix(".pickle")
-        seconds = self._ask(f"capture {store} {dump}")["seconds"]
+        seconds = self._ask({"store": str(store), "capture": str(dump)})["seconds"]
         with open(dump, "rb") as f:
             return seconds, pickle.load(f)
 
-    def _ask(self, line: str) -> dict:
+    def _ask(self, request: dict) -> dict:
         assert self._proc.stdin and self._proc.stdout
-        self._proc.stdin.write(f"{line}\n")
+        self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         out = self._proc.stdout.readline()
         if not out:
@@ -209,8 +209,9 @@ class WarmIngester:
 
 
 def _warm_main(spec_json: str) -> None:
-    """Child of :class:`WarmIngester`: one ingest per line read from stdin, a store path or
-    ``capture STORE DUMP`` (see :meth:`WarmIngester.capture`)."""
+    """Child of :class:`WarmIngester`: one ingest per JSON line read from stdin, ``{"store":
+    path}``, plus ``"capture": dump path`` to keep the encoder's arrays (see
+    :meth:`WarmIngester.capture`)."""
     sys.path.insert(0, str(ROOT))
     import pickle
 
@@ -222,23 +223,22 @@ def _warm_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     real = render.encode
     for line in sys.stdin:
-        words = line.split()
+        request = json.loads(line)
         captured: list[tuple] = []
-        if words[0] == "capture":
+        if "capture" in request:
             def spy(array, fmt, quality=None, *, opaque=None, out=captured):
                 out.append((np.ascontiguousarray(array), opaque))
                 return real(array, fmt, quality, opaque=opaque)
 
             render.encode = spy
         try:
-            m = ingest({"before": [Path(f) for f in spec["files"]]}, Path(words[-2]
-                       if words[0] == "capture" else words[0]), "bench", zoom=spec["zmax"],
-                       min_zoom=spec["zmin"], fmt=spec["ext"], quality=spec["quality"],
-                       jobs=spec["jobs"])
+            m = ingest({"before": [Path(f) for f in spec["files"]]}, Path(request["store"]),
+                       "bench", zoom=spec["zmax"], min_zoom=spec["zmin"], fmt=spec["ext"],
+                       quality=spec["quality"], jobs=spec["jobs"])
         finally:
             render.encode = real
-        if words[0] == "capture":
-            with open(words[-1], "wb") as f:
+        if "capture" in request:
+            with open(request["capture"], "wb") as f:
                 pickle.dump(captured, f, protocol=pickle.HIGHEST_PROTOCOL)
         print(json.dumps({"seconds": m["ingest_stats"]["seconds"],
                           "tiles": m["layers"]["before"]["tile_count"]}), flush=True)
