@@ -193,24 +193,52 @@ def test_shared_sources_lend_one_thread_at_a_time(make_tif):
 def test_render_threads_never_open_a_source_or_touch_proj(tmp_path, mosaic, monkeypatch):
     """The helper threads of a threaded run read the datasets the description opened and get
     every coordinate transformation planned by the ingesting thread: a thread's first PROJ
-    use holds the GIL for 10-20 ms (see SharedSources)."""
+    use holds the GIL for 10-20 ms (see SharedSources). A helper opens a file of its own
+    only when the shared dataset is lent to another thread at that moment: a race (the
+    threads may or may not read one file at once), so the test counts the misses. The
+    ingesting thread plans block 1 only once a helper has read block 0."""
     import threading
 
     import rasterio.warp
 
     calls = []
+
+    def on_main() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
     for owner, name in ((render.rasterio, "open"), (render, "warp_transform"),
                         (rasterio.warp, "transform")):
         real = getattr(owner, name)
 
         def spy(*a, __real=real, __name=name, **k):
-            calls.append((__name, threading.current_thread() is threading.main_thread()))
+            calls.append((__name, on_main()))
             return __real(*a, **k)
 
         monkeypatch.setattr(owner, name, spy)
+    real_borrow, real_plan = render.SharedSources.borrow, pipeline.plan_block
+    helper_read, planned = threading.Event(), []
+
+    def borrow(self, path):
+        ds = real_borrow(self, path)
+        calls.append(("lent" if ds is not None else "missed", on_main()))
+        if not on_main():
+            helper_read.set()
+        return ds
+
+    def plan_block(*a, **k):  # the second plan waits for the helper to read block 0
+        planned.append(1)
+        if len(planned) == 2:
+            helper_read.wait(60)
+        return real_plan(*a, **k)
+
+    monkeypatch.setattr(render.SharedSources, "borrow", borrow)
+    monkeypatch.setattr(pipeline, "plan_block", plan_block)
     m = ingest({"image": mosaic}, tmp_path, "p", jobs=2, block=2, zoom=19, workers="threads")
     assert m["layers"]["image"]["tile_count"] > 4
-    assert calls and all(main for _, main in calls), calls
+    helper = [name for name, main in calls if not main]
+    assert len(planned) > 2 and "lent" in helper, calls  # a helper read a shared dataset
+    assert not {"transform", "warp_transform"} & set(helper), calls
+    assert helper.count("open") <= helper.count("missed"), calls
 
 
 def test_all_valid_sources_skip_the_mask_read(tmp_path, make_tif, monkeypatch):
