@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,39 @@ def open_raster(path: Path | str, max_pixels: int):
     return ds
 
 
+#: sidecar files that may carry a TIFF's georeferencing ("{stem}" / "{name}" of the TIFF);
+#: the sources are opened without reading sidecars (``ingest.render.GDAL_ENV``), so a file
+#: georeferenced only by them is refused with advice to embed them
+GEOREFERENCE_SIDECARS = ("{stem}.tfw", "{stem}.tifw", "{stem}.tiffw", "{stem}.wld",
+                         "{name}.aux.xml", "{stem}.aux.xml", "{stem}.prj")
+
+
+def georeference_sidecars(p: Path) -> list[str]:
+    """Names of the sidecar files next to ``p`` that may carry its georeferencing (world
+    file, ``.aux.xml``, ``.prj``; any letter case, as GDAL finds them), in
+    :data:`GEOREFERENCE_SIDECARS` order. Lists the directory: for error messages only."""
+    try:
+        present = {e.name.lower(): e.name for e in os.scandir(p.parent) if e.is_file()}
+    except OSError:
+        return []
+    wanted = dict.fromkeys(pattern.format(stem=p.stem, name=p.name).lower()
+                           for pattern in GEOREFERENCE_SIDECARS)
+    return [present[n] for n in wanted if n in present]
+
+
+def _sidecar_advice(p: Path, found: list[str]) -> str:
+    """The error for a TIFF georeferenced only by the sidecar files ``found``: the
+    gdal_translate command that embeds them (GDAL's GeoTIFF driver reads a world file and an
+    ``.aux.xml``, but a ``.prj`` only through ``-a_srs``)."""
+    prj = next((n for n in found if n.lower().endswith(".prj")), None)
+    srs = f"-a_srs {prj} " if prj else ""
+    crs_known = prj or any(n.lower().endswith(".aux.xml") for n in found)
+    return (f"{p}: has no georeferencing (CRS and geotransform) inside the file; crowdsight "
+            f"does not read sidecar files such as {', '.join(found)}: embed them with "
+            f"`gdal_translate {srs}{p.name} {p.stem}-georef.tif`"
+            + ("" if crs_known else " plus `-a_srs EPSG:<code>` for the CRS"))
+
+
 def _check_opened(p: Path, ds, max_pixels: int) -> None:  # type: ignore[no-untyped-def]
     """Size, georeferencing and dtype checks on a just-opened dataset (closed on failure)."""
     try:
@@ -139,6 +173,9 @@ def _check_opened(p: Path, ds, max_pixels: int) -> None:  # type: ignore[no-unty
                 "CROWDSIGHT_MAX_RASTER_PIXELS", str(p))
         if ds.crs is None or ds.transform.is_identity:
             gcps = " (it has only GCPs: warp it first with `gdalwarp`)" if ds.gcps[0] else ""
+            found = georeference_sidecars(p)
+            if found:
+                raise NoGeoreferenceError(_sidecar_advice(p, found), str(p))
             raise NoGeoreferenceError(
                 f"{p}: has no georeferencing (CRS and geotransform){gcps}; georeference it "
                 "in QGIS or with `gdal_translate -a_srs -a_ullr`", str(p))

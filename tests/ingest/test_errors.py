@@ -37,6 +37,38 @@ def test_no_georeference(tmp_path, make_tif, pattern_fn):
         ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
 
 
+@pytest.mark.parametrize("prj", [True, False])
+def test_georeferencing_only_in_sidecars_is_refused_with_advice(tmp_path, make_tif,
+                                                                  pattern_fn, prj):
+    """A TIFF georeferenced by a world file (here in capitals, as Windows tools write it),
+    with or without a .prj: the sources are read without sidecars, so the error names them
+    and gives the gdal_translate command that embeds them; the advice works (done here with
+    GDAL's CreateCopy, which reads the world file, and -a_srs's CRS set afterwards)."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.crs import CRS
+
+    src = make_tif(pattern_fn(64, 64, 3), georef=False, name="scan.tif")
+    (tmp_path / "scan.TFW").write_text("0.5\n0\n0\n-0.5\n735000.25\n1483000.25\n")
+    wkt = CRS.from_epsg(32635).to_wkt(version="WKT1_ESRI")
+    if prj:
+        (tmp_path / "scan.prj").write_text(wkt)
+    advice = (r"sidecar files such as scan\.TFW, scan\.prj: embed them with "
+              r"`gdal_translate -a_srs scan\.prj scan\.tif scan-georef\.tif`$" if prj else
+              r"sidecar files such as scan\.TFW: embed them with `gdal_translate scan\.tif "
+              r"scan-georef\.tif` plus `-a_srs EPSG:<code>` for the CRS$")
+    with pytest.raises(NoGeoreferenceError, match=advice):
+        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
+    fixed = tmp_path / "scan-georef.tif"
+    with rasterio.Env():  # as gdal_translate: the world file is read
+        rasterio.shutil.copy(src, fixed, driver="GTiff")
+    with rasterio.open(fixed, "r+") as ds:
+        assert ds.crs is None and not ds.transform.is_identity
+        ds.crs = CRS.from_wkt(wkt)  # -a_srs
+    m = ingest({"image": [fixed]}, tmp_path / "s", "p", jobs=1)
+    assert m["task_count"] > 0
+
+
 def test_vrt_and_other_drivers_refused(tmp_path, make_tif):
     src = make_tif()
     vrt = tmp_path / "mosaic.vrt"
