@@ -25,8 +25,8 @@ from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, Op
                            StoreNotWritableError, store_writes)
 from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec, SharedSources,
                            block_dir, block_levels, cv2_single_threaded, downsample2,
-                           encode_tile, open_sources, plan_block, preload, render_block,
-                           render_block_in_worker, work_dir)
+                           encode_tile, open_sources, plan_block, preload, record_path,
+                           render_block, render_block_in_worker, work_dir)
 from ingest.sources import (SourceInfo, check_bands, check_path, describe, percentile_stretch,
                             prehash, sniff)
 from tiles.encode import check_format, media_type
@@ -581,7 +581,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
     finished: deque[tuple[bool, BlockResult]] = deque()  # (rendered only?, result)
     remaining: dict[int, int] = {}  # id(block) -> tiles not yet written
     total = len(all_jobs)
-    plans: list[Any] = [None] * total  # plans[:state["planned"]] are made
+    plans: list[Any] = [None] * total  # made for [:state["planned"]], taken for [:state["next"]]
     state = {"next": 0, "planned": 0, "busy": 0, "error": None, "stop": False}
 
     def idle() -> bool:  # under cond: nothing left to start
@@ -591,7 +591,11 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
         return not tiles and state["planned"] <= state["next"] < total
 
     def plan(i: int) -> None:  # this thread only (see the docstring)
-        made = None if all_jobs[i].skip_existing else plan_block(all_jobs[i], crs)
+        job = all_jobs[i]
+        # a resumed block with a record is read back, not rendered (a record that turns out
+        # unusable leaves the planning to the thread that renders the block)
+        resumed = job.skip_existing and record_path(job).is_file()
+        made = None if resumed else plan_block(job, crs)
         with cond:
             plans[i] = made
             state["planned"] = i + 1
@@ -607,6 +611,7 @@ def _run_threads(all_jobs: list[BlockJob], n: int,
                 job = None
             elif state["next"] < state["planned"]:
                 job, block_plan = all_jobs[state["next"]], plans[state["next"]]
+                plans[state["next"]] = None  # the block holds it from here
                 state["next"] += 1
             else:
                 return False

@@ -156,6 +156,7 @@ class SharedSources:
         self.limit = limit
         self._pid = os.getpid()
         self._items: dict[str, list] = {}  # path -> [dataset, lent]
+        self._closing: dict[str, object] = {}  # path -> dataset lent when close() ran
         self._lock = threading.Lock()
 
     def keep(self, path: str, ds) -> bool:  # type: ignore[no-untyped-def]
@@ -185,14 +186,25 @@ class SharedSources:
 
     def give_back(self, path: str) -> None:
         with self._lock:
-            self._items[path][1] = False
+            item = self._items.get(path)
+            if item is not None:
+                item[1] = False
+                return
+            ds = self._closing.pop(path, None)
+        if ds is not None:  # lent when the pool was closed (see close)
+            ds.close()
 
     def close(self) -> None:
+        """Close the datasets; one that is lent at this moment (a thread still reading after
+        an interrupt) is closed when it is given back."""
         with self._lock:
             items, self._items = self._items, {}
+            if os.getpid() == self._pid:
+                self._closing.update((path, ds) for path, (ds, lent) in items.items() if lent)
         if os.getpid() == self._pid:
-            for ds, _ in items.values():
-                ds.close()
+            for ds, lent in items.values():
+                if not lent:
+                    ds.close()
 
     def __enter__(self) -> Self:
         return self
@@ -274,6 +286,12 @@ def _open_source(src: SourceInfo):
 
 def block_dir(store_root: str | Path, project: str, layer: str) -> Path:
     return work_dir(store_root, project, layer) / "blocks"
+
+
+def record_path(job: BlockJob) -> Path:
+    """The record of a finished block (what a resumed run reads instead of rendering it)."""
+    spec = job.layer
+    return block_dir(spec.store_root, spec.project, spec.name) / f"{job.bx}-{job.by}.json"
 
 
 def work_dir(store_root: str | Path, project: str, layer: str) -> Path:
@@ -1123,8 +1141,7 @@ class BlockWork:
         levels = block_levels(job)
         res.top_zoom = z - levels
         store = TileStore(spec.store_root)
-        self.record = block_dir(spec.store_root, spec.project, spec.name) / \
-            f"{job.bx}-{job.by}.json"
+        self.record = record_path(job)
         if job.skip_existing and self.record.is_file():
             loaded = _load_record(self.record, store, spec)
             if loaded is not None:

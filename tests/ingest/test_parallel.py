@@ -190,17 +190,42 @@ def test_shared_sources_lend_one_thread_at_a_time(make_tif):
     assert ds.closed and shared.borrow(info.path) is None
 
 
-def test_render_threads_never_open_a_source_or_touch_proj(tmp_path, mosaic, monkeypatch):
+def test_shared_sources_close_a_lent_dataset_when_it_is_given_back(make_tif):
+    """A thread still reading when the pool closes (an interrupt while joining the helpers)
+    keeps its dataset open until it gives it back; giving back raises nothing."""
+    from ingest.sources import describe
+
+    shared = render.SharedSources()
+    lent_info = describe(make_tif(), 10**9, keep=shared.keep)
+    idle_info = describe(make_tif(), 10**9, keep=shared.keep)
+    lent, idle = shared.borrow(lent_info.path), shared.borrow(idle_info.path)
+    shared.give_back(idle_info.path)
+    shared.close()
+    assert idle.closed and not lent.closed
+    assert lent.read(1, window=((0, 1), (0, 1))).shape == (1, 1)
+    shared.give_back(lent_info.path)
+    assert lent.closed and shared.borrow(lent_info.path) is None
+
+
+@pytest.mark.parametrize("run", ["fresh", "resumed"])
+def test_render_threads_never_open_a_source_or_touch_proj(tmp_path, mosaic, monkeypatch, run):
     """The helper threads of a threaded run read the datasets the description opened and get
     every coordinate transformation planned by the ingesting thread: a thread's first PROJ
     use holds the GIL for 10-20 ms (see SharedSources). A helper opens a file of its own
     only when the shared dataset is lent to another thread at that moment: a race (the
     threads may or may not read one file at once), so the test counts the misses. The
-    ingesting thread plans block 1 only once a helper has read block 0."""
+    ingesting thread plans its second block only once a helper has read a block. A resumed
+    run (all but one block to render again) plans the blocks it renders in the same way."""
     import threading
 
     import rasterio.warp
 
+    if run == "resumed":
+        ingest({"image": mosaic}, tmp_path, "p", jobs=1, block=2, zoom=19)
+        records = sorted(render.block_dir(tmp_path, "p", "image").glob("*.json"))
+        assert len(records) >= 4
+        for record in records[1:]:
+            record.unlink()
     calls = []
 
     def on_main() -> bool:
