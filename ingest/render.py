@@ -39,7 +39,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ingest.errors import IngestError, ReadError, store_writes
-from ingest.sources import SourceInfo, _short
+from ingest.sources import GDAL_ENV, SourceInfo, _short
 from tiles.encode import ALPHA_FORMATS, encode, load_plugin
 
 # Pillow's encoders for every tile format (and PNG, JPEG... via preinit), imported with this
@@ -51,8 +51,6 @@ from tiles.grid import tile_bounds, tile_xy_bounds
 from tiles.store import TileStore, atomic_write
 
 WORK_DIR = ".crowdsight"  # {store}/{project}/.crowdsight/{layer}: fingerprint, finished blocks
-GDAL_ENV = {"GDAL_CACHEMAX": 32, "GDAL_NUM_THREADS": 1,
-            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 @dataclass(frozen=True)

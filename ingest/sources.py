@@ -106,6 +106,13 @@ def sniff(path: Path) -> None:
     raise NotARasterError(f"{path}: is not a raster image (expected a GeoTIFF/COG)", str(path))
 
 
+#: GDAL's options for reading sources (opened by :func:`open_raster`, read by the render): a
+#: small block cache, one thread per read, and no directory listing, so no sidecar file
+#: (``.aux.xml``, ``.msk``, world file) is ever read: what is validated is what is drawn
+GDAL_ENV = {"GDAL_CACHEMAX": 32, "GDAL_NUM_THREADS": 1,
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
 def open_raster(path: Path | str, max_pixels: int):
     """Open a validated local GeoTIFF with only the GTiff driver allowed; check its size."""
     import warnings
@@ -121,7 +128,8 @@ def open_raster(path: Path | str, max_pixels: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            ds = rasterio.open(p, driver="GTiff")
+            with rasterio.Env(**GDAL_ENV):
+                ds = rasterio.open(p, driver="GTiff")
         except RasterioError as exc:
             raise ReadError(f"{p}: looks like a TIFF but GDAL cannot open it (truncated or "
                             f"corrupt?): {_short(exc)}", str(p)) from exc
@@ -129,37 +137,67 @@ def open_raster(path: Path | str, max_pixels: int):
     return ds
 
 
-#: sidecar files that may carry a TIFF's georeferencing ("{stem}" / "{name}" of the TIFF);
-#: the sources are opened without reading sidecars (``ingest.render.GDAL_ENV``), so a file
-#: georeferenced only by them is refused with advice to embed them
-GEOREFERENCE_SIDECARS = ("{stem}.tfw", "{stem}.tifw", "{stem}.tiffw", "{stem}.wld",
-                         "{name}.aux.xml", "{stem}.aux.xml", "{stem}.prj")
+#: sidecar files that may carry a TIFF's georeferencing, as GDAL's GeoTIFF driver finds them
+#: ("{stem}" / "{name}" of the TIFF, any letter case): world files (geotransform), the PAM
+#: ``.aux.xml`` (CRS and/or geotransform) and an ESRI ``.prj`` (CRS; read by gdal_translate
+#: only through ``-a_srs``). The sources are opened without reading sidecars (:data:`GDAL_ENV`),
+#: so a file georeferenced only by them is refused with the command that embeds them.
+WORLD_FILES = ("{stem}.tfw", "{stem}.tifw", "{stem}.tiffw", "{stem}.wld")
+AUX_XML, PRJ = "{name}.aux.xml", "{stem}.prj"
 
 
-def georeference_sidecars(p: Path) -> list[str]:
-    """Names of the sidecar files next to ``p`` that may carry its georeferencing (world
-    file, ``.aux.xml``, ``.prj``; any letter case, as GDAL finds them), in
-    :data:`GEOREFERENCE_SIDECARS` order. Lists the directory: for error messages only."""
+def georeference_sidecars(p: Path) -> dict[str, str]:
+    """The sidecar files next to ``p`` that carry georeferencing GDAL would use: ``{"world":
+    name, "aux_crs": name, "aux_transform": name, "prj": name}`` (keys only for what is there;
+    an ``.aux.xml`` counts only with an ``<SRS>`` / ``<GeoTransform>``, e.g. not one of
+    QGIS's statistics files). Lists the directory: for error messages only."""
     try:
         present = {e.name.lower(): e.name for e in os.scandir(p.parent) if e.is_file()}
     except OSError:
-        return []
-    wanted = dict.fromkeys(pattern.format(stem=p.stem, name=p.name).lower()
-                           for pattern in GEOREFERENCE_SIDECARS)
-    return [present[n] for n in wanted if n in present]
+        return {}
+
+    def find(pattern: str) -> str | None:
+        return present.get(pattern.format(stem=p.stem, name=p.name).lower())
+
+    found: dict[str, str] = {}
+    world = next(filter(None, map(find, WORLD_FILES)), None)
+    if world:
+        found["world"] = world
+    aux = find(AUX_XML)
+    if aux:
+        try:
+            with open(p.parent / aux, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            text = b""
+        if b"<SRS" in text:
+            found["aux_crs"] = aux
+        if b"<GeoTransform" in text:
+            found["aux_transform"] = aux
+    prj = find(PRJ)
+    if prj:
+        found["prj"] = prj
+    return found
 
 
-def _sidecar_advice(p: Path, found: list[str]) -> str:
-    """The error for a TIFF georeferenced only by the sidecar files ``found``: the
-    gdal_translate command that embeds them (GDAL's GeoTIFF driver reads a world file and an
-    ``.aux.xml``, but a ``.prj`` only through ``-a_srs``)."""
-    prj = next((n for n in found if n.lower().endswith(".prj")), None)
-    srs = f"-a_srs {prj} " if prj else ""
-    crs_known = prj or any(n.lower().endswith(".aux.xml") for n in found)
+def _sidecar_advice(p: Path, has_crs: bool) -> str | None:
+    """The error for a TIFF whose geotransform is only in sidecar files (see
+    :func:`georeference_sidecars`): the gdal_translate command that embeds them, with full,
+    quoted paths; None when no sidecar has a geotransform."""
+    import shlex
+
+    found = georeference_sidecars(p)
+    if "world" not in found and "aux_transform" not in found:
+        return None
+    prj = found.get("prj")
+    has_crs = has_crs or "aux_crs" in found or prj is not None
+    srs = f"-a_srs {shlex.quote(str(p.parent / prj))} " if prj else ""
+    names = ", ".join(dict.fromkeys(found.values()))
+    out = p.with_name(f"{p.stem}-georef.tif")
     return (f"{p}: has no georeferencing (CRS and geotransform) inside the file; crowdsight "
-            f"does not read sidecar files such as {', '.join(found)}: embed them with "
-            f"`gdal_translate {srs}{p.name} {p.stem}-georef.tif`"
-            + ("" if crs_known else " plus `-a_srs EPSG:<code>` for the CRS"))
+            f"does not read sidecar files such as {names}: embed them with `gdal_translate "
+            f"{srs}{shlex.quote(str(p))} {shlex.quote(str(out))}`"
+            + ("" if has_crs else " plus `-a_srs EPSG:<code>` for the CRS"))
 
 
 def _check_opened(p: Path, ds, max_pixels: int) -> None:  # type: ignore[no-untyped-def]
@@ -173,9 +211,9 @@ def _check_opened(p: Path, ds, max_pixels: int) -> None:  # type: ignore[no-unty
                 "CROWDSIGHT_MAX_RASTER_PIXELS", str(p))
         if ds.crs is None or ds.transform.is_identity:
             gcps = " (it has only GCPs: warp it first with `gdalwarp`)" if ds.gcps[0] else ""
-            found = georeference_sidecars(p)
-            if found:
-                raise NoGeoreferenceError(_sidecar_advice(p, found), str(p))
+            advice = None if ds.gcps[0] else _sidecar_advice(p, ds.crs is not None)
+            if advice:
+                raise NoGeoreferenceError(advice, str(p))
             raise NoGeoreferenceError(
                 f"{p}: has no georeferencing (CRS and geotransform){gcps}; georeference it "
                 "in QGIS or with `gdal_translate -a_srs -a_ullr`", str(p))

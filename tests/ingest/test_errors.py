@@ -37,34 +37,58 @@ def test_no_georeference(tmp_path, make_tif, pattern_fn):
         ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
 
 
-@pytest.mark.parametrize("prj", [True, False])
+@pytest.mark.parametrize("sidecars", ["tfw+prj", "tfw", "aux.xml", "statistics.aux.xml"])
 def test_georeferencing_only_in_sidecars_is_refused_with_advice(tmp_path, make_tif,
-                                                                  pattern_fn, prj):
-    """A TIFF georeferenced by a world file (here in capitals, as Windows tools write it),
-    with or without a .prj: the sources are read without sidecars, so the error names them
-    and gives the gdal_translate command that embeds them; the advice works (done here with
-    GDAL's CreateCopy, which reads the world file, and -a_srs's CRS set afterwards)."""
+                                                                  pattern_fn, sidecars):
+    """A TIFF georeferenced by sidecars (a world file in capitals, as Windows tools write it,
+    with or without a .prj; a PAM .aux.xml) in a folder with a space: the sources are read
+    without sidecars, so the error names them and gives the gdal_translate command that
+    embeds them, with quoted full paths. The advice works (GDAL's CreateCopy reads the
+    world file / .aux.xml as gdal_translate does; -a_srs's CRS is set afterwards). An
+    .aux.xml of statistics only is no georeferencing: the usual advice."""
+    import shlex
+
     import rasterio
     import rasterio.shutil
+    from affine import Affine
     from rasterio.crs import CRS
 
-    src = make_tif(pattern_fn(64, 64, 3), georef=False, name="scan.tif")
-    (tmp_path / "scan.TFW").write_text("0.5\n0\n0\n-0.5\n735000.25\n1483000.25\n")
-    wkt = CRS.from_epsg(32635).to_wkt(version="WKT1_ESRI")
-    if prj:
-        (tmp_path / "scan.prj").write_text(wkt)
-    advice = (r"sidecar files such as scan\.TFW, scan\.prj: embed them with "
-              r"`gdal_translate -a_srs scan\.prj scan\.tif scan-georef\.tif`$" if prj else
-              r"sidecar files such as scan\.TFW: embed them with `gdal_translate scan\.tif "
-              r"scan-georef\.tif` plus `-a_srs EPSG:<code>` for the CRS$")
-    with pytest.raises(NoGeoreferenceError, match=advice):
+    folder = tmp_path / "my scans"
+    folder.mkdir()
+    src = make_tif(pattern_fn(64, 64, 3), georef=False, name="my scans/scan.tif")
+    wkt = CRS.from_epsg(32635).to_wkt()
+    tf = Affine(0.5, 0, 735000, 0, -0.5, 1483000)
+    if sidecars.startswith("tfw"):
+        (folder / "scan.TFW").write_text("0.5\n0\n0\n-0.5\n735000.25\n1483000.25\n")
+    if sidecars == "tfw+prj":
+        (folder / "scan.prj").write_text(CRS.from_epsg(32635).to_wkt(version="WKT1_ESRI"))
+    if sidecars == "aux.xml":
+        (folder / "scan.tif.aux.xml").write_text(
+            f"<PAMDataset><SRS>{wkt.replace('<', '&lt;')}</SRS><GeoTransform>"
+            f"{', '.join(map(str, tf.to_gdal()))}</GeoTransform></PAMDataset>")
+    if sidecars == "statistics.aux.xml":
+        (folder / "scan.tif.aux.xml").write_text(
+            '<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key="STATISTICS_MEAN">'
+            "12</MDI></Metadata></PAMRasterBand></PAMDataset>")
+    with pytest.raises(NoGeoreferenceError, match="no georeferencing") as ei:
         ingest({"image": [src]}, tmp_path / "s", "p", jobs=1)
-    fixed = tmp_path / "scan-georef.tif"
-    with rasterio.Env():  # as gdal_translate: the world file is read
+    message = str(ei.value)
+    if sidecars == "statistics.aux.xml":
+        assert "sidecar" not in message and "gdal_translate -a_srs -a_ullr" in message
+        return
+    names = {"tfw+prj": "scan.TFW, scan.prj", "tfw": "scan.TFW", "aux.xml": "scan.tif.aux.xml"}
+    assert f"does not read sidecar files such as {names[sidecars]}: embed them" in message
+    command = message.split("`")[1]
+    fixed = folder / "scan-georef.tif"
+    srs = ["-a_srs", str(folder / "scan.prj")] if sidecars == "tfw+prj" else []
+    assert shlex.split(command) == ["gdal_translate", *srs, str(src), str(fixed)]
+    assert message.endswith("plus `-a_srs EPSG:<code>` for the CRS") == (sidecars == "tfw")
+    with rasterio.Env():  # as gdal_translate: sidecars read
         rasterio.shutil.copy(src, fixed, driver="GTiff")
     with rasterio.open(fixed, "r+") as ds:
-        assert ds.crs is None and not ds.transform.is_identity
-        ds.crs = CRS.from_wkt(wkt)  # -a_srs
+        assert not ds.transform.is_identity and (ds.crs is None) == (sidecars != "aux.xml")
+        if ds.crs is None:
+            ds.crs = CRS.from_wkt(wkt)  # -a_srs
     m = ingest({"image": [fixed]}, tmp_path / "s", "p", jobs=1)
     assert m["task_count"] > 0
 

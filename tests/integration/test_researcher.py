@@ -256,6 +256,26 @@ def test_upload_tiff_without_georeferencing_is_422(client, researcher, tmp_path)
     assert str(tmp_path) not in err["message"]  # the server's path is not leaked
 
 
+def test_upload_check_reads_no_sidecars_like_the_ingest(tmp_path):
+    """The upload check validates as the ingest reads: a TIFF georeferenced only by a PAM
+    .aux.xml next to it is refused by both (the ingest never reads sidecars), not accepted
+    by the check and refused later by the ingest job."""
+    from PIL import Image
+    from rasterio.crs import CRS
+
+    from labeler.dashboard.researcher_errors import UnusableRaster
+    from labeler.dashboard.researcher_uploads import inspect_geotiff
+
+    path = tmp_path / "scan.tif"
+    Image.new("RGB", (32, 32), (10, 120, 10)).save(path, format="TIFF")
+    wkt = CRS.from_epsg(32635).to_wkt().replace("<", "&lt;")
+    (tmp_path / "scan.tif.aux.xml").write_text(
+        f"<PAMDataset><SRS>{wkt}</SRS><GeoTransform>735000, 0.5, 0, 1483000, 0, -0.5"
+        "</GeoTransform></PAMDataset>")
+    with pytest.raises(UnusableRaster, match="sidecar files such as scan.tif.aux.xml"):
+        inspect_geotiff(path, max_pixels=10**9, display="scan.tif")
+
+
 def test_failed_ingest_leaves_project_unchanged(client, settings, researcher, scene, tmp_path):
     """Layers that do not overlap fail inside the worker; tiles and files stay as they were."""
     import rasterio
