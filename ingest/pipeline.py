@@ -27,8 +27,8 @@ from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec
                            block_dir, block_levels, cv2_single_threaded, downsample2,
                            encode_tile, open_sources, plan_block, preload, record_path,
                            render_block, render_block_in_worker, work_dir)
-from ingest.sources import (SourceInfo, check_bands, check_path, describe, percentile_stretch,
-                            prehash, sniff)
+from ingest.sources import (SourceInfo, check_bands, describe, percentile_stretch, prehash,
+                            with_digest)
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
 from tiles.grid import (MAX_ZOOM, TILE_SIZES, morton, rounded, tile_bounds, tiles_in_bounds,
@@ -101,15 +101,15 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
         infos: dict[str, list[SourceInfo]] = {}
         hash_cache_path = Path(store) / project / ".crowdsight" / "sha256-cache.json"
         hash_cache = _read_json(hash_cache_path)
-        checked = []
-        for f in (f for files in layers.values() for f in files):
-            checked.append(check_path(f))
-            sniff(checked[-1])  # refuse what is no GeoTIFF before hashing it
-        prehash(checked, hash_cache, _jobs(jobs) if scheduler is None else 1)
         for name, files in layers.items():
-            infos[name] = [describe(Path(f), max_pixels, hash_cache, keep=shared.keep)
+            # every file validated before any is hashed: one refused (not a GeoTIFF, too
+            # large, no georeferencing) is not read in full first
+            infos[name] = [describe(Path(f), max_pixels, keep=shared.keep, digest=False)
                            for f in files]
             report(0, 0, f"checked {name}")
+        prehash([Path(i.path) for li in infos.values() for i in li], hash_cache,
+                _jobs(jobs) if scheduler is None else 1)
+        infos = {name: [with_digest(i, hash_cache) for i in li] for name, li in infos.items()}
         layer_bands = {name: _layer_bands(name, li, bands) for name, li in infos.items()}
 
         footprints = {name: _union_bounds(i.bounds_lonlat for i in li)

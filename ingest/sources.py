@@ -252,15 +252,24 @@ def _cached_sha256(p: Path, cache: dict[str, str] | None) -> str:
     return digest
 
 
+def with_digest(info: SourceInfo, cache: dict[str, str] | None) -> SourceInfo:
+    """``info`` (of ``describe(..., digest=False)``) with its file's sha256 (from ``cache``
+    when there, e.g. filled by :func:`prehash`)."""
+    import dataclasses
+
+    return dataclasses.replace(info, sha256=_cached_sha256(Path(info.path), cache))
+
+
 def prehash(paths: Iterable[Path], cache: dict[str, str], threads: int) -> None:
     """Hash the files not yet in ``cache`` (see :func:`describe`) with ``threads`` threads
-    at once, filling ``cache``; :func:`describe` then finds their hashes there.
+    at once, filling ``cache``; :func:`with_digest` then finds their hashes there.
 
-    ``paths`` as :func:`check_path` returns them (absolute paths of regular files).
+    ``paths`` as :func:`check_path` returns them (absolute paths of regular files), e.g. the
+    ``path`` of a :class:`SourceInfo`.
     Hashing releases the GIL, so the files' hashes take about 1 / ``threads`` of the time;
     describing them cannot share the time (GDAL's open and PROJ hold the GIL, and a thread
-    hashing beside them waits for it after every chunk: tried, slower than hashing first).
-    A file that cannot be read is left to :func:`describe` to report.
+    hashing beside them waits for it after every chunk: tried, slower than one after the
+    other). A file that cannot be read is left to :func:`with_digest` to report.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -308,12 +317,15 @@ def crs_name(crs) -> str:
 
 
 def describe(path: Path | str, max_pixels: int, hash_cache: dict[str, str] | None = None,
-             keep: Callable[[str, Any], bool] | None = None) -> SourceInfo:
+             keep: Callable[[str, Any], bool] | None = None, *,
+             digest: bool = True) -> SourceInfo:
     """Open, validate and describe one source file (also hashes it).
 
     ``hash_cache`` maps ``"path|size|mtime_ns"`` to a sha256 so that re-runs do not re-read
     big unchanged files; it is updated in place. ``keep(path, dataset)``, if given, may take
     the open dataset (returning True: it then closes it); else it is closed here.
+    ``digest=False``: no hash (``sha256`` is empty; see :func:`with_digest`), e.g. to
+    validate every file of a run before hashing any (:func:`prehash`).
     """
     from rasterio.errors import RasterioError
 
@@ -331,7 +343,8 @@ def describe(path: Path | str, max_pixels: int, hash_cache: dict[str, str] | Non
             raise NoGeoreferenceError(f"{p}: lies outside Web Mercator's latitude range", str(p))
         t = ds.transform
         info = SourceInfo(
-            path=str(p), sha256=_cached_sha256(p, hash_cache), size=p.stat().st_size,
+            path=str(p), sha256=_cached_sha256(p, hash_cache) if digest else "",
+            size=p.stat().st_size,
             crs_wkt=ds.crs.to_wkt(), crs_name=crs_name(ds.crs),
             transform=(t.a, t.b, t.c, t.d, t.e, t.f), width=ds.width, height=ds.height,
             count=ds.count, dtype=ds.dtypes[0], res=(abs(ds.res[0]), abs(ds.res[1])),

@@ -116,10 +116,19 @@ def test_vrt_and_other_drivers_refused(tmp_path, make_tif):
             ingest({"image": [bad]}, tmp_path / "s", "p", jobs=1)
 
 
-def test_too_large(tmp_path, make_tif):
-    src = make_tif()
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_too_large(tmp_path, make_tif, pattern_fn, monkeypatch, jobs):
+    """Refused before any file is hashed (a huge file is not read in full to be refused)."""
+    from ingest import sources
+
+    hashed: list = []
+    real = sources.sha256_file
+    monkeypatch.setattr(sources, "sha256_file", lambda p: hashed.append(p) or real(p))
+    small, big = make_tif(pattern_fn(64, 64, 3)), make_tif()
     with pytest.raises(RasterTooLargeError, match=r"256 x 256 x 3 bands = 196,608 values"):
-        ingest({"image": [src]}, tmp_path / "s", "p", jobs=1, max_pixels=100_000)
+        ingest({"before": [small], "after": [big]}, tmp_path / "s", "p", jobs=jobs,
+               max_pixels=100_000)
+    assert hashed == []
 
 
 def test_bad_bands(tmp_path, make_tif):
