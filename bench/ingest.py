@@ -232,9 +232,12 @@ def _warm_main(spec_json: str) -> None:
 
             render.encode = spy
         try:
+            # the capture run uses threads, whose encoder calls the spy sees (a pool's workers
+            # would encode in other processes); every mode writes the same tiles
             m = ingest({"before": [Path(f) for f in spec["files"]]}, Path(request["store"]),
                        "bench", zoom=spec["zmax"], min_zoom=spec["zmin"], fmt=spec["ext"],
-                       quality=spec["quality"], jobs=spec["jobs"])
+                       quality=spec["quality"], jobs=spec["jobs"],
+                       workers="threads" if "capture" in request else "auto")
         finally:
             render.encode = real
         if "capture" in request:

@@ -144,10 +144,12 @@ class SharedSources:
     A thread's first GeoTIFF open builds its PROJ context (reading the CRS): ~10-20 ms
     holding the GIL, which stalls every other thread of the run. With the datasets
     describe opened and the blocks planned in the same thread (:func:`plan_block`), the
-    render threads never touch PROJ. A dataset that another thread is reading is not waited
-    for: the borrower opens its own (:func:`open_sources`). Keeps at most ``limit`` files
-    open; :meth:`close` closes them. Useless in another process (a forked worker must never
-    share its parent's file offsets): it lends nothing there.
+    render threads never touch PROJ with the cv2 warp (GDAL's warper, for ``average``
+    resampling or a source the coordinate grid cannot serve, transforms in the thread that
+    warps). A dataset that another thread is reading is not waited for: the borrower opens
+    its own (:func:`open_sources`). Keeps at most ``limit`` files open; :meth:`close` closes
+    them. Useless in another process (a forked worker must never share its parent's file
+    offsets): it lends nothing there.
     """
 
     def __init__(self, limit: int = MAX_OPEN_SOURCES) -> None:
