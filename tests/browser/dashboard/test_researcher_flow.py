@@ -132,8 +132,12 @@ def test_researcher_creates_uploads_publishes_and_sees_consensus(
 
     # --- expert review of a confident tile: decision + gold, from the researcher page
     page.goto(f"{dashboard_url}/researcher/#p={SLUG}")
-    expect(page.locator("#project")).to_be_visible()
+    # #project shows before the project has loaded; rendering it moves the tab bar, and a
+    # click at the old place missed the tab once (CI): wait for the header first
+    expect(page.locator("#p-status")).to_have_text("live")
+    expect(page.locator("#p-stats .stat .v").first).to_have_text(str(n_tiles))
     page.click("#tab-review")
+    expect(page.locator("#pane-review")).to_be_visible()
     page.check("input[name=queue][value=sample]")
     card = page.locator("#review-list > li").first
     expect(card).to_be_visible()
