@@ -23,12 +23,12 @@ import rasterio
 from crowdsight import __version__
 from ingest.errors import (BandError, BusyError, IngestError, NoOverlapError, OptionError,
                            StoreNotWritableError, store_writes)
-from ingest.render import (GDAL_ENV, BlockJob, BlockResult, BlockWork, LayerSpec, SharedSources,
-                           block_dir, block_levels, cv2_single_threaded, downsample2,
-                           encode_tile, open_sources, plan_block, preload, record_path,
-                           render_block, render_block_in_worker, work_dir)
-from ingest.sources import (SourceInfo, check_bands, describe, percentile_stretch, prehash,
-                            with_digest)
+from ingest.render import (BlockJob, BlockResult, BlockWork, LayerSpec, SharedSources, block_dir,
+                           block_levels, cv2_single_threaded, downsample2, encode_tile,
+                           open_sources, plan_block, preload, record_path, render_block,
+                           render_block_in_worker, work_dir)
+from ingest.sources import (GDAL_ENV, SourceInfo, check_bands, describe, percentile_stretch,
+                            prehash, with_digest)
 from tiles.encode import check_format, media_type
 from tiles.errors import InvalidTileError, StoreError, TilesError
 from tiles.grid import (MAX_ZOOM, TILE_SIZES, morton, rounded, tile_bounds, tiles_in_bounds,
@@ -95,7 +95,10 @@ def ingest(layers: dict[str, list[Path]], store: Path, project: str, *,
     aoi_geom = _parse_aoi(aoi) if aoi is not None else None
 
     # the sources stay open from their description to the end of the run: the render
-    # threads borrow them (see SharedSources)
+    # threads borrow them (see SharedSources). Every open and read of a source sets GDAL_ENV
+    # where it happens (open_raster, the stretch's sample, the render); this thread's run
+    # keeps one GDAL environment up so that those nested ones are cheap to enter (without
+    # it each sets up and tears down its own: ~0.3 ms per open, measured)
     with SharedSources() as shared, rasterio.Env(**GDAL_ENV):
         # 1. open, validate and describe every source (nothing written yet) ------------------
         infos: dict[str, list[SourceInfo]] = {}

@@ -414,7 +414,8 @@ def check_bands(info: SourceInfo, bands: list[int] | tuple[int, ...] | None) -> 
 
 
 def _sample(info: SourceInfo, bands: tuple[int, ...], max_side: int) -> Iterator[np.ndarray]:
-    """Valid pixel values per band from a decimated read (overviews used when present)."""
+    """Valid pixel values per band from a decimated read (overviews used when present; read
+    as the render reads, under :data:`GDAL_ENV`: no sidecar mask)."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
@@ -422,7 +423,7 @@ def _sample(info: SourceInfo, bands: tuple[int, ...], max_side: int) -> Iterator
     k = max(1.0, max(info.width, info.height) / max_side)
     shape = (max(1, int(info.height / k)), max(1, int(info.width / k)))
     try:
-        with rasterio.open(info.path, driver="GTiff") as ds:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(info.path, driver="GTiff") as ds:
             data = ds.read(list(bands), out_shape=(len(bands), *shape),
                            resampling=Resampling.nearest)
             mask = ds.dataset_mask(out_shape=shape) > 0

@@ -152,6 +152,25 @@ def test_uint16_percentile_stretch(tmp_path, make_tif, pattern_fn, tile_reader):
     assert grey.min() < 20 and grey.max() > 235 and 60 < grey.mean() < 200
 
 
+def test_stretch_sample_reads_no_sidecar_mask(tmp_path, make_tif):
+    """The contrast stretch samples a source as the render reads it (GDAL_ENV: no sidecar
+    files), also when called on its own: a .msk next to the file changes nothing."""
+    from ingest.sources import describe, percentile_stretch
+
+    ramp = np.linspace(1000, 60000, 256).astype(np.uint16)  # brighter to the east
+    src = make_tif(np.broadcast_to(ramp, (1, 256, 256)).copy())
+    info = describe(src, 10**9)
+    before = percentile_stretch([info], (1,))
+    mask = np.zeros((256, 256), np.uint8)
+    mask[:, :64] = 255  # a sidecar mask that would keep only the darkest quarter
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(src, "r+") as ds:
+        ds.write_mask(mask)
+    assert src.with_name(src.name + ".msk").is_file()
+    with rasterio.open(src) as ds:  # GDAL itself would use it
+        assert not ds.dataset_mask()[:, 64:].any()
+    assert percentile_stretch([info], (1,)) == before
+
+
 def test_float_nan_masked_and_stretched(tmp_path, make_tif, pattern_fn, tile_reader):
     data = pattern_fn(256, 256, 3, "float32")
     data[:, :, 180:] = np.nan
