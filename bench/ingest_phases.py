@@ -111,7 +111,8 @@ def main() -> None:
                 threads[tid] += dt
         agg["(threads busy, top-level steps)"] = [len(threads), sum(threads.values())]
         per_run.append(agg)
-    print(f"Joplin before, z14-18, {args.format}, jobs={args.jobs}: {args.runs} warm runs; "
+    print(f"Joplin before, z14-18, {args.format}, jobs={args.jobs}: {args.runs} timed runs "
+          f"after {args.warm} untimed ({'warm' if args.warm else 'the first is fresh'}); "
           f"wall median {statistics.median(walls) * 1e3:.0f} ms "
           f"({min(walls) * 1e3:.0f}-{max(walls) * 1e3:.0f}), process CPU median "
           f"{statistics.median(cpus) * 1e3:.0f} ms")
