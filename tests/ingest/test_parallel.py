@@ -250,7 +250,7 @@ def test_render_threads_never_open_a_source_or_touch_proj(tmp_path, mosaic, monk
             helper_read.set()
         return ds
 
-    def plan_block(*a, **k):  # the second plan waits for the helper to read block 0
+    def plan_block(*a, **k):  # the second plan waits until a helper has read a block
         planned.append(1)
         if len(planned) == 2:
             helper_read.wait(60)
